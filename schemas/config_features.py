@@ -1,0 +1,53 @@
+"""Feature-stage configuration (the `features:` section of a workflow)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Hub ids of the real checkpoints; `toy:` ids are random-weight models p3d builds and saves itself.
+QWEN_VL_DEFAULT = "Qwen/Qwen2.5-VL-7B-Instruct"
+VGGT_DEFAULT = "facebook/VGGT-1B"
+SAM2_DEFAULT = "facebook/sam2.1-hiera-large"
+
+
+class EncoderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["qwen2_5_vl"] = "qwen2_5_vl"
+    model: str = QWEN_VL_DEFAULT
+    revision: str | None = None
+    video_mode: bool = Field(False, description="encode frames as video (temporal patches) instead of per frame")
+    keep_premerge: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class GeometryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["rgbd", "vggt"] = "rgbd"
+    model: str = VGGT_DEFAULT
+    revision: str | None = None
+    scale_prior: float = Field(1.0, gt=0, description="metres per VGGT unit when no sensor depth exists")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class SegmenterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["instances", "sam2"] = "instances"
+    model: str = SAM2_DEFAULT
+    revision: str | None = None
+    points_per_side: int = Field(16, ge=2)
+    min_mask_area: float = Field(0.002, ge=0, description="fraction of the image")
+    merge: Literal["overlap3d", "video"] = "overlap3d"
+
+
+class FeaturesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_frames: int = Field(32, ge=1)
+    image_size: tuple[int, int] = Field((448, 588), description="encoder input H, W in pixels")
+    encoder: EncoderConfig = EncoderConfig()
+    geometry: GeometryConfig = GeometryConfig()
+    segmenter: SegmenterConfig = SegmenterConfig()
+    num_actors: int = Field(1, ge=1, description="Ray actors (one model set each)")
+    gpus_per_actor: float = Field(1.0, ge=0, description="used only when CUDA is available")
+    max_in_flight: int = Field(2, ge=1, description="scenes in memory at once per actor")

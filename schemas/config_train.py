@@ -1,0 +1,41 @@
+"""Trainer configuration (the `train:` section of a workflow)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Trainable = Literal["projector", "position", "identifiers", "language_model", "lora"]
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: int = Field(ge=1, le=4)
+    trainable: list[Trainable]
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    batch_size: int = Field(1, ge=1, description="per device")
+    grad_accum: int = Field(1, ge=1)
+    records: str | None = Field(None, description="records file for stage 4 (defaults to the workflow's)")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="hub id, folder, or toy:<name>")
+    proxies: str = Field("default", description="proxy shard set name under <out>/proxies/")
+    records: str | None = Field(None, description="annotation records (JSONL); default: the source's")
+    out: str = Field("runs/train", description="checkpoint root; stage N writes <out>/stage<N>")
+    num_obj_tokens: int = Field(200, ge=1)
+    deepspeed: Literal["zero2", "zero3", "zero3_offload"] = "zero2"
+    gradient_checkpointing: bool = True
+    height_bins: int = Field(64, ge=2, description="quantization of the vertical coordinate for RoPE")
+    height_range: tuple[float, float] = (-0.5, 3.5)
+    fourier_dim: int = Field(64, ge=2)
+    max_length: int = Field(2048, ge=16)
+    lora_rank: int = Field(16, ge=1)
+    save_every: int = Field(500, ge=1)
+    seed: int = 0
+    stages: list[StageConfig] = []

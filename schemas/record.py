@@ -1,0 +1,103 @@
+"""Annotation records: the unified "SpaceSpan" format, one JSON object per line.
+
+Every converter (`p3d convert`) and the toy world write these; the trainer and `p3d eval` read them.
+Object references use the scene's instance ids (the `label` values of the triplet store); in text,
+an object is written `<OBJ012>` by its segment id in the proxy shard (see trainer.objects).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.errors import SchemaError, describe
+from schemas.manifest import Box3D
+
+# Task names. Benchmarks map onto these; `p3d eval --task` picks the metric by task.
+TASKS = (
+    "qa",  # free-form QA (ScanQA, MMScan QA)
+    "situated_qa",  # SQA3D
+    "grounding",  # one target (ScanRefer, MMScan grounding)
+    "multi_grounding",  # zero or more targets (Multi3DRefer)
+    "caption",  # dense captioning of one object (Scan2Cap)
+    "object_name",  # <OBJxxx> -> category
+    "object_id",  # category / description -> <OBJxxx>
+    "counting",
+    "object_size",
+    "object_position",
+    "distance",
+    "room_size",
+    "relative_direction",
+    "relative_distance",
+    "relative_size",
+    "appearance_order",
+    "route_plan",
+    "spatial_qa",  # SR-91K and other free spatial reasoning
+)
+AnswerType = Literal["text", "choice", "number", "objects"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    scene_id: str = Field(min_length=1)
+    task: str
+    source: str = Field(description="dataset of origin: toy, scanqa, sqa3d, scanrefer, ...")
+    question: str = Field(description="the question or prompt, without the scene")
+    situation: str | None = None
+    answers: list[str] = Field(default_factory=list, description="reference answers; first is canonical")
+    answer_type: AnswerType = "text"
+    choices: list[str] | None = None
+    target_ids: list[int] = Field(default_factory=list)
+    target_boxes: list[Box3D] = Field(default_factory=list)
+    question_type: str | None = None
+    split: str | None = None
+    unique: bool | None = Field(None, description="grounding: the target is the only one of its class")
+    meta: dict = Field(default_factory=dict)
+
+    def model_post_init(self, __context) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        if self.answer_type == "choice" and not self.choices:
+            raise ValueError("answer_type 'choice' needs choices")
+
+
+def load_records(path: str | Path) -> list[Record]:
+    return list(iter_records(path))
+
+
+def iter_records(path: str | Path) -> Iterator[Record]:
+    path = Path(path)
+    with path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SchemaError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
+            try:
+                yield Record.model_validate(data)
+            except ValidationError as e:
+                raise describe(e, path, line_no) from e
+
+
+def write_records(records: Iterable[Record], path: str | Path) -> int:
+    """Write atomically (temp + rename); returns the number of records."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    n = 0
+    with tmp.open("w") as f:
+        for r in records:
+            f.write(r.model_dump_json(exclude_defaults=True) + "\n")
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return n
