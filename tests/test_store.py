@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from pipeline.features import store
+from schemas.store import ModelRef, StoreAttrs
+
+
+def _attrs(scene_id="s0"):
+    ref = ModelRef(kind="toy")
+    return StoreAttrs(scene_id=scene_id, source={"kind": "toy"}, encoder=ref, geometry=ref, segmenter=ref,
+                      frame_indices=[0, 5], image_size=[56, 84], patch_size=28, grid=[2, 3],
+                      pipeline_version="test")
+
+
+def _arrays(rng, num_frames=2, h=2, w=3, dim=8):
+    xyz = rng.normal(size=(num_frames, h, w, 3)).astype(np.float32)
+    xyz[0, 0, 0] = np.nan
+    return {
+        "feat": rng.normal(size=(num_frames, h, w, dim)).astype(np.float16),
+        "xyz": xyz,
+        "label": rng.integers(-1, 4, size=(num_frames, h, w)).astype(np.int32),
+        "conf": np.ones((num_frames, h, w), np.float16),
+        "pose": np.tile(np.eye(4, dtype=np.float32), (num_frames, 1, 1)),
+        "intrinsics": np.tile(np.eye(3, dtype=np.float32), (num_frames, 1, 1)),
+    }
+
+
+def test_roundtrip_and_readers(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = _arrays(rng)
+    store.write_scene(tmp_path, _attrs(), arrays)
+    assert store.list_scenes(tmp_path) == ["s0"]
+    scene = store.read_scene(tmp_path, "s0")
+    np.testing.assert_array_equal(scene.feat_FhwD, arrays["feat"])
+    np.testing.assert_array_equal(scene.label_Fhw, arrays["label"])
+    assert np.isnan(scene.xyz_Fhw3[0, 0, 0, 0])
+    assert scene.attrs.complete and scene.attrs.grid == [2, 3]
+
+    import dask.array as da
+    import xarray as xr
+    import zarr
+
+    group = zarr.open_group(str(store.scene_path(tmp_path, "s0")), mode="r")
+    assert group["feat"].dtype == np.float16
+    lazy = da.from_zarr(str(store.scene_path(tmp_path, "s0") / "label"))
+    assert int(lazy.sum().compute()) == int(arrays["label"].sum())
+    ds = xr.open_zarr(str(store.scene_path(tmp_path, "s0")), consolidated=False, zarr_format=3)
+    assert ds["xyz"].shape == arrays["xyz"].shape
+
+
+def test_incomplete_group_is_not_listed_and_is_cleaned(tmp_path):
+    import zarr
+
+    rng = np.random.default_rng(1)
+    store.write_scene(tmp_path, _attrs("done"), _arrays(rng))
+    # A group interrupted before its marker: present on disk, not complete.
+    half = zarr.open_group(str(store.scene_path(tmp_path, "half")), mode="w", zarr_format=3)
+    half.create_array("feat", shape=(1,), dtype="float16")
+    (store.features_root(tmp_path) / ".tmp-x-1234").mkdir()
+    assert store.list_scenes(tmp_path) == ["done"]
+    assert set(store.list_scenes(tmp_path, complete_only=False)) == {"done", "half"}
+    with pytest.raises(ValueError, match="half"):
+        store.read_scene(tmp_path, "half")
+    removed = store.clean_partial(tmp_path)
+    assert set(removed) == {"half", ".tmp-x-1234"}
+    assert store.list_scenes(tmp_path, complete_only=False) == ["done"]
+
+
+def test_shape_mismatch_rejected(tmp_path):
+    arrays = _arrays(np.random.default_rng(2))
+    arrays["xyz"] = arrays["xyz"][:, :1]
+    with pytest.raises(ValueError, match="s0: array xyz"):
+        store.write_scene(tmp_path, _attrs(), arrays)
+    assert store.list_scenes(tmp_path, complete_only=False) == []
