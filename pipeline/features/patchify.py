@@ -1,0 +1,72 @@
+"""Patchify and align pixel maps to the encoder's token grid (pure numpy).
+
+Each p x p pixel patch becomes one triplet slot:
+  label  the label covering the largest area inside the patch (-1 "none" competes like any label;
+         ties go to the smaller label id, so a tie with "none" stays unlabeled);
+  xyz    the mean of that label's pixels with valid geometry inside the patch, so the point lies on
+         the object the patch is assigned to; NaN when none of them is valid;
+  conf   the mean confidence over the same pixels; 0 when none is valid.
+Also the nearest-neighbour resampling used for depth and masks (never blends ids or depths).
+
+Legend: F frames, H x W pixels, h x w patches (H = h * p), L distinct labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def nearest_resize(maps_FHW: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Resample the two axes after the first to out_hw by nearest neighbour (pixel-centre aligned)."""
+    height, width = maps_FHW.shape[1:3]
+    out_h, out_w = out_hw
+    if (height, width) == (out_h, out_w):
+        return maps_FHW
+    rows = np.minimum(((np.arange(out_h) + 0.5) * height / out_h).astype(np.int64), height - 1)
+    cols = np.minimum(((np.arange(out_w) + 0.5) * width / out_w).astype(np.int64), width - 1)
+    return maps_FHW[:, rows][:, :, cols]
+
+
+def _to_patches(arr: np.ndarray, patch: int) -> np.ndarray:
+    """F x H x W x ... -> F x h x w x (p*p) x ..."""
+    num_frames, height, width = arr.shape[:3]
+    rest = arr.shape[3:]
+    h, w = height // patch, width // patch
+    out = arr.reshape(num_frames, h, patch, w, patch, *rest)
+    out = np.moveaxis(out, 3, 2)  # F h w p p ...
+    return out.reshape(num_frames, h, w, patch * patch, *rest)
+
+
+def patchify(label_FHW: np.ndarray, xyz_FHW3: np.ndarray, conf_FHW: np.ndarray,
+             patch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (label_Fhw int32, xyz_Fhw3 float32, conf_Fhw float32) on the h x w patch grid."""
+    if label_FHW.ndim != 3 or xyz_FHW3.shape != (*label_FHW.shape, 3) or conf_FHW.shape != label_FHW.shape:
+        raise ValueError(f"patchify: mismatched shapes label {label_FHW.shape}, xyz {xyz_FHW3.shape}, "
+                         f"conf {conf_FHW.shape}")
+    num_frames, height, width = label_FHW.shape
+    if height % patch or width % patch:
+        raise ValueError(f"patchify: image {height}x{width} is not a multiple of the patch size {patch}")
+    h, w = height // patch, width // patch
+
+    # Compact label ids 0..L-1 (sorted, so argmax ties resolve to the smaller original label).
+    uniq_L, compact_FHW = np.unique(label_FHW, return_inverse=True)
+    compact_FHW = compact_FHW.reshape(label_FHW.shape)
+    num_labels = len(uniq_L)
+    compact_PQ = _to_patches(compact_FHW, patch).reshape(num_frames * h * w, patch * patch)
+    num_patches = compact_PQ.shape[0]
+    counts_PL = np.zeros((num_patches, num_labels), dtype=np.int64)
+    np.add.at(counts_PL, (np.repeat(np.arange(num_patches), patch * patch), compact_PQ.ravel()), 1)
+    winner_P = counts_PL.argmax(axis=1)
+
+    xyz_PQ3 = _to_patches(xyz_FHW3.astype(np.float64), patch).reshape(num_patches, patch * patch, 3)
+    conf_PQ = _to_patches(conf_FHW.astype(np.float64), patch).reshape(num_patches, patch * patch)
+    member_PQ = (compact_PQ == winner_P[:, None]) & np.isfinite(xyz_PQ3).all(axis=2)
+    num_members_P = member_PQ.sum(axis=1)
+    safe_P = np.maximum(num_members_P, 1)
+    xyz_P3 = np.where(member_PQ[..., None], xyz_PQ3, 0.0).sum(axis=1) / safe_P[:, None]
+    xyz_P3[num_members_P == 0] = np.nan
+    conf_P = np.where(member_PQ, conf_PQ, 0.0).sum(axis=1) / safe_P
+
+    label_Fhw = uniq_L[winner_P].reshape(num_frames, h, w).astype(np.int32)
+    return label_Fhw, xyz_P3.reshape(num_frames, h, w, 3).astype(np.float32), \
+        conf_P.reshape(num_frames, h, w).astype(np.float32)

@@ -1,0 +1,94 @@
+"""The three model backends of the feature stage, behind small protocols, and their registries.
+
+A backend knows nothing about Ray or files: arrays in, arrays out. Registries are plain dicts from
+the workflow's `kind` name to a "module:function" factory path, imported only when used so that
+`schemas` and `p3d --help` never pull in torch or transformers.
+
+Legend: F frames, H x W pixels at the encoder's input size, h x w token grid, D feature dim.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from schemas.store import ModelRef
+
+
+@dataclass
+class EncoderOutput:
+    feat_FhwD: np.ndarray  # float32, one token per patch_size x patch_size pixels
+    premerge_FHpWpC: np.ndarray | None = None  # float32, before the 2x2 merger (2h x 2w), when asked
+
+
+@dataclass
+class GeometryOutput:
+    xyz_FHW3: np.ndarray  # float32 world points, NaN = invalid
+    conf_FHW: np.ndarray  # float32, 0 where invalid
+    pose_F44: np.ndarray  # float32 camera-to-world
+    intrinsics_F33: np.ndarray  # float32 at H x W
+    scale: float = 1.0  # metric factor already applied to xyz and pose translations
+    scale_method: str = "metric"
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    ref: ModelRef
+    patch_size: int  # pixels per output token side
+    dim: int
+
+    def encode(self, images_FHW3: np.ndarray) -> EncoderOutput: ...
+
+
+@runtime_checkable
+class Geometry(Protocol):
+    ref: ModelRef
+
+    def predict(self, images_FHW3: np.ndarray, sensor: "SensorFrames") -> GeometryOutput: ...
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    ref: ModelRef
+
+    def segment(self, images_FHW3: np.ndarray, sensor: "SensorFrames",
+                xyz_FHW3: np.ndarray | None = None) -> np.ndarray: ...  # int32 F x H x W, -1 = none
+
+
+@dataclass
+class SensorFrames:
+    """What a scene source measured, resampled to the encoder's H x W (nearest for depth and masks).
+
+    `depth_FHW` is 0 where invalid; every field may be absent (a plain video has none).
+    """
+
+    scene_id: str
+    depth_FHW: np.ndarray | None = None
+    poses_F44: np.ndarray | None = None
+    intrinsics_F33: np.ndarray | None = None  # of the colour images
+    depth_intrinsics_F33: np.ndarray | None = None  # of the depth images, when they differ
+    instances_FHW: np.ndarray | None = None
+
+
+# name -> "module:factory"; each factory takes (config section, data_root, device) and returns a backend.
+ENCODERS: dict[str, str] = {
+    "qwen2_5_vl": "pipeline.models.qwen_encoder:load_encoder",
+}
+GEOMETRIES: dict[str, str] = {
+    "rgbd": "pipeline.models.rgbd:load_geometry",
+    "vggt": "pipeline.models.vggt_scaled:load_geometry",
+}
+SEGMENTERS: dict[str, str] = {
+    "instances": "pipeline.models.instances:load_segmenter",
+    "sam2": "pipeline.models.sam2_segmenter:load_segmenter",
+}
+
+
+def resolve_factory(registry: dict[str, str], kind: str) -> Callable[..., Any]:
+    if kind not in registry:
+        raise ValueError(f"unknown backend kind {kind!r}; known: {', '.join(sorted(registry))}")
+    module_name, func_name = registry[kind].split(":")
+    return getattr(importlib.import_module(module_name), func_name)
