@@ -40,6 +40,9 @@ TASKS = (
     "spatial_qa",  # SR-91K and other free spatial reasoning
 )
 AnswerType = Literal["text", "choice", "number", "objects"]
+# In a question, the k-th occurrence of this placeholder names the object `target_ids[k]`; the
+# trainer replaces it with that object's `<OBJxxx>` token (records cannot know segment ids).
+OBJ_PLACEHOLDER = "<OBJ>"
 
 
 class Record(BaseModel):
