@@ -1,0 +1,214 @@
+"""`cluster_scene`: one scene's triplets in, its serialized proxy sequence out (pure: no files).
+
+Steps (DESIGN.md, "The method, mapped to code"): drop invalid triplets; group by label (unlabeled
+patches by voxel cell); merge the smallest groups if the budget cannot cover every group's
+minimum; allocate proxies; FPS + FAISS nearest-center assignment inside each group in the chosen
+distance space; average features and points per proxy; order segments by BFS and keep each
+segment's proxies contiguous, in FPS order.
+
+Legend: N triplets (valid ones after filtering), D feature dims, C distance-space dims,
+K proxies, S segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from pipeline.cluster.allocation import allocate_proxies
+from pipeline.cluster.grouping import NO_LABEL, Groups, group_by_label, merge_to_fit
+from pipeline.cluster.sampling import cluster_group, segment_mean
+from pipeline.cluster.serialize import bfs_order
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    """The algorithmic knobs; `schemas.config_cluster.ClusterConfig` adds the run-level ones."""
+
+    budget: int = 700
+    min_per_group: int = 1
+    grouping: bool = True
+    space: Literal["xyz", "xyz+feat"] = "xyz"
+    feat_weight: float = 1.0
+    per_object: int | None = None
+    unlabeled_cell: float = 1.0
+    unlabeled_min_size: int = 8
+    bfs_neighbors: int = 6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ValueError(f"budget (--proxies) must be >= 1, got {self.budget}")
+        if self.space not in ("xyz", "xyz+feat"):
+            raise ValueError(f"space must be 'xyz' or 'xyz+feat', got {self.space!r}")
+        if self.per_object is not None and self.per_object < 1:
+            raise ValueError(f"per_object must be >= 1, got {self.per_object}")
+
+
+@dataclass
+class Segment:
+    label: int  # primary instance label, -1 for unlabeled spatial groups
+    merged_labels: list[int]
+    size: int  # valid triplets
+    proxies: int
+    center: np.ndarray  # float64 3, mean of member points
+    box_min: np.ndarray
+    box_max: np.ndarray
+
+
+@dataclass
+class SceneProxies:
+    feat_KD: np.ndarray  # float32
+    xyz_K3: np.ndarray  # float32
+    segment_K: np.ndarray  # int32, index into `segments`, which are in BFS order
+    segments: list[Segment]
+    num_triplets: int
+    num_valid: int
+    num_groups_initial: int
+    merges: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_proxies(self) -> int:
+        return len(self.segment_K)
+
+
+def _distance_space(xyz_N3: np.ndarray, feat_ND: np.ndarray, params: ClusterParams,
+                    feat_mean_D: np.ndarray | None, feat_std_D: np.ndarray | None) -> np.ndarray:
+    if params.space == "xyz":
+        return np.ascontiguousarray(xyz_N3, dtype=np.float32)
+    feat = feat_ND.astype(np.float32)
+    mean = feat.mean(0) if feat_mean_D is None else np.asarray(feat_mean_D, np.float32)
+    std = feat.std(0) if feat_std_D is None else np.asarray(feat_std_D, np.float32)
+    # Whitened features have unit variance per dim, so their squared norm grows like D; the
+    # 1/sqrt(D) keeps them on the scale of metres and feat_weight then means what it says.
+    scale = params.feat_weight / np.sqrt(feat.shape[1])
+    white = (feat - mean) / np.maximum(std, 1e-6) * scale
+    return np.ascontiguousarray(np.concatenate([xyz_N3.astype(np.float32), white], axis=1))
+
+
+def _allocate(groups: Groups, xyz_N3: np.ndarray, params: ClusterParams,
+              notes: list[str]) -> tuple[Groups, np.ndarray]:
+    budget, minimum = params.budget, params.min_per_group
+    if params.per_object is None:
+        max_groups = budget // max(minimum, 1)
+        if groups.num_groups > max_groups:
+            before = groups.num_groups
+            merge_to_fit(groups, xyz_N3, max_groups)
+            notes.append(f"merged {before - groups.num_groups} smallest groups into spatial "
+                         f"neighbours: {before} groups > {max_groups} allowed by budget {budget} "
+                         f"with min_per_group {minimum}")
+        return groups, allocate_proxies(groups.sizes(), budget, minimum)
+    # Captioning ablation: each object gets exactly per_object proxies (or all its triplets);
+    # unlabeled groups share whatever budget is left.
+    sizes = groups.sizes()
+    labeled = np.array([groups.primary_label(g) != NO_LABEL for g in range(groups.num_groups)], bool)
+    alloc = np.zeros(groups.num_groups, dtype=np.int64)
+    alloc[labeled] = np.minimum(sizes[labeled], params.per_object)
+    left = budget - int(alloc.sum())
+    if (~labeled).any():
+        if left > 0:
+            alloc[~labeled] = _allocate_subset(sizes[~labeled], left, minimum)
+        else:
+            notes.append(f"per_object {params.per_object}: objects use the whole budget; "
+                         f"{int(sizes[~labeled].sum())} unlabeled triplets get no proxies")
+    if alloc.sum() > budget:
+        notes.append(f"per_object {params.per_object} x {int(labeled.sum())} objects gives "
+                     f"{int(alloc.sum())} proxies, over the budget {budget}")
+    return groups, alloc
+
+
+def _allocate_subset(sizes: np.ndarray, budget: int, minimum: int) -> np.ndarray:
+    """Allocation for unlabeled groups under per_object; too many groups share by size alone."""
+    if np.minimum(sizes, minimum).sum() > budget:
+        return allocate_proxies(sizes, budget, 0)
+    return allocate_proxies(sizes, budget, minimum)
+
+
+def cluster_scene(feat: np.ndarray, xyz: np.ndarray, label: np.ndarray, budget: int | None = None,
+                  params: ClusterParams | None = None, *, feat_mean_D: np.ndarray | None = None,
+                  feat_std_D: np.ndarray | None = None, scene_id: str = "") -> SceneProxies:
+    """Turn one scene's triplets (any leading shape: F x h x w x ... or N x ...) into proxies."""
+    params = params or ClusterParams()
+    if budget is not None and budget != params.budget:
+        params = ClusterParams(**{**params.__dict__, "budget": budget})
+    where = f"scene {scene_id}: " if scene_id else ""
+    feat_ND = feat.reshape(-1, feat.shape[-1])
+    xyz_N3 = xyz.reshape(-1, 3)
+    label_N = label.reshape(-1)
+    if xyz.shape[-1] != 3 or not (len(feat_ND) == len(xyz_N3) == len(label_N)):
+        raise ValueError(f"{where}feat {feat.shape}, xyz {xyz.shape} and label {label.shape} "
+                         "must share their leading shape (xyz ending in 3)")
+    valid_N = np.isfinite(xyz_N3).all(axis=1)
+    result = _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params, feat_mean_D, feat_std_D, where)
+    if not np.isfinite(result.feat_KD).all():
+        # Rare: a non-finite feature. Checking every feature up front costs as much as the rest of
+        # the stage, so only now drop the offending triplets and redo the scene.
+        bad_N = ~np.isfinite(feat_ND).all(axis=1)
+        result = _cluster_valid(feat_ND, xyz_N3, label_N, valid_N & ~bad_N, params, feat_mean_D,
+                                feat_std_D, where)
+        result.notes.append(f"dropped {int((bad_N & valid_N).sum())} triplets with non-finite features")
+    return result
+
+
+def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, feat_mean_D,
+                   feat_std_D, where: str) -> SceneProxies:
+    idx_valid = np.flatnonzero(valid_N)
+    num_valid = len(idx_valid)
+    if num_valid == 0:
+        raise ValueError(f"{where}no valid triplets (every point is NaN)")
+    notes: list[str] = []
+    xyz_V3 = xyz_N3[idx_valid].astype(np.float32)
+    label_V = label_N[idx_valid] if params.grouping else np.full(num_valid, NO_LABEL, np.int32)
+    if params.grouping:
+        groups = group_by_label(xyz_V3, label_V, params.unlabeled_cell, params.unlabeled_min_size)
+    else:
+        groups = Groups(group_N=np.zeros(num_valid, np.int64), label_sizes=[{NO_LABEL: num_valid}],
+                        num_initial=1)
+    num_initial = groups.num_groups
+    groups, alloc_G = _allocate(groups, xyz_V3, params, notes)
+    if num_valid < params.budget:
+        notes.append(f"{num_valid} valid triplets < budget {params.budget}: every triplet is a proxy")
+    feat_VD = feat_ND[idx_valid]
+    space_VC = _distance_space(xyz_V3, feat_VD, params, feat_mean_D, feat_std_D)
+
+    # Cluster each group; proxies are numbered group by group, in FPS order within a group.
+    proxy_V = np.full(num_valid, -1, dtype=np.int64)
+    members = np.argsort(groups.group_N, kind="stable")
+    bounds = np.r_[0, np.cumsum(groups.sizes())]
+    proxy_group: list[int] = []
+    for g in range(groups.num_groups):
+        k = int(alloc_G[g])
+        if k == 0:
+            continue
+        idx = members[bounds[g]:bounds[g + 1]]
+        _, local = cluster_group(space_VC[idx], k, seed=params.seed + g)
+        proxy_V[idx] = len(proxy_group) + local
+        proxy_group += [g] * k
+    num_proxies = len(proxy_group)
+    used = proxy_V >= 0
+    feat_KD = segment_mean(feat_VD[used], proxy_V[used], num_proxies)
+    xyz_K3 = segment_mean(xyz_V3[used], proxy_V[used], num_proxies)
+    proxy_group_K = np.asarray(proxy_group, dtype=np.int64)
+
+    # Segments are the groups that received proxies; their centers drive the BFS.
+    seg_groups = [g for g in range(groups.num_groups) if alloc_G[g] > 0]
+    segments: list[Segment] = []
+    for g in seg_groups:
+        pts = xyz_V3[members[bounds[g]:bounds[g + 1]]].astype(np.float64)
+        segments.append(Segment(label=groups.primary_label(g), merged_labels=groups.merged_labels(g),
+                                size=len(pts), proxies=int(alloc_G[g]), center=pts.mean(0),
+                                box_min=pts.min(0), box_max=pts.max(0)))
+    order_S = bfs_order(np.stack([s.center for s in segments]), params.bfs_neighbors)
+    rank_of_group = np.full(groups.num_groups, -1, dtype=np.int64)
+    rank_of_group[np.asarray(seg_groups)[order_S]] = np.arange(len(order_S))
+    segment_K = rank_of_group[proxy_group_K]
+    # Stable sort keeps FPS order inside each segment while putting segments in BFS order.
+    perm = np.argsort(segment_K, kind="stable")
+    return SceneProxies(
+        feat_KD=feat_KD[perm], xyz_K3=xyz_K3[perm], segment_K=segment_K[perm].astype(np.int32),
+        segments=[segments[i] for i in order_S], num_triplets=len(valid_N), num_valid=num_valid,
+        num_groups_initial=num_initial, merges=groups.merges, notes=notes,
+    )
