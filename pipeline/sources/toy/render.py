@@ -1,0 +1,132 @@
+"""A numpy z-buffer renderer for rooms of axis-aligned boxes.
+
+Each pixel casts one ray (through the integer pixel centre, the same convention the intrinsics
+follow). The room is a box seen from inside: its exit distance is the background depth. Every
+object part is then ray-cast with the slab test, but only over the screen rectangle its corners
+project to, so the work follows the parts' visible area rather than parts x pixels. The nearest hit
+wins (z-buffer), and shading is Lambert with a fixed light plus position-hashed texture noise.
+Depth is z-depth (distance along the optical axis), as a depth camera reports it.
+Legend: H x W pixels, B boxes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NEAR = 0.05
+LIGHT_3 = np.array([0.35, 0.55, 1.0]) / np.linalg.norm([0.35, 0.55, 1.0])
+CEILING_RGB = (235, 235, 232)
+
+
+@dataclass
+class BoxScene:
+    """What the renderer sees: a room box and solid parts with a colour and an instance id."""
+
+    room_size_3: np.ndarray
+    floor_rgb: tuple[int, int, int]
+    wall_rgb: tuple[int, int, int]
+    lo_B3: np.ndarray
+    hi_B3: np.ndarray
+    rgb_B3: np.ndarray  # float, already shaded per part
+    instance_B: np.ndarray  # int32
+
+
+@dataclass
+class Rendered:
+    rgb_HW3: np.ndarray  # uint8
+    depth_HW: np.ndarray  # float32 metres, z-depth
+    instance_HW: np.ndarray  # int32, -1 = room surface
+
+
+def _hash_noise(points_N3: np.ndarray, cell: float, salt: int) -> np.ndarray:
+    """Deterministic value noise in [-1, 1] from the 3D cell a point falls in."""
+    ijk = np.floor(points_N3 / cell).astype(np.int64)
+    h = (ijk[:, 0] * 73856093) ^ (ijk[:, 1] * 19349663) ^ (ijk[:, 2] * 83492791) ^ (salt * 2654435761)
+    h = (h ^ (h >> 13)) * 1274126177
+    return ((h >> 8) & 0xFFFF).astype(np.float64) / 32767.5 - 1.0
+
+
+def render(scene: BoxScene, pose_44: np.ndarray, k_33: np.ndarray, image_hw: tuple[int, int],
+           rng: np.random.Generator | None = None) -> Rendered:
+    h, w = image_hw
+    rot_33, origin_3 = pose_44[:3, :3], pose_44[:3, 3]
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    dir_cam_HW3 = np.stack([(u - k_33[0, 2]) / k_33[0, 0], (v - k_33[1, 2]) / k_33[1, 1], np.ones_like(u)], -1)
+    # Unnormalised rays with unit camera-z, so the ray parameter t *is* the z-depth.
+    dir_HW3 = dir_cam_HW3 @ rot_33.T
+    with np.errstate(divide="ignore"):
+        inv_HW3 = 1.0 / dir_HW3
+
+    # Background: where each ray leaves the room (the face it exits through is what it sees).
+    room_hi = scene.room_size_3
+    exit_HW3 = np.where(dir_HW3 > 0, (room_hi - origin_3) * inv_HW3, -origin_3 * inv_HW3)
+    exit_HW3 = np.where(dir_HW3 == 0, np.inf, exit_HW3)
+    axis_HW = np.argmin(exit_HW3, axis=-1)
+    depth_HW = np.take_along_axis(exit_HW3, axis_HW[..., None], -1)[..., 0]
+    box_HW = np.full((h, w), -1, dtype=np.int64)
+
+    # Object parts, each over the screen rectangle of its projected corners.
+    world_to_cam_33 = rot_33.T
+    for b in range(len(scene.lo_B3)):
+        lo, hi = scene.lo_B3[b], scene.hi_B3[b]
+        corners_83 = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        cam_83 = (corners_83 - origin_3) @ world_to_cam_33.T
+        if np.all(cam_83[:, 2] <= NEAR):
+            continue
+        if np.any(cam_83[:, 2] <= NEAR):
+            r0, r1, c0, c1 = 0, h, 0, w  # straddles the camera plane: projection is unbounded
+        else:
+            uu = cam_83[:, 0] / cam_83[:, 2] * k_33[0, 0] + k_33[0, 2]
+            vv = cam_83[:, 1] / cam_83[:, 2] * k_33[1, 1] + k_33[1, 2]
+            c0, c1 = max(int(np.floor(uu.min())), 0), min(int(np.ceil(uu.max())) + 1, w)
+            r0, r1 = max(int(np.floor(vv.min())), 0), min(int(np.ceil(vv.max())) + 1, h)
+            if c0 >= c1 or r0 >= r1:
+                continue
+        inv = inv_HW3[r0:r1, c0:c1]
+        t_lo = (lo - origin_3) * inv
+        t_hi = (hi - origin_3) * inv
+        with np.errstate(invalid="ignore"):
+            near_hw3 = np.minimum(t_lo, t_hi)
+            far_hw3 = np.maximum(t_lo, t_hi)
+        # A zero direction component gives nan (0*inf) only when the origin is on the slab boundary.
+        near_hw3 = np.nan_to_num(near_hw3, nan=-np.inf)
+        far_hw3 = np.nan_to_num(far_hw3, nan=np.inf)
+        t_enter = near_hw3.max(-1)
+        t_exit = far_hw3.min(-1)
+        sub_depth = depth_HW[r0:r1, c0:c1]
+        hit = (t_enter <= t_exit) & (t_enter > NEAR) & (t_enter < sub_depth)
+        if not hit.any():
+            continue
+        sub_depth[hit] = t_enter[hit]
+        box_HW[r0:r1, c0:c1][hit] = b
+        axis_HW[r0:r1, c0:c1][hit] = near_hw3.argmax(-1)[hit]
+
+    # Shading: the visible face's normal points against the ray along the hit axis.
+    normal_HW3 = np.zeros((h, w, 3))
+    hit_dir = np.take_along_axis(dir_HW3, axis_HW[..., None], -1)[..., 0]
+    np.put_along_axis(normal_HW3, axis_HW[..., None], -np.sign(hit_dir)[..., None], -1)
+    lambert_HW = 0.5 + 0.5 * np.clip(normal_HW3 @ LIGHT_3, 0, None) + 0.1 * np.abs(normal_HW3[..., 0])
+
+    base_HW3 = np.empty((h, w, 3))
+    is_obj = box_HW >= 0
+    base_HW3[is_obj] = scene.rgb_B3[box_HW[is_obj]]
+    room = ~is_obj
+    floor = room & (axis_HW == 2) & (hit_dir < 0)
+    ceiling = room & (axis_HW == 2) & (hit_dir > 0)
+    walls = room & ~floor & ~ceiling
+    base_HW3[floor] = scene.floor_rgb
+    base_HW3[ceiling] = CEILING_RGB
+    base_HW3[walls] = scene.wall_rgb
+
+    points_N3 = origin_3 + dir_HW3.reshape(-1, 3) * depth_HW.reshape(-1, 1)
+    texture = 0.07 * _hash_noise(points_N3, 0.04, 1) + 0.04 * _hash_noise(points_N3, 0.25, 2)
+    # Floor planks: a stripe pattern makes the floor's texture unlike the walls'.
+    plank = 0.06 * np.cos(points_N3[:, 0] * 2 * np.pi / 0.2)
+    texture = texture.reshape(h, w) + np.where(floor, plank.reshape(h, w), 0.0)
+    rgb_HW3 = base_HW3 * (lambert_HW * (1 + texture))[..., None]
+    if rng is not None:
+        rgb_HW3 = rgb_HW3 + rng.normal(0, 2.0, rgb_HW3.shape)
+    instance_HW = np.where(is_obj, scene.instance_B[np.maximum(box_HW, 0)], -1).astype(np.int32)
+    return Rendered(np.clip(rgb_HW3, 0, 255).astype(np.uint8), depth_HW.astype(np.float32), instance_HW)
