@@ -18,7 +18,8 @@ class EncoderConfig(BaseModel):
     model: str = QWEN_VL_DEFAULT
     revision: str | None = None
     video_mode: bool = Field(False, description="encode frames as video (temporal patches) instead of per frame")
-    keep_premerge: bool = False
+    keep_premerge: bool = Field(False, description="also compute the pre-merger map (not stored)")
+    frames_per_batch: int = Field(8, ge=2, description="frames per vision-tower call (memory bound)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
