@@ -1,0 +1,84 @@
+"""Chance levels: what a model that ignores the scene would score, in the metric's own units (%).
+
+- choice: mean of 1 / number of choices.
+- number: the score of always answering the most frequent reference (counting, where answers are
+  integers; "majority class") or the mean reference (continuous answers), under MRA and EM.
+- text / qa / situated_qa: exact match of always answering the most frequent canonical answer.
+- grounding: expected Acc@k of a uniformly random object of the scene (needs the scene objects).
+- multi_grounding: expected F1@k of predicting one uniformly random object (zero-target queries
+  score 0 for it).
+- caption: none defined (None).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from pipeline.eval.boxes import boxes_to_array, matched_f1, pairwise_iou
+from pipeline.eval.metrics import IOU_THRESHOLDS, SceneObjects, gt_boxes, mean_relative_accuracy, metric_kind
+from pipeline.eval.text import clean_answer, normalize_text, parse_number
+from schemas.record import Record
+
+
+def chance_level(task: str, records: list[Record], scene_objects: SceneObjects | None = None) -> dict[str, float | None]:
+    """Chance score per metric name (the names `pipeline.eval.metrics` reports) for one task."""
+    records = [r for r in records if r.task == task]
+    if not records:
+        return {}
+    kind = metric_kind(task, records[0].answer_type)
+    if kind == "choice":
+        return {"Acc": 100.0 * float(np.mean([1.0 / len(r.choices or [1]) for r in records]))}
+    if kind == "number":
+        return _number_chance(records)
+    if kind in ("scanqa", "sqa3d", "exact_match"):
+        clean = clean_answer if kind != "exact_match" else normalize_text
+        with_answers = [r for r in records if r.answers]
+        if not with_answers:
+            return {}
+        top, _ = Counter(clean(r.answers[0]) for r in with_answers).most_common(1)[0]
+        em = 100.0 * float(np.mean([top in {clean(a) for a in r.answers} for r in with_answers]))
+        return {"EM@1" if kind == "scanqa" else "EM": em}
+    if kind == "scanrefer":
+        return _random_object_chance(records, scene_objects, "Acc")
+    if kind == "multi3drefer":
+        return _random_object_chance(records, scene_objects, "F1")
+    return {}
+
+
+def _number_chance(records: list[Record]) -> dict[str, float | None]:
+    gts = np.array([parse_number(r.answers[0]) for r in records if r.answers], dtype=float)
+    if gts.size == 0:
+        return {}
+    integral = bool(np.all(np.mod(gts, 1) == 0))
+    if integral:
+        values, counts = np.unique(gts, return_counts=True)
+        constant = float(values[np.argmax(counts)])
+    else:
+        constant = float(gts.mean())
+    out: dict[str, float | None] = {"MRA": 100.0 * float(np.mean([mean_relative_accuracy(constant, g) for g in gts]))}
+    if integral:
+        out["EM"] = 100.0 * float(np.mean(gts == constant))
+    return out
+
+
+def _random_object_chance(records: list[Record], scene_objects: SceneObjects | None, prefix: str) -> dict[str, float | None]:
+    names = [f"{prefix}@{k}" for k in IOU_THRESHOLDS]
+    if not scene_objects:
+        return dict.fromkeys(names)
+    scores = {k: [] for k in IOU_THRESHOLDS}
+    for rec in records:
+        objs = scene_objects.get(rec.scene_id)
+        gt = gt_boxes(rec, scene_objects)
+        if not objs or gt is None:
+            return dict.fromkeys(names)
+        cand_O6 = boxes_to_array([o.box for o in objs])
+        iou_OG = pairwise_iou(cand_O6, gt)
+        for k in IOU_THRESHOLDS:
+            if prefix == "Acc":
+                scores[k].append(float(np.mean(iou_OG[:, 0] >= k)) if gt.shape[0] else 0.0)
+            else:
+                scores[k].append(float(np.mean([matched_f1(iou_OG[o:o + 1], k) for o in range(len(objs))]))
+                                 if gt.shape[0] else 0.0)
+    return {f"{prefix}@{k}": 100.0 * float(np.mean(scores[k])) for k in IOU_THRESHOLDS}

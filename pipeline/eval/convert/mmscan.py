@@ -1,0 +1,57 @@
+"""MMScan converter (QA and visual grounding).
+
+Release followed: MMScan v1 / the MMScan devkit (github.com/OpenRobotLab/EmbodiedScan, branch
+mmscan): `MMScan_samples/MMScan_QA.json` and `MMScan_samples/MMScan_VG.json`, each a dict
+{"train": [...], "val": [...], "test": [...]} (a bare list is accepted too).
+QA samples: {"ID", "sub_class" (e.g. QA_Single_EQ), "scan_id", "question", "answers",
+"object_ids", "object_names", "input_bboxes_id", "input_bboxes", "output_bboxes_id", "output_bboxes"}.
+VG samples: {"ID", "sub_class" (e.g. VG_Single_Attribute_Common), "scan_id", "text", "target_id"
+(list), "target", "distractor_ids", "anchors", "anchor_ids", "tokens_positive"}.
+Files are told apart by their samples' fields. VG samples become `multi_grounding` records (MMScan
+targets are lists); MMScan's oriented EmbodiedScan boxes are not in these files, so target boxes
+come only from `--boxes`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.eval.convert.common import ConversionResult, SceneObjects, boxes_for, no_boxes_note, read_json
+from schemas.record import Record
+
+
+def convert_mmscan(paths: list[Path], scene_objects: SceneObjects | None = None) -> ConversionResult:
+    result = ConversionResult("mmscan", notes=no_boxes_note(scene_objects))
+    for path in paths:
+        data = read_json(path)
+        splits = data.items() if isinstance(data, dict) else [(None, data)]
+        for split, samples in splits:
+            if not isinstance(samples, list):
+                raise ValueError(f"{path}: split {split!r} is not a list of samples")
+            for i, s in enumerate(samples):
+                sid = str(s.get("ID", f"{Path(path).name}[{split}][{i}]")) if isinstance(s, dict) else f"[{i}]"
+                result.add(sid, lambda s=s, sid=sid, split=split: _build(s, sid, split, scene_objects))
+    return result
+
+
+def _build(s, sid: str, split: str | None, scene_objects: SceneObjects | None) -> Record:
+    if not isinstance(s, dict):
+        raise ValueError("sample is not a JSON object")
+    if "question" in s:
+        ids = [int(x) for x in s.get("object_ids") or []]
+        return Record(
+            id=f"mmscan-{sid}", scene_id=s["scan_id"], task="qa", source="mmscan",
+            question=s["question"].strip(), answers=list(s["answers"]), target_ids=ids,
+            target_boxes=boxes_for(scene_objects, s["scan_id"], ids), question_type=s["sub_class"],
+            split=split, meta={"object_names": s.get("object_names") or []},
+        )
+    if "text" in s and "target_id" in s:
+        ids = [int(x) for x in s["target_id"]]
+        return Record(
+            id=f"mmscan-{sid}", scene_id=s["scan_id"], task="multi_grounding", source="mmscan",
+            question=s["text"].strip(), target_ids=ids, target_boxes=boxes_for(scene_objects, s["scan_id"], ids),
+            answer_type="objects", question_type=s["sub_class"], split=split,
+            meta={"target": s.get("target", []), "anchor_ids": s.get("anchor_ids", []),
+                  "distractor_ids": s.get("distractor_ids", [])},
+        )
+    raise ValueError("neither a QA sample (question) nor a VG sample (text, target_id)")

@@ -1,0 +1,153 @@
+"""ScanRefer, Scan2Cap and Multi3DRefer converters (ScanNet instance ids as targets).
+
+ScanRefer, v1 filtered release (github.com/daveredrum/ScanRefer, `ScanRefer_filtered_{train,val,
+test}.json`): a JSON list of {"scene_id", "object_id" (string), "object_name", "ann_id" (string),
+"description", "token"}. `unique` follows ScanRefer's definition: the target is the only object of
+its class in the scene. Classes come from the `--boxes` file's categories when given, else from
+the object names annotated in the ScanRefer file itself (raw names with "_" read as spaces,
+not ScanRefer's 18-class NYU40 grouping, which needs scannetv2-labels.combined.tsv).
+
+Scan2Cap uses the same ScanRefer files: one caption record per (scene, object) whose reference
+answers are all descriptions of that object.
+
+Multi3DRefer, v1.0 (github.com/3dlg-hcvc/M3DRef-CLIP, `multi3drefer_{train,val}.json`): a JSON
+list of {"scene_id", "object_name", "ann_id", "description", "object_ids" (list, may be empty),
+"eval_type" (zt_w_d | zt_wo_d | st_w_d | st_wo_d | mt), "spans", "token"}.
+
+Target boxes come from an optional `--boxes` file (scene_id -> list of ObjectInfo); without it,
+records carry target_ids only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from pipeline.eval.convert.common import (
+    ConversionResult,
+    SceneObjects,
+    boxes_for,
+    expect_list,
+    no_boxes_note,
+    read_json,
+)
+from schemas.record import Record
+
+MULTI3DREFER_EVAL_TYPES = ("zt_w_d", "zt_wo_d", "st_w_d", "st_wo_d", "mt")
+
+
+def _load_entries(paths: list[Path], what: str) -> list[tuple[str | None, int, dict | object]]:
+    out = []
+    for path in paths:
+        split = next((s for s in ("train", "val", "test") if s in Path(path).name), None)
+        for i, entry in enumerate(expect_list(read_json(path), path, what)):
+            out.append((split, i, entry))
+    return out
+
+
+def _class_counts(entries, scene_objects: SceneObjects | None) -> dict[str, Counter]:
+    """Objects per class per scene, for ScanRefer's unique / multiple split."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    if scene_objects is not None:
+        for scene_id, objs in scene_objects.items():
+            counts[scene_id] = Counter(o.category.replace("_", " ").lower() for o in objs)
+        return counts
+    seen = set()
+    for _, _, e in entries:
+        if isinstance(e, dict) and {"scene_id", "object_id", "object_name"} <= e.keys():
+            key = (e["scene_id"], str(e["object_id"]))
+            if key not in seen:
+                seen.add(key)
+                counts[e["scene_id"]][e["object_name"].replace("_", " ").lower()] += 1
+    return counts
+
+
+def _entry_class(scene_objects, scene_id: str, object_id: int, object_name: str) -> str:
+    if scene_objects is not None:
+        for o in scene_objects.get(scene_id, []):
+            if o.id == object_id:
+                return o.category.replace("_", " ").lower()
+    return object_name.replace("_", " ").lower()
+
+
+def convert_scanrefer(paths: list[Path], scene_objects: SceneObjects | None = None) -> ConversionResult:
+    result = ConversionResult("scanrefer", notes=no_boxes_note(scene_objects))
+    entries = _load_entries(paths, "ScanRefer descriptions")
+    counts = _class_counts(entries, scene_objects)
+    for split, i, e in entries:
+        eid = f"{e.get('scene_id')}-{e.get('object_id')}-{e.get('ann_id')}" if isinstance(e, dict) else f"[{i}]"
+
+        def build(e=e, eid=eid, split=split) -> Record:
+            if not isinstance(e, dict):
+                raise ValueError("entry is not a JSON object")
+            obj = int(e["object_id"])
+            cls = _entry_class(scene_objects, e["scene_id"], obj, e["object_name"])
+            return Record(
+                id=f"scanrefer-{eid}", scene_id=e["scene_id"], task="grounding", source="scanrefer",
+                question=e["description"].strip(), target_ids=[obj],
+                target_boxes=boxes_for(scene_objects, e["scene_id"], [obj]), answer_type="objects",
+                unique=counts[e["scene_id"]][cls] == 1, split=split,
+                meta={"object_name": e["object_name"], "ann_id": str(e["ann_id"])},
+            )
+
+        result.add(eid, build)
+    return result
+
+
+def convert_scan2cap(paths: list[Path], scene_objects: SceneObjects | None = None) -> ConversionResult:
+    result = ConversionResult("scan2cap", notes=no_boxes_note(scene_objects))
+    grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    splits: dict[tuple[str, str], str | None] = {}
+    for split, i, e in _load_entries(paths, "ScanRefer descriptions"):
+        if not isinstance(e, dict) or not {"scene_id", "object_id", "description"} <= e.keys():
+            result.problems.append((f"[{i}]", "entry lacks scene_id, object_id or description"))
+            continue
+        key = (e["scene_id"], str(e["object_id"]))
+        grouped[key].append(e)
+        splits[key] = split
+    for (scene_id, object_id), es in grouped.items():
+        eid = f"{scene_id}-{object_id}"
+
+        def build(scene_id=scene_id, object_id=object_id, es=es, eid=eid) -> Record:
+            obj = int(object_id)
+            return Record(
+                id=f"scan2cap-{eid}", scene_id=scene_id, task="caption", source="scan2cap",
+                question="Describe the object in detail.", target_ids=[obj],
+                target_boxes=boxes_for(scene_objects, scene_id, [obj]),
+                answers=[x["description"].strip() for x in es], split=splits[(scene_id, object_id)],
+                meta={"object_name": es[0].get("object_name")},
+            )
+
+        result.add(eid, build)
+    return result
+
+
+def convert_multi3drefer(paths: list[Path], scene_objects: SceneObjects | None = None) -> ConversionResult:
+    result = ConversionResult("multi3drefer", notes=no_boxes_note(scene_objects))
+    seen: set[str] = set()
+    for split, i, e in _load_entries(paths, "Multi3DRefer descriptions"):
+        eid = (f"{e.get('scene_id')}-{e.get('object_id', 'x')}-{e.get('ann_id')}"
+               if isinstance(e, dict) else f"[{i}]")
+
+        def build(e=e, eid=eid, split=split) -> Record:
+            if not isinstance(e, dict):
+                raise ValueError("entry is not a JSON object")
+            if eid in seen:
+                raise ValueError("duplicate (scene_id, object_id, ann_id)")
+            if e["eval_type"] not in MULTI3DREFER_EVAL_TYPES:
+                raise ValueError(f"unknown eval_type {e['eval_type']!r}")
+            ids = [int(x) for x in e["object_ids"]]
+            if (len(ids) == 0) != e["eval_type"].startswith("zt"):
+                raise ValueError(f"eval_type {e['eval_type']} disagrees with {len(ids)} target objects")
+            seen.add(eid)
+            return Record(
+                id=f"multi3drefer-{eid}", scene_id=e["scene_id"], task="multi_grounding",
+                source="multi3drefer", question=e["description"].strip(), target_ids=ids,
+                target_boxes=boxes_for(scene_objects, e["scene_id"], ids), answer_type="objects",
+                question_type=e["eval_type"], split=split,
+                meta={"eval_type": e["eval_type"], "object_name": e.get("object_name"),
+                      "ann_id": str(e.get("ann_id"))},
+            )
+
+        result.add(eid, build)
+    return result

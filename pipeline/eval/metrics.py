@@ -1,0 +1,393 @@
+"""Metrics per benchmark: pure functions from (record, prediction) pairs to a `TaskResult`.
+
+Every score is a percentage (0..100), as the benchmarks print them. A record without a
+prediction scores 0 on every metric (it is counted in `num_missing`, never dropped).
+
+Which metric a group of records gets (see `metric_kind`):
+  qa -> ScanQA (EM@1, EM-R, BLEU-1..4, METEOR, ROUGE-L, CIDEr); situated_qa -> SQA3D (EM per
+  question type); grounding -> ScanRefer (Acc@0.25/0.5, unique/multiple); multi_grounding ->
+  Multi3DRefer (F1@0.25/0.5, Hungarian, per eval type); caption -> Scan2Cap (CIDEr/BLEU-4/METEOR/
+  ROUGE-L @0.5 IoU, plus the plain scores); anything else by answer type: choice -> accuracy,
+  number -> mean relative accuracy (VSI-Bench), text -> exact match.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.eval.boxes import boxes_to_array, matched_f1, pairwise_iou
+from pipeline.eval.captions import score_captions
+from pipeline.eval.predictions import Prediction
+from pipeline.eval.text import (
+    answer_choice_index,
+    clean_answer,
+    em_and_refined,
+    normalize_text,
+    parse_choice,
+    parse_number,
+)
+from schemas.manifest import ObjectInfo
+from schemas.record import Record
+
+Pair = tuple[Record, Prediction | None]
+SceneObjects = dict[str, list[ObjectInfo]]
+MRA_THRESHOLDS = np.linspace(0.50, 0.95, 10)
+IOU_THRESHOLDS = (0.25, 0.5)
+
+
+@dataclass
+class TaskResult:
+    name: str  # row label: "<source>/<task>" or a benchmark name
+    kind: str  # which metric family scored it
+    num_samples: int
+    num_missing: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    chance: dict[str, float | None] = field(default_factory=dict)
+    per_sample: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "kind": self.kind, "num_samples": self.num_samples,
+            "num_missing": self.num_missing, "metrics": self.metrics, "chance": self.chance,
+            "notes": self.notes, "per_sample": self.per_sample,
+        }
+
+
+def metric_kind(task: str, answer_type: str) -> str:
+    fixed = {"qa": "scanqa", "situated_qa": "sqa3d", "grounding": "scanrefer",
+             "multi_grounding": "multi3drefer", "caption": "scan2cap"}
+    if task in fixed:
+        return fixed[task]
+    return {"choice": "choice", "number": "number"}.get(answer_type, "exact_match")
+
+
+def _pct(values) -> float:
+    values = list(values)
+    return 100.0 * float(np.mean(values)) if values else float("nan")
+
+
+def _base_sample(rec: Record, pred: Prediction | None) -> dict:
+    return {"id": rec.id, "scene_id": rec.scene_id, "prediction": None if pred is None else pred.text,
+            "answers": rec.answers}
+
+
+# ---------------------------------------------------------------- text answers
+
+
+def eval_scanqa(pairs: list[Pair], name: str = "scanqa") -> TaskResult:
+    """EM@1 / EM-R on LEO-cleaned answers; n-gram scores on COCO-tokenized raw text."""
+    res = TaskResult(name, "scanqa", len(pairs), sum(p is None for _, p in pairs))
+    em, em_r, refs, hyps = [], [], {}, {}
+    for i, (rec, pred) in enumerate(pairs):
+        if not rec.answers:
+            raise ValueError(f"record {rec.id} ({rec.scene_id}) has no reference answers")
+        text = "" if pred is None else pred.text
+        e, r = em_and_refined(clean_answer(text), [clean_answer(a) for a in rec.answers])
+        em.append(e)
+        em_r.append(r)
+        refs[str(i)], hyps[str(i)] = list(rec.answers), text
+        res.per_sample.append({**_base_sample(rec, pred), "EM@1": 100.0 * e, "EM-R": 100.0 * r})
+    res.metrics = {"EM@1": _pct(em), "EM-R": _pct(em_r)}
+    if pairs:
+        scores = score_captions(refs, hyps)
+        for metric, value in scores.corpus.items():
+            res.metrics[metric] = 100.0 * value
+        for i, sample in enumerate(res.per_sample):
+            for metric in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+                sample[metric] = 100.0 * scores.per_sample[metric][i]
+    return res
+
+
+def eval_sqa3d(pairs: list[Pair], name: str = "sqa3d") -> TaskResult:
+    """EM (and EM-R) overall and per question type (SQA3D: what / is / how / can / which / others)."""
+    res = TaskResult(name, "sqa3d", len(pairs), sum(p is None for _, p in pairs))
+    by_type: dict[str, list[int]] = defaultdict(list)
+    em, em_r = [], []
+    for rec, pred in pairs:
+        text = "" if pred is None else pred.text
+        e, r = em_and_refined(clean_answer(text), [clean_answer(a) for a in rec.answers])
+        em.append(e)
+        em_r.append(r)
+        by_type[rec.question_type or "others"].append(e)
+        res.per_sample.append({**_base_sample(rec, pred), "question_type": rec.question_type,
+                               "EM": 100.0 * e, "EM-R": 100.0 * r})
+    res.metrics = {"EM": _pct(em), "EM-R": _pct(em_r)}
+    for qtype in sorted(by_type):
+        res.metrics[f"EM/{qtype}"] = _pct(by_type[qtype])
+    return res
+
+
+def eval_exact_match(pairs: list[Pair], name: str) -> TaskResult:
+    """Normalized exact match against any reference; with no text answers, the predicted
+    instance ids must equal the target ids as a set."""
+    res = TaskResult(name, "exact_match", len(pairs), sum(p is None for _, p in pairs))
+    hits = []
+    for rec, pred in pairs:
+        if pred is None:
+            hit = 0
+        elif rec.answers:
+            hit = int(normalize_text(pred.text) in {normalize_text(a) for a in rec.answers})
+        elif pred.instance_ids is not None:
+            hit = int(set(pred.instance_ids) == set(rec.target_ids))
+        else:
+            raise ValueError(f"record {rec.id}: no text answers and the prediction has no instance_ids")
+        hits.append(hit)
+        res.per_sample.append({**_base_sample(rec, pred), "EM": 100.0 * hit})
+    res.metrics = {"EM": _pct(hits)}
+    return res
+
+
+# ---------------------------------------------------------------- choices and numbers
+
+
+def _vsibench_first_word(text: str) -> str:
+    # VSI-Bench's own "fuzzy matching": the first word, trailing period removed.
+    return text.split(" ")[0].rstrip(".").strip()
+
+
+def choice_hit(rec: Record, text: str) -> int:
+    assert rec.choices is not None
+    gt = answer_choice_index(rec.answers[0], rec.choices)
+    if rec.source == "vsibench":
+        return int(_vsibench_first_word(text).lower() == rec.answers[0].strip().lower())
+    return int(parse_choice(text, rec.choices) == gt)
+
+
+def eval_choice(pairs: list[Pair], name: str) -> TaskResult:
+    res = TaskResult(name, "choice", len(pairs), sum(p is None for _, p in pairs))
+    hits = []
+    for rec, pred in pairs:
+        if not rec.answers or not rec.choices:
+            raise ValueError(f"record {rec.id} ({rec.scene_id}): a choice question needs choices and an answer")
+        hit = 0 if pred is None else choice_hit(rec, pred.text)
+        hits.append(hit)
+        res.per_sample.append({**_base_sample(rec, pred), "Acc": 100.0 * hit})
+    res.metrics = {"Acc": _pct(hits)}
+    return res
+
+
+def mean_relative_accuracy(pred: float | None, gt: float) -> float:
+    """VSI-Bench MRA: the fraction of thresholds t in 0.50..0.95 with |pred-gt|/gt <= 1 - t."""
+    if pred is None or not np.isfinite(pred):
+        return 0.0
+    if gt == 0:
+        return float(pred == 0)
+    rel_err = abs(pred - gt) / abs(gt)
+    return float(np.mean(rel_err <= 1.0 - MRA_THRESHOLDS))
+
+
+def read_number(rec: Record, text: str) -> float | None:
+    if rec.source == "vsibench":
+        try:
+            return float(_vsibench_first_word(text))
+        except ValueError:
+            return None
+    return parse_number(text)
+
+
+def eval_number(pairs: list[Pair], name: str) -> TaskResult:
+    """MRA for every numeric answer; EM too when all references are integers (counting)."""
+    res = TaskResult(name, "number", len(pairs), sum(p is None for _, p in pairs))
+    mra, em = [], []
+    integral = all(float(parse_number(r.answers[0]) or 0).is_integer() for r, _ in pairs if r.answers)
+    for rec, pred in pairs:
+        gt = parse_number(rec.answers[0]) if rec.answers else None
+        if gt is None:
+            raise ValueError(f"record {rec.id} ({rec.scene_id}): numeric answer {rec.answers!r} is not a number")
+        value = None if pred is None else read_number(rec, pred.text)
+        score = mean_relative_accuracy(value, gt)
+        mra.append(score)
+        sample = {**_base_sample(rec, pred), "parsed": value, "MRA": 100.0 * score}
+        if integral:
+            hit = int(value is not None and round(value) == round(gt) and abs(value - round(value)) < 1e-6)
+            em.append(hit)
+            sample["EM"] = 100.0 * hit
+        res.per_sample.append(sample)
+    res.metrics = {"MRA": _pct(mra)}
+    if integral:
+        res.metrics["EM"] = _pct(em)
+    return res
+
+
+# ---------------------------------------------------------------- boxes
+
+
+def _objects_by_id(scene_objects: SceneObjects | None, scene_id: str) -> dict[int, ObjectInfo]:
+    if not scene_objects or scene_id not in scene_objects:
+        return {}
+    return {o.id: o for o in scene_objects[scene_id]}
+
+
+def gt_boxes(rec: Record, scene_objects: SceneObjects | None) -> np.ndarray | None:
+    if rec.target_boxes or not rec.target_ids:
+        return boxes_to_array(rec.target_boxes)
+    objs = _objects_by_id(scene_objects, rec.scene_id)
+    if not objs:
+        return None
+    missing = [i for i in rec.target_ids if i not in objs]
+    if missing:
+        raise ValueError(f"record {rec.id}: target ids {missing} are not objects of scene {rec.scene_id}")
+    return boxes_to_array([objs[i].box for i in rec.target_ids])
+
+
+def pred_boxes(pred: Prediction, scene_objects: SceneObjects | None) -> np.ndarray | None:
+    if pred.boxes is not None:
+        return boxes_to_array(pred.boxes)
+    if pred.instance_ids is None:
+        return None
+    objs = _objects_by_id(scene_objects, pred.scene_id)
+    if not objs:
+        return None
+    # An id that is no object of the scene is still a prediction: a zero-volume box overlaps nothing.
+    return np.array([[*objs[i].box.center, *objs[i].box.size] if i in objs else [0.0] * 6
+                     for i in pred.instance_ids], dtype=np.float64).reshape(-1, 6)
+
+
+def iou_matrix(rec: Record, pred: Prediction, scene_objects: SceneObjects | None) -> tuple[np.ndarray, str]:
+    """IoU (P, G) between predicted and target objects, and how it was obtained ("boxes" | "ids").
+
+    Without boxes on either side, identity of instance ids stands in for IoU (1 same, 0 not):
+    the setting where the model picks among ground-truth objects.
+    """
+    gt = gt_boxes(rec, scene_objects)
+    pb = pred_boxes(pred, scene_objects)
+    if gt is not None and pb is not None:
+        return pairwise_iou(pb, gt), "boxes"
+    if pred.instance_ids is not None:
+        same = np.array([[float(p == t) for t in rec.target_ids] for p in pred.instance_ids])
+        return same.reshape(len(pred.instance_ids), len(rec.target_ids)), "ids"
+    raise ValueError(
+        f"record {rec.id} ({rec.scene_id}): cannot compare objects: the prediction has neither boxes "
+        "nor instance_ids resolvable to boxes (pass --boxes with the scene objects)"
+    )
+
+
+def eval_grounding(pairs: list[Pair], name: str, scene_objects: SceneObjects | None = None) -> TaskResult:
+    """ScanRefer: the first predicted object against the (single) target, Acc@kIoU, unique/multiple."""
+    res = TaskResult(name, "scanrefer", len(pairs), sum(p is None for _, p in pairs))
+    hits = {k: [] for k in IOU_THRESHOLDS}
+    split_hits: dict[str, dict[float, list[int]]] = defaultdict(lambda: {k: [] for k in IOU_THRESHOLDS})
+    modes = Counter()
+    for rec, pred in pairs:
+        if not rec.target_ids and not rec.target_boxes:
+            raise ValueError(f"record {rec.id} ({rec.scene_id}): a grounding record needs a target")
+        iou = 0.0
+        if pred is not None:
+            m, mode = iou_matrix(rec, pred, scene_objects)
+            modes[mode] += 1
+            iou = float(m[0].max()) if m.shape[0] and m.shape[1] else 0.0
+        sample = {**_base_sample(rec, pred), "iou": iou, "unique": rec.unique}
+        for k in IOU_THRESHOLDS:
+            hit = int(iou >= k)
+            hits[k].append(hit)
+            sample[f"Acc@{k}"] = 100.0 * hit
+            if rec.unique is not None:
+                split_hits["unique" if rec.unique else "multiple"][k].append(hit)
+        res.per_sample.append(sample)
+    for k in IOU_THRESHOLDS:
+        res.metrics[f"Acc@{k}"] = _pct(hits[k])
+    for split in ("unique", "multiple"):
+        if split in split_hits:
+            for k in IOU_THRESHOLDS:
+                res.metrics[f"Acc@{k}/{split}"] = _pct(split_hits[split][k])
+    if modes.get("ids"):
+        res.notes.append(f"{modes['ids']} samples compared by instance id (no boxes available)")
+    return res
+
+
+def eval_multi_grounding(pairs: list[Pair], name: str, scene_objects: SceneObjects | None = None) -> TaskResult:
+    """Multi3DRefer: F1@kIoU per query with Hungarian one-to-one matching, per eval type."""
+    res = TaskResult(name, "multi3drefer", len(pairs), sum(p is None for _, p in pairs))
+    f1 = {k: [] for k in IOU_THRESHOLDS}
+    by_type: dict[str, dict[float, list[float]]] = defaultdict(lambda: {k: [] for k in IOU_THRESHOLDS})
+    for rec, pred in pairs:
+        sample = _base_sample(rec, pred)
+        eval_type = rec.meta.get("eval_type") or rec.question_type
+        for k in IOU_THRESHOLDS:
+            if pred is None:
+                score = 0.0  # a missing answer is wrong even where the target set is empty
+            elif pred.boxes is None and pred.instance_ids is None:
+                raise ValueError(f"record {rec.id}: multi_grounding prediction has no boxes or instance_ids")
+            else:
+                m, _ = iou_matrix(rec, pred, scene_objects)
+                score = matched_f1(m, k)
+            f1[k].append(score)
+            sample[f"F1@{k}"] = 100.0 * score
+            if eval_type:
+                by_type[eval_type][k].append(score)
+        res.per_sample.append(sample)
+    for k in IOU_THRESHOLDS:
+        res.metrics[f"F1@{k}"] = _pct(f1[k])
+    for eval_type in sorted(by_type):
+        for k in IOU_THRESHOLDS:
+            res.metrics[f"F1@{k}/{eval_type}"] = _pct(by_type[eval_type][k])
+    return res
+
+
+def eval_scan2cap(pairs: list[Pair], name: str, scene_objects: SceneObjects | None = None) -> TaskResult:
+    """Scan2Cap m@0.5IoU: each caption score counts only where the predicted box hits the target
+    object at IoU >= 0.5 (else 0), averaged over all target objects; plain scores beside them."""
+    res = TaskResult(name, "scan2cap", len(pairs), sum(p is None for _, p in pairs))
+    refs, hyps, ious = {}, {}, []
+    localized = True
+    for i, (rec, pred) in enumerate(pairs):
+        refs[str(i)], hyps[str(i)] = list(rec.answers), "" if pred is None else pred.text
+        iou = 0.0
+        if pred is not None:
+            if pred.boxes is None and pred.instance_ids is None:
+                localized = False
+            else:
+                m, _ = iou_matrix(rec, pred, scene_objects)
+                iou = float(m[0].max()) if m.size else 0.0
+        ious.append(iou)
+    if not pairs:
+        return res
+    scores = score_captions(refs, hyps)
+    hit = (np.array(ious) >= 0.5).astype(float)
+    for metric in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"):
+        per = np.array(scores.per_sample[metric])
+        if localized:
+            res.metrics[f"{metric}@0.5"] = 100.0 * float(np.mean(per * hit))
+        res.metrics[metric] = 100.0 * scores.corpus[metric]
+    if not localized:
+        res.notes.append("predictions carry no boxes or instance ids: only plain caption scores")
+    for i, (rec, pred) in enumerate(pairs):
+        res.per_sample.append({**_base_sample(rec, pred), "iou": ious[i],
+                               **{m: 100.0 * scores.per_sample[m][i] for m in ("CIDEr", "BLEU-4")}})
+    return res
+
+
+# ---------------------------------------------------------------- VSI-Bench aggregate
+
+VSI_MCA = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard",
+           "object_rel_distance", "route_planning", "obj_appearance_order")
+VSI_NA = ("object_abs_distance", "object_counting", "object_size_estimation", "room_size_estimation")
+
+
+def eval_vsibench(pairs: list[Pair], name: str = "vsibench") -> TaskResult:
+    """Accuracy (MC) or MRA (numerical) per question type; the three relative-direction levels are
+    averaged into one task, and `overall` is the mean over tasks, as the benchmark's code does."""
+    res = TaskResult(name, "vsibench", len(pairs), sum(p is None for _, p in pairs))
+    per_type: dict[str, list[float]] = defaultdict(list)
+    for rec, pred in pairs:
+        qtype = rec.question_type or rec.task
+        if rec.answer_type == "choice":
+            score = 0.0 if pred is None else float(choice_hit(rec, pred.text))
+        else:
+            gt = parse_number(rec.answers[0])
+            if gt is None:
+                raise ValueError(f"record {rec.id}: numeric answer {rec.answers!r} is not a number")
+            score = 0.0 if pred is None else mean_relative_accuracy(read_number(rec, pred.text), gt)
+        per_type[qtype].append(score)
+        res.per_sample.append({**_base_sample(rec, pred), "question_type": qtype, "score": 100.0 * score})
+    task_scores = {q: _pct(v) for q, v in sorted(per_type.items())}
+    direction = [task_scores.pop(q) for q in VSI_MCA[:3] if q in task_scores]
+    if direction:
+        task_scores["object_rel_direction"] = float(np.mean(direction))
+    res.metrics = dict(task_scores)
+    res.metrics["overall"] = float(np.mean(list(task_scores.values()))) if task_scores else float("nan")
+    return res

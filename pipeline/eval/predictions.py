@@ -1,0 +1,114 @@
+"""Predictions file: what `p3d predict` writes and `p3d eval` reads, one JSON object per line.
+
+Contract (owned here, written by the trainer's `predict`):
+
+    {"id": "<record id>", "scene_id": "scene0000_00", "task": "grounding", "text": "<OBJ012>",
+     "object_ids": [12], "boxes": [{"center": [..], "size": [..]}], "instance_ids": [37]}
+
+`id`, `scene_id`, `task` and `text` are required; `object_ids` are segment ids parsed from the
+generated `<OBJxxx>` tokens, `instance_ids` the store labels of those segments (comparable with
+`Record.target_ids`), `boxes` their axis-aligned boxes (comparable with `Record.target_boxes`).
+An empty list means "predicted no object" (Multi3DRefer zero-target); a missing field means "not given".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.errors import SchemaError, describe
+from schemas.manifest import Box3D, ObjectInfo
+
+OBJ_TOKEN = re.compile(r"<OBJ(\d{3,})>")
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, description="the Record id this answers")
+    scene_id: str = Field(min_length=1)
+    task: str
+    text: str = Field(description="the generated answer, special tokens kept")
+    object_ids: list[int] | None = Field(None, description="segment ids predicted via <OBJxxx>")
+    boxes: list[Box3D] | None = Field(None, description="boxes of the predicted objects")
+    instance_ids: list[int] | None = Field(None, description="store labels of the predicted segments")
+
+
+def object_ids_in_text(text: str) -> list[int]:
+    """Segment ids named by `<OBJxxx>` tokens, in order of appearance, without repeats."""
+    seen: dict[int, None] = {}
+    for m in OBJ_TOKEN.finditer(text):
+        seen.setdefault(int(m.group(1)), None)
+    return list(seen)
+
+
+def load_predictions(path: str | Path) -> dict[str, Prediction]:
+    """Predictions keyed by record id; a repeated id is an error (which answer would count?)."""
+    path = Path(path)
+    out: dict[str, Prediction] = {}
+    with path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                pred = Prediction.model_validate(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise SchemaError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
+            except ValidationError as e:
+                raise describe(e, path, line_no) from e
+            if pred.id in out:
+                raise SchemaError(f"{path}:{line_no}: duplicate prediction for record id {pred.id!r}")
+            out[pred.id] = pred
+    return out
+
+
+def write_predictions(preds: Iterable[Prediction], path: str | Path) -> int:
+    """Atomic write (temp + rename); returns the number of lines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    n = 0
+    with tmp.open("w") as f:
+        for p in preds:
+            f.write(p.model_dump_json(exclude_none=True) + "\n")
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return n
+
+
+def load_scene_objects(path: str | Path) -> dict[str, list[ObjectInfo]]:
+    """Scene objects for `--boxes`: either one JSON file {scene_id: [ObjectInfo, ...]} (values may
+    also be {"objects": [...]}, as in a manifest), or a scenes folder holding
+    `<scene_id>/objects.json` (a list of ObjectInfo, the toy world's layout)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*/objects.json"))
+        if not files:
+            raise SchemaError(f"{path}: no <scene_id>/objects.json files in this folder")
+        raw = {f.parent.name: _read_json(f) for f in files}
+    else:
+        raw = _read_json(path)
+    if not isinstance(raw, dict):
+        raise SchemaError(f"{path}: expected an object mapping scene_id -> list of objects")
+    out: dict[str, list[ObjectInfo]] = {}
+    for scene_id, objs in raw.items():
+        if isinstance(objs, dict):
+            objs = objs.get("objects", [])
+        try:
+            out[scene_id] = [ObjectInfo.model_validate(o) for o in objs]
+        except ValidationError as e:
+            raise describe(e, f"{path} [{scene_id}]") from e
+    return out
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"{path}: invalid JSON: {e.msg}") from e
