@@ -149,8 +149,11 @@ def random_vggt(cfg: VGGTConfig, seed: int = 0) -> VGGT:
     return model.eval()
 
 
-def save_vggt(model: VGGT, folder: str | Path) -> Path:
-    """`config.json` + `model.safetensors` (float32), each written to a temp file then renamed."""
+def save_vggt(model: VGGT, folder: str | Path, toy: bool = False) -> Path:
+    """`config.json` + `model.safetensors` (float32), each written to a temp file then renamed.
+
+    `toy=True` marks random-weight models in the config, so artifacts can record it.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -158,7 +161,7 @@ def save_vggt(model: VGGT, folder: str | Path) -> Path:
     state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     for name, write in (
         ("model.safetensors", lambda p: save_file(state, p)),
-        ("config.json", lambda p: Path(p).write_text(json.dumps(model.cfg.to_dict(), indent=2))),
+        ("config.json", lambda p: Path(p).write_text(json.dumps({**model.cfg.to_dict(), "toy": toy}, indent=2))),
     ):
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         os.close(fd)
