@@ -52,7 +52,8 @@ def reference_model(request, vggt_reference):
 def test_reference_configs_parse(vggt_reference):
     cfg_a = VGGTConfig.from_json(vggt_reference / "config_A.json")
     cfg_b = VGGTConfig.from_json(vggt_reference / "config_B.json")
-    assert (cfg_a.aggregator.patch_embed, cfg_a.aggregator.depth, cfg_a.camera_head.num_heads) == ("conv", 6, 4)
+    agg_a = cfg_a.aggregator
+    assert (agg_a.patch_embed, agg_a.depth, cfg_a.camera_head.num_heads) == ("conv", 6, 4)
     assert cfg_a.depth_head.out_channels == (16, 24, 32, 40) and cfg_a.point_head.activation == "inv_log"
     assert cfg_b.aggregator.patch_embed == "dinov2_vits14_reg" and cfg_b.aggregator.dino_num_blocks == 2
     assert cfg_b.camera_head.mlp_ratio == 1 and cfg_b.depth_head.intermediate_layer_idx == (0, 0, 1, 1)
@@ -68,7 +69,6 @@ def test_forward_matches_reference(reference_model, inp):
         out = model(images, return_tokens=True)
     assert max_abs(before, io[f"{inp}__tokens_before_first_block"]) <= ATOL
     if name == "B":
-        num_b, num_s, _, height, width = images.shape
         with torch.inference_mode():
             dino = model.aggregator.patch_embed(
                 ((images - torch.tensor([0.485, 0.456, 0.406])[:, None, None])
@@ -118,8 +118,11 @@ def test_cameras_and_unprojection_match_reference(vggt_reference, name):
         np.testing.assert_allclose(extrinsics, geo[f"{inp}__extrinsics"], atol=1e-4, rtol=1e-5)
         np.testing.assert_allclose(intrinsics, geo[f"{inp}__intrinsics"], atol=1e-4, rtol=1e-5)
         for b in range(len(extrinsics)):
-            points = unproject_depth(geo[f"{inp}__depth"][b], geo[f"{inp}__extrinsics"][b], geo[f"{inp}__intrinsics"][b])
-            np.testing.assert_allclose(points, geo[f"{inp}__world_points_from_depth"][b], atol=1e-4, rtol=1e-5)
+            points = unproject_depth(
+                geo[f"{inp}__depth"][b], geo[f"{inp}__extrinsics"][b], geo[f"{inp}__intrinsics"][b]
+            )
+            expected = geo[f"{inp}__world_points_from_depth"][b]
+            np.testing.assert_allclose(points, expected, atol=1e-4, rtol=1e-5)
 
 
 def test_preprocessing_is_bit_exact(vggt_reference):
@@ -155,7 +158,7 @@ def test_unit_vectors(vggt_reference):
 def test_full_size_model_has_exactly_the_manifest_keys(vggt_reference):
     manifest = {}
     for line in (vggt_reference / "manifest_vggt_1b.tsv").read_text().splitlines():
-        if line.startswith("#") or line.startswith("key\t"):
+        if line.startswith(("#", "key\t")):
             continue
         key, shape = line.split("\t")[:2]
         manifest[key] = tuple(int(s) for s in shape.split(","))

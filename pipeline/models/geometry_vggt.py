@@ -32,7 +32,9 @@ __all__ = ["VGGTGeometry", "estimate_scale", "rescale_intrinsics"]
 DEFAULT_MIN_CONF = 1.05
 
 
-def rescale_intrinsics(intrinsics_F33: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+def rescale_intrinsics(
+    intrinsics_F33: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]
+) -> np.ndarray:
     """Intrinsics after resizing an image from src_hw to dst_hw (pixel-centre convention)."""
     sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
     out = np.array(intrinsics_F33, dtype=np.float64, copy=True)

@@ -35,7 +35,7 @@ def resize_pos_embed(pos_embed_1TC: torch.Tensor, grid_hw: tuple[int, int]) -> t
     The table is returned unchanged only for a square grid of its own size, as DINOv2 does.
     """
     num_grid = pos_embed_1TC.shape[1] - 1
-    side = int(round(num_grid ** 0.5))
+    side = round(num_grid ** 0.5)
     assert side * side == num_grid, "pos_embed grid must be square"
     h, w = grid_hw
     if h == w == side:

@@ -21,6 +21,7 @@ DINOV2_FACTORIES: dict[str, tuple[int, int, int]] = {
     "dinov2_vitg2_reg": (1536, 24, 40),
 }
 PATCH_EMBEDS = ("conv", *DINOV2_FACTORIES)
+POINT_HEAD_DEFAULTS = {"output_dim": 4, "activation": "inv_log"}
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,10 @@ class VGGTConfig:
             if getattr(self, name).dim_in != width:
                 raise ValueError(f"{name}.dim_in must be 2 * aggregator.embed_dim = {width}")
         for name in ("depth_head", "point_head"):
-            bad = [i for i in getattr(self, name).intermediate_layer_idx if not 0 <= i < self.aggregator.depth]
+            depth = self.aggregator.depth
+            bad = [i for i in getattr(self, name).intermediate_layer_idx if not 0 <= i < depth]
             if bad:
-                raise ValueError(f"{name}.intermediate_layer_idx {bad} outside 0..{self.aggregator.depth - 1}")
+                raise ValueError(f"{name}.intermediate_layer_idx {bad} outside 0..{depth - 1}")
 
     @classmethod
     def vggt_1b(cls) -> VGGTConfig:
@@ -158,7 +160,7 @@ class VGGTConfig:
             aggregator=aggregator,
             camera_head=camera,
             depth_head=pick(DPTHeadConfig, data.get("depth_head")),
-            point_head=pick(DPTHeadConfig, data.get("point_head") or {"output_dim": 4, "activation": "inv_log"}),
+            point_head=pick(DPTHeadConfig, data.get("point_head") or POINT_HEAD_DEFAULTS),
         )
 
     @classmethod

@@ -21,7 +21,9 @@ def quaternion_xyzw_to_matrix(quat_S4: np.ndarray) -> np.ndarray:
     return rot.reshape(*quat_S4.shape[:-1], 3, 3)
 
 
-def pose_encoding_to_cameras(pose_enc_S9: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def pose_encoding_to_cameras(
+    pose_enc_S9: np.ndarray, image_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(extrinsics [...,3,4] camera-from-world, intrinsics [...,3,3]) for images of size (H, W)."""
     pose = np.asarray(pose_enc_S9, dtype=np.float32)
     if pose.shape[-1] != 9:
@@ -49,7 +51,9 @@ def extrinsics_to_pose(extrinsics_S34: np.ndarray) -> np.ndarray:
     return pose
 
 
-def unproject_depth(depth_SHW: np.ndarray, extrinsics_S34: np.ndarray, intrinsics_S33: np.ndarray) -> np.ndarray:
+def unproject_depth(
+    depth_SHW: np.ndarray, extrinsics_S34: np.ndarray, intrinsics_S33: np.ndarray
+) -> np.ndarray:
     """World points [S,H,W,3] float64 of a depth map; pixel (u, v) is column u, row v, no +0.5."""
     depth = np.asarray(depth_SHW)
     if depth.ndim == 4 and depth.shape[-1] == 1:
@@ -73,7 +77,9 @@ def unproject_depth(depth_SHW: np.ndarray, extrinsics_S34: np.ndarray, intrinsic
     return world + pose_S44[:, None, None, :3, 3]
 
 
-def estimate_scale(pred_depth_FHW: np.ndarray, sensor_depth_FHW: np.ndarray, valid: np.ndarray | None = None) -> float:
+def estimate_scale(
+    pred_depth_FHW: np.ndarray, sensor_depth_FHW: np.ndarray, valid: np.ndarray | None = None
+) -> float:
     """Metres per predicted unit: the median of sensor / predicted depth over usable pixels.
 
     A pixel is usable where `valid` holds (all pixels when None) and both depths are finite and > 0.
@@ -81,7 +87,9 @@ def estimate_scale(pred_depth_FHW: np.ndarray, sensor_depth_FHW: np.ndarray, val
     pred = np.asarray(pred_depth_FHW, dtype=np.float64)
     sensor = np.asarray(sensor_depth_FHW, dtype=np.float64)
     if pred.shape != sensor.shape:
-        raise ValueError(f"predicted depth {pred.shape} and sensor depth {sensor.shape} differ in shape; resize first")
+        raise ValueError(
+            f"predicted depth {pred.shape} and sensor depth {sensor.shape} differ in shape; resize first"
+        )
     usable = np.isfinite(pred) & np.isfinite(sensor) & (pred > 0) & (sensor > 0)
     if valid is not None:
         if np.shape(valid) != pred.shape:

@@ -25,12 +25,13 @@ class CameraHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.dim_in
-        self.trunk = nn.Sequential(*(Block(dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.trunk_depth)))
+        blocks = (Block(dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.trunk_depth))
+        self.trunk = nn.Sequential(*blocks)
         self.token_norm = nn.LayerNorm(dim)
         self.trunk_norm = nn.LayerNorm(dim)
         self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, POSE_DIM))
         self.embed_pose = nn.Linear(POSE_DIM, dim)
-        self.poseLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))  # noqa: N815 (checkpoint key)
+        self.poseLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))  # checkpoint key
         self.adaln_norm = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.pose_branch = Mlp(dim, dim // 2, POSE_DIM)
 
@@ -85,8 +86,8 @@ class FusionBlock(nn.Module):
     def __init__(self, features: int, has_skip: bool) -> None:
         super().__init__()
         if has_skip:
-            self.resConfUnit1 = ResidualConvUnit(features)  # noqa: N815 (checkpoint key)
-        self.resConfUnit2 = ResidualConvUnit(features)  # noqa: N815
+            self.resConfUnit1 = ResidualConvUnit(features)  # checkpoint key
+        self.resConfUnit2 = ResidualConvUnit(features)
         self.out_conv = nn.Conv2d(features, features, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:

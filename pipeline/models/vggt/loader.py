@@ -93,7 +93,7 @@ def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
         if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
             data = data[wrapper]
     if not isinstance(data, dict):
-        raise ValueError(f"checkpoint {weights} does not hold a state dict")
+        raise ValueError(f"checkpoint {weights} does not hold a state dict")  # noqa: TRY004
     return data
 
 
@@ -159,9 +159,10 @@ def save_vggt(model: VGGT, folder: str | Path, toy: bool = False) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    config_text = json.dumps({**model.cfg.to_dict(), "toy": toy}, indent=2)
     for name, write in (
         ("model.safetensors", lambda p: save_file(state, p)),
-        ("config.json", lambda p: Path(p).write_text(json.dumps({**model.cfg.to_dict(), "toy": toy}, indent=2))),
+        ("config.json", lambda p: Path(p).write_text(config_text)),
     ):
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         os.close(fd)
