@@ -1,0 +1,141 @@
+"""Converters on small fixtures written in each dataset's published format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.eval.convert import CONVERTERS
+from pipeline.eval.predictions import load_scene_objects
+from schemas.record import Record, load_records, write_records
+
+FIX = Path(__file__).parent / "fixtures" / "datasets"
+
+
+@pytest.fixture(scope="module")
+def objects():
+    return load_scene_objects(FIX / "objects.json")
+
+
+def _roundtrip(records: list[Record], tmp_path: Path) -> list[Record]:
+    path = tmp_path / "r.jsonl"
+    write_records(records, path)
+    return load_records(path)
+
+
+def test_scanqa(tmp_path, objects):
+    res = CONVERTERS["scanqa"]([FIX / "ScanQA_v1.0_val.json"], objects)
+    assert [r.id for r in res.records] == ["scanqa-val-scene0011-0", "scanqa-val-scene0011-1", "scanqa-val-scene0011-2"]
+    assert [pid for pid, _ in res.problems] == ["val-scene0011-3"]
+    assert "question" in res.problems[0][1]
+    r = res.records[1]
+    assert (r.task, r.source, r.split, r.answers, r.target_ids) == ("qa", "scanqa", "val", ["2", "two"], [3, 4])
+    assert [b.center for b in r.target_boxes] == [[1.0, 1.0, 0.5], [2.0, 1.0, 0.5]]
+    assert _roundtrip(res.records, tmp_path) == res.records
+    no_boxes = CONVERTERS["scanqa"]([FIX / "ScanQA_v1.0_val.json"], None)
+    assert all(not r.target_boxes for r in no_boxes.records) and no_boxes.notes
+
+
+def test_sqa3d_pairs_questions_and_annotations(tmp_path):
+    files = [FIX / "v1_balanced_sqa_annotations_val_scannetv2.json", FIX / "v1_balanced_questions_val_scannetv2.json"]
+    res = CONVERTERS["sqa3d"](files)
+    assert len(res.records) == 3
+    assert res.problems == [("220602000003", "no annotation with this question_id")]
+    by_id = {r.id: r for r in res.records}
+    r = by_id["sqa3d-220602000000"]
+    assert r.situation == "I am sitting on the chair facing the desk." and r.answers == ["desk"]
+    assert [by_id[f"sqa3d-22060200000{i}"].question_type for i in range(3)] == ["what", "is", "which"]
+    assert _roundtrip(res.records, tmp_path) == res.records
+
+
+def test_scanrefer_unique_and_boxes(objects):
+    res = CONVERTERS["scanrefer"]([FIX / "ScanRefer_filtered_val.json"], objects)
+    assert len(res.records) == 4 and len(res.problems) == 1
+    assert res.problems[0][0] == "scene0011_00-abc-0"
+    unique = {r.id: r.unique for r in res.records}
+    assert unique == {"scanrefer-scene0011_00-3-0": False, "scanrefer-scene0011_00-3-1": False,
+                      "scanrefer-scene0011_00-4-0": False, "scanrefer-scene0011_00-5-0": True}
+    assert res.records[3].target_boxes[0].size == [1.5, 0.8, 0.8]
+    # Without the boxes file, classes come from the ScanRefer names themselves: same split here.
+    plain = CONVERTERS["scanrefer"]([FIX / "ScanRefer_filtered_val.json"], None)
+    assert {r.id: r.unique for r in plain.records} == unique
+    assert all(not r.target_boxes for r in plain.records)
+
+
+def test_scan2cap_groups_descriptions_per_object(objects):
+    res = CONVERTERS["scan2cap"]([FIX / "ScanRefer_filtered_val.json"], objects)
+    by_id = {r.id: r for r in res.records}
+    assert set(by_id) == {"scan2cap-scene0011_00-3", "scan2cap-scene0011_00-4", "scan2cap-scene0011_00-5"}
+    assert len(by_id["scan2cap-scene0011_00-3"].answers) == 2
+    assert by_id["scan2cap-scene0011_00-3"].task == "caption"
+    assert [pid for pid, _ in res.problems] == ["scene0011_00-abc"]
+
+
+def test_multi3drefer(objects):
+    res = CONVERTERS["multi3drefer"]([FIX / "multi3drefer_val.json"], objects)
+    assert [r.question_type for r in res.records] == ["mt", "st_w_d", "zt_wo_d"]
+    zero = res.records[2]
+    assert zero.target_ids == [] and zero.target_boxes == []
+    assert len(res.records[0].target_boxes) == 2
+    assert len(res.problems) == 1 and "disagrees" in res.problems[0][1]
+
+
+def test_mmscan_qa_and_vg():
+    res = CONVERTERS["mmscan"]([FIX / "MMScan_QA.json", FIX / "MMScan_VG.json"], None)
+    tasks = {r.id: (r.task, r.split, r.question_type) for r in res.records}
+    assert tasks == {
+        "mmscan-QA_Single_EQ__1mp3d_0000_region1__1": ("qa", "val", "QA_Single_EQ"),
+        "mmscan-QA_Inter_OR__1mp3d_0000_region1__2": ("qa", "val", "QA_Inter_OR"),
+        "mmscan-VG_Single_Attribute_Common__1mp3d_0000_region2__1": ("multi_grounding", "val", "VG_Single_Attribute_Common"),
+    }
+    assert [pid for pid, _ in res.problems] == ["QA_Single_EQ__1mp3d_0000_region1__3"]
+
+
+def test_sr91k_reports_bad_lines():
+    res = CONVERTERS["sr91k"]([FIX / "SR-91k.jsonl"])
+    assert [(r.scene_id, r.answer_type, r.answers) for r in res.records] == [
+        ("scene0011_00", "number", ["4"]), ("scene0011_00", "choice", ["B"])]
+    assert sorted(pid for pid, _ in res.problems) == ["2", "SR-91k.jsonl:4"]
+
+
+def test_vsibench_maps_question_types():
+    res = CONVERTERS["vsibench"]([FIX / "vsibench_test.jsonl"])
+    got = {r.question_type: (r.task, r.answer_type) for r in res.records}
+    assert got == {
+        "object_counting": ("counting", "number"), "object_abs_distance": ("distance", "number"),
+        "object_rel_direction_easy": ("relative_direction", "choice"),
+        "object_rel_direction_hard": ("relative_direction", "choice"),
+        "route_planning": ("route_plan", "choice"),
+    }
+    assert res.problems == [("6", "unknown question_type 'object_teleportation'")]
+
+
+def test_vsibench_parquet(tmp_path):
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    rows = [{"id": 1, "dataset": "scannet", "scene_name": "scene0011_00", "question_type": "room_size_estimation",
+             "question": "What is the size of this room?", "options": None, "ground_truth": "21.5"}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "test.parquet")
+    res = CONVERTERS["vsibench"]([tmp_path / "test.parquet"])
+    assert res.records[0].task == "room_size" and res.records[0].answers == ["21.5"]
+
+
+def test_cli_convert_and_stats(tmp_path):
+    from pipeline.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "records.jsonl"
+    res = runner.invoke(app, ["convert", "scanrefer", str(FIX / "ScanRefer_filtered_val.json"), "--out", str(out),
+                              "--boxes", str(FIX / "objects.json")])
+    assert res.exit_code == 0, res.output
+    assert "4 records, 1 problems" in res.output and "scene0011_00-abc-0" in res.output
+    assert len(load_records(out)) == 4
+    strict = runner.invoke(app, ["convert", "scanrefer", str(FIX / "ScanRefer_filtered_val.json"), "--out",
+                                 str(tmp_path / "x.jsonl"), "--strict"])
+    assert strict.exit_code == 1
+    stats = runner.invoke(app, ["dataset", "stats", str(out)])
+    assert stats.exit_code == 0, stats.output
+    assert "scanrefer" in stats.output and "grounding" in stats.output and "4" in stats.output
