@@ -1,7 +1,45 @@
-"""CLI verbs of this stage (placeholder until the stage lands)."""
+"""`p3d toy`: build the toy world, from flags or from a workflow's `source:` section."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def toy(
+    out: Path = typer.Option(None, "--out", help="world root; scenes go to <out>/scenes"),
+    scenes: int = typer.Option(None, "--scenes", min=1, help="number of scenes (default 8)"),
+    frames: int = typer.Option(None, "--frames", min=1, help="frames per scene (default 48)"),
+    seed: int = typer.Option(None, "--seed", help="world seed (default 0)"),
+    workflow: Path = typer.Option(None, "--workflow", help="read source.toy; write to source.path"),
+) -> None:
+    """Render the procedural toy world with full ground truth (ScanNet exported-frame layout)."""
+    from pipeline.sources.toy import build_toy_world
+    from schemas.workflow import ToyWorldConfig, load_workflow
+
+    if workflow is not None:
+        wf = load_workflow(workflow)
+        if wf.source.kind != "toy":
+            raise typer.BadParameter(f"{workflow}: source.kind is {wf.source.kind!r}, not 'toy'", param_hint="--workflow")
+        cfg = wf.source.toy or ToyWorldConfig()
+        scenes_dir = Path(wf.source.path)
+        root = scenes_dir.parent
+        if out is not None:
+            raise typer.BadParameter("give --out or --workflow, not both", param_hint="--out")
+    else:
+        cfg = ToyWorldConfig()
+        root = out if out is not None else Path("data/toy")
+        scenes_dir = root / "scenes"
+    overrides = {k: v for k, v in (("num_scenes", scenes), ("frames", frames), ("seed", seed)) if v is not None}
+    cfg = cfg.model_copy(update=overrides)
+    cfg = ToyWorldConfig.model_validate(cfg.model_dump())
+    typer.echo(f"toy world: {cfg.num_scenes} scenes x {cfg.frames} frames, seed {cfg.seed}, "
+               f"{cfg.image_size[0]}x{cfg.image_size[1]} -> {scenes_dir}")
+    summary = build_toy_world(root, scenes_dir, cfg, progress=typer.echo)
+    typer.echo(f"wrote {summary['num_scenes']} scenes and {summary['num_records']} records to {root} "
+               f"in {summary['seconds']:.1f}s")
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("toy")(toy)
