@@ -16,8 +16,12 @@ class ClusterConfig(BaseModel):
     space: Literal["xyz", "xyz+feat"] = "xyz"
     feat_weight: float = Field(1.0, ge=0, description="weight of whitened features in xyz+feat space")
     per_object: int | None = Field(None, ge=1, description="N proxies per object (captioning ablation)")
-    unlabeled_cell: float = Field(0.5, gt=0, description="metres; spatial grouping of unlabeled patches")
+    unlabeled_cell: float = Field(1.0, gt=0, description="metres; voxel cell grouping unlabeled patches")
+    unlabeled_min_size: int = Field(8, ge=1, description="unlabeled cells below this join the nearest cell")
     bfs_neighbors: int = Field(6, ge=1)
     seed: int = 0
     scenes_per_shard: int = Field(64, ge=1)
-    num_workers: int = Field(2, ge=1)
+    num_workers: int = Field(2, ge=1, description="parallel scenes (Ray tasks)")
+    executor: Literal["auto", "ray", "local"] = Field(
+        "auto", description="auto: Ray when there is more than one scene and num_workers > 1")
+    stats: str | None = Field(None, description="feature stats JSON for whitening; default <out>/stats/triplets.json")

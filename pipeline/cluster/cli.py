@@ -1,7 +1,148 @@
-"""CLI verbs of this stage (placeholder until the stage lands)."""
+"""CLI verbs of the cluster stage: `cluster`, `stats`, `inspect`, `viz`.
+
+Each reads a workflow (`--workflow`) or a bare data root (`--out`); the flags override the
+workflow's `cluster:` section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+_WORKFLOW = typer.Option(None, "--workflow", "-w", help="workflow YAML (gives --out and the cluster section)")
+_OUT = typer.Option(None, "--out", help="data root; overrides the workflow's out")
+_NAME = typer.Option(None, "--name", help="proxy set under <out>/proxies/ (default: workflow's, or 'default')")
+
+
+def _resolve(workflow: Optional[Path], out: Optional[Path], **overrides):
+    from pydantic import ValidationError
+
+    from schemas.config_cluster import ClusterConfig
+    from schemas.workflow import load_workflow
+
+    if workflow is not None:
+        wf = load_workflow(workflow)
+        base, root = wf.cluster, Path(wf.out)
+    elif out is not None:
+        base, root = ClusterConfig(), out
+    else:
+        raise typer.BadParameter("give --workflow or --out")
+    if out is not None:
+        root = out
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        config = ClusterConfig.model_validate({**base.model_dump(), **updates})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise typer.BadParameter(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
+    return root, config
+
+
+def cluster(
+    workflow: Optional[Path] = _WORKFLOW,
+    out: Optional[Path] = _OUT,
+    name: Optional[str] = _NAME,
+    proxies: Optional[int] = typer.Option(None, "--proxies", "-k", help="proxy budget K per scene"),
+    min_per_group: Optional[int] = typer.Option(None, "--min-per-group"),
+    grouping: Optional[bool] = typer.Option(None, "--grouping/--no-grouping",
+                                            help="--no-grouping: plain clustering over the whole scene"),
+    space: Optional[str] = typer.Option(None, "--space", help="xyz | xyz+feat"),
+    per_object: Optional[int] = typer.Option(None, "--per-object", help="N proxies per object"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    scenes_per_shard: Optional[int] = typer.Option(None, "--scenes-per-shard"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="parallel scenes (Ray tasks)"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="auto | ray | local"),
+    scene: Optional[list[str]] = typer.Option(None, "--scene", help="only these scene ids (repeatable)"),
+) -> None:
+    """Turn every complete scene of the triplet store into proxy shards."""
+    from pipeline.cluster.driver import run_cluster
+
+    root, config = _resolve(workflow, out, name=name, proxies=proxies, min_per_group=min_per_group,
+                            grouping=grouping, space=space, per_object=per_object, seed=seed,
+                            scenes_per_shard=scenes_per_shard, num_workers=workers, executor=executor)
+    try:
+        report = run_cluster(root, config, scenes=scene or None)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"{report.name}: {len(report.written)} scenes clustered, {len(report.resumed)} kept "
+               f"from earlier runs, {len(report.shards_written)} shards written ({report.executor}), "
+               f"{report.seconds:.1f} s; report {report.report_path}")
+    if report.failed:
+        for scene_id, error in sorted(report.failed.items()):
+            typer.echo(f"failed: {scene_id}: {error}", err=True)
+        typer.echo(f"{len(report.failed)} scenes failed: {', '.join(sorted(report.failed))}", err=True)
+        raise typer.Exit(1)
+
+
+def stats(
+    workflow: Optional[Path] = _WORKFLOW,
+    out: Optional[Path] = _OUT,
+    dest: Optional[Path] = typer.Option(None, "--dest", help="JSON path (default <out>/stats/triplets.json)"),
+) -> None:
+    """Feature mean/std per dimension, triplet, label and NaN counts over all scenes (dask)."""
+    from pipeline.cluster.stats import compute_stats, default_stats_path, write_stats
+
+    root, _ = _resolve(workflow, out)
+    try:
+        result = compute_stats(root)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    path = write_stats(dest or default_stats_path(root), result)
+    typer.echo(f"{result['num_scenes']} scenes, {result['num_triplets']} triplets, "
+               f"{result['num_valid']} valid ({result['nan_fraction']:.1%} NaN), "
+               f"{result['num_labeled']} labeled, D={result['dim']} -> {path}")
+
+
+def inspect(
+    target: str = typer.Argument(..., help="a shard .tar, or a scene id (with --workflow/--out)"),
+    workflow: Optional[Path] = _WORKFLOW,
+    out: Optional[Path] = _OUT,
+    name: Optional[str] = _NAME,
+) -> None:
+    """Print a summary of a proxy shard or of one scene."""
+    from pipeline.cluster.inspection import summarize_scene, summarize_shard
+
+    try:
+        if target.endswith(".tar") and Path(target).exists():
+            lines = summarize_shard(target)
+        else:
+            root, config = _resolve(workflow, out, name=name)
+            lines = summarize_scene(root, target, config.name)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo("\n".join(lines))
+
+
+def viz(
+    scene: str = typer.Argument(..., help="scene id"),
+    workflow: Optional[Path] = _WORKFLOW,
+    out: Optional[Path] = _OUT,
+    name: Optional[str] = _NAME,
+    png: Optional[Path] = typer.Option(None, "--png", help="default <out>/proxies/<name>/viz/<scene>.png"),
+) -> None:
+    """Draw one scene's proxies (top and 3D views, coloured by segment, BFS path) to a PNG."""
+    from pipeline.cluster.shards import load_scene_proxies, proxies_dir
+    from pipeline.cluster.viz import draw_proxies
+
+    root, config = _resolve(workflow, out, name=name)
+    try:
+        sample = load_scene_proxies(root, config.name, scene)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    dest = png or proxies_dir(root, config.name) / "viz" / f"{scene}.png"
+    meta = sample["meta"]
+    title = (f"{scene}: {meta.num_proxies} proxies, {len(sample['segments'])} segments "
+             f"({config.name}, space {meta.params.get('space')})")
+    typer.echo(str(draw_proxies(sample, dest, title)))
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command()(cluster)
+    app.command()(stats)
+    app.command()(inspect)
+    app.command()(viz)

@@ -40,10 +40,14 @@ def farthest_point_sampling(points_NC: np.ndarray, k: int, seed: int = 0) -> np.
     if k == 1:
         return chosen
     min_dist_N = _sq_dist_to(points_NC, sqnorm_N, points_NC[chosen[0]])
+    # Chosen points sit below every distance, so coincident points are picked before a center
+    # repeats: the k centers are always k distinct triplets.
+    min_dist_N[chosen[0]] = -1.0
     for i in range(1, k):
         nxt = int(np.argmax(min_dist_N))
         chosen[i] = nxt
         np.minimum(min_dist_N, _sq_dist_to(points_NC, sqnorm_N, points_NC[nxt]), out=min_dist_N)
+        min_dist_N[nxt] = -1.0
     return chosen
 
 

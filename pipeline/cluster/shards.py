@@ -1,0 +1,170 @@
+"""Proxy shards: encode one scene's proxies as WebDataset members and write/read the tars.
+
+Tars are deterministic (fixed mtime, owner, mode and member order; JSON with sorted keys), written
+to a temporary name, fsynced and renamed, so a shard on disk is always whole and the same store
+and flags give byte-identical shards. Members are `.npy` (no pickle) and `.json`; see
+`schemas.proxy`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.manifest import Box3D
+from schemas.proxy import INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo
+
+PROXIES_DIR = "proxies"
+_FIXED_MTIME = 0
+
+
+def proxies_dir(out: str | Path, name: str) -> Path:
+    return Path(out) / PROXIES_DIR / name
+
+
+def shard_name(index: int) -> str:
+    return SHARD_PATTERN % index
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
+
+
+def check_key(scene_id: str) -> None:
+    # WebDataset splits a member name at the first dot of its basename into key and extension.
+    if not scene_id or "." in scene_id or "/" in scene_id:
+        raise ValueError(f"scene {scene_id!r}: a shard key may not be empty or contain '.' or '/'")
+
+
+def encode_sample(scene_id: str, proxies, meta: ProxyMeta, categories: dict[int, str]) -> dict[str, bytes]:
+    """WebDataset sample (key + the members of `schemas.proxy.MEMBERS`) for one scene."""
+    check_key(scene_id)
+    segments = [
+        SegmentInfo(
+            id=i, label=seg.label, category=categories.get(seg.label), size=seg.size,
+            proxies=seg.proxies, center=[float(v) for v in seg.center],
+            box=Box3D.from_min_max(seg.box_min, seg.box_max), bfs_rank=i,
+            merged_labels=seg.merged_labels,
+        ).model_dump(mode="json")
+        for i, seg in enumerate(proxies.segments)
+    ]
+    return {
+        "__key__": scene_id,
+        "feat.npy": npy_bytes(proxies.feat_KD.astype(np.float16)),
+        "xyz.npy": npy_bytes(proxies.xyz_K3.astype(np.float32)),
+        "segment.npy": npy_bytes(proxies.segment_K.astype(np.int32)),
+        "segments.json": json_bytes(segments),
+        "meta.json": json_bytes(meta.model_dump(mode="json")),
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_shard(path: str | Path, samples: list[dict[str, bytes]]) -> Path:
+    """Write samples to `path` atomically, in the given order."""
+    from webdataset import TarWriter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as stream:
+            with TarWriter(stream, user="p3d", group="p3d", mode=0o444, encoder=False,
+                           mtime=_FIXED_MTIME) as writer:
+                for sample in samples:
+                    writer.write(sample)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(json_bytes(obj))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_shard(path: str | Path) -> dict[str, dict[str, bytes]]:
+    """Raw members of every sample, keyed by scene id, in tar order."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path, mode="r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, member = info.name.partition(".")
+            samples.setdefault(key, {})[member] = tar.extractfile(info).read()
+    return samples
+
+
+def first_member(path: str | Path, member: str) -> bytes | None:
+    """The first sample's `member`, reading no further into the tar than needed."""
+    with tarfile.open(path, mode="r:") as tar:
+        for info in tar:
+            if info.isfile() and info.name.partition(".")[2] == member:
+                return tar.extractfile(info).read()
+    return None
+
+
+def shard_keys(path: str | Path) -> list[str]:
+    with tarfile.open(path, mode="r:") as tar:
+        keys = [info.name.partition(".")[0] for info in tar if info.isfile()]
+    return list(dict.fromkeys(keys))
+
+
+def decode_sample(members: dict[str, bytes], where: str = "") -> dict[str, Any]:
+    missing = [m for m in MEMBERS if m not in members]
+    if missing:
+        raise ValueError(f"{where}: sample lacks members {missing}")
+    return {
+        "feat": np.load(io.BytesIO(members["feat.npy"]), allow_pickle=False),
+        "xyz": np.load(io.BytesIO(members["xyz.npy"]), allow_pickle=False),
+        "segment": np.load(io.BytesIO(members["segment.npy"]), allow_pickle=False),
+        "segments": [SegmentInfo.model_validate(s) for s in json.loads(members["segments.json"])],
+        "meta": ProxyMeta.model_validate(json.loads(members["meta.json"])),
+    }
+
+
+def read_index(root: str | Path) -> dict[str, str]:
+    path = Path(root) / INDEX_FILE
+    if not path.exists():
+        raise ValueError(f"{path}: no proxy index (run `p3d cluster` first)")
+    return json.loads(path.read_text())
+
+
+def load_scene_proxies(out: str | Path, name: str, scene_id: str) -> dict[str, Any]:
+    """One scene's decoded sample, found through `index.json`."""
+    root = proxies_dir(out, name)
+    index = read_index(root)
+    if scene_id not in index:
+        raise ValueError(f"scene {scene_id}: not in {root / INDEX_FILE}")
+    shard = root / index[scene_id]
+    return decode_sample(read_shard(shard)[scene_id], f"{shard}:{scene_id}")

@@ -1,0 +1,84 @@
+"""`p3d stats`: dataset statistics of the triplet store, computed lazily with dask over the Zarr
+arrays of every complete scene (one chunk per frame, so memory stays at a few frames).
+
+Per-dimension feature mean and std are taken over valid triplets only (finite xyz), because only
+those are clustered; the cluster stage uses them to whiten features in `xyz+feat` space.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STATS_DIR = "stats"
+STATS_FILE = "triplets.json"
+
+
+def default_stats_path(out: str | Path) -> Path:
+    return Path(out) / STATS_DIR / STATS_FILE
+
+
+def compute_stats(out: str | Path, scenes: list[str] | None = None) -> dict[str, Any]:
+    import dask
+    import dask.array as da
+
+    from pipeline.features.store import list_scenes, scene_path
+
+    scene_ids = scenes if scenes is not None else list_scenes(out, complete_only=True)
+    if not scene_ids:
+        raise ValueError(f"{out}/features: no complete scenes to compute stats over")
+    sums, sq_sums, lazy_scenes, dims = [], [], {}, set()
+    for scene_id in scene_ids:
+        path = scene_path(out, scene_id)
+        feat = da.from_zarr(str(path / "feat"))
+        xyz = da.from_zarr(str(path / "xyz"))
+        label = da.from_zarr(str(path / "label"))
+        dims.add(int(feat.shape[-1]))
+        valid = da.isfinite(xyz).all(axis=-1)
+        feat64 = da.where(valid[..., None], feat.astype(np.float64), 0.0)
+        axes = tuple(range(feat.ndim - 1))
+        sums.append(feat64.sum(axis=axes))
+        sq_sums.append((feat64 ** 2).sum(axis=axes))
+        # Labels are small (one int per patch), so they come back whole for the unique count.
+        lazy_scenes[scene_id] = {"valid": valid.sum(), "labeled": ((label >= 0) & valid).sum(),
+                                 "label": da.where(valid, label, -1)}
+    if len(dims) != 1:
+        raise ValueError(f"{out}/features: scenes disagree on the feature dim: {sorted(dims)}")
+    sums, sq_sums, computed = dask.compute(sums, sq_sums, lazy_scenes)
+    total = int(sum(int(c["valid"]) for c in computed.values()))
+    if total == 0:
+        raise ValueError(f"{out}/features: no valid triplets in any scene")
+    mean = np.sum(sums, axis=0) / total
+    var = np.maximum(np.sum(sq_sums, axis=0) / total - mean ** 2, 0.0)
+    scenes_out = {}
+    for scene_id, c in computed.items():
+        num = int(c["label"].size)
+        scenes_out[scene_id] = {
+            "triplets": num,
+            "valid": int(c["valid"]),
+            "labeled": int(c["labeled"]),
+            "labels": int((np.unique(c["label"]) >= 0).sum()),
+            "nan_fraction": 1.0 - int(c["valid"]) / max(num, 1),
+        }
+    num_triplets = sum(s["triplets"] for s in scenes_out.values())
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "num_scenes": len(scene_ids),
+        "dim": dims.pop(),
+        "num_triplets": num_triplets,
+        "num_valid": total,
+        "num_labeled": sum(s["labeled"] for s in scenes_out.values()),
+        "nan_fraction": 1.0 - total / max(num_triplets, 1),
+        "feat_mean": [float(v) for v in mean],
+        "feat_std": [float(v) for v in np.sqrt(var)],
+        "scenes": scenes_out,
+    }
+
+
+def write_stats(path: str | Path, stats: dict[str, Any]) -> Path:
+    from pipeline.cluster.shards import write_json_atomic
+
+    return write_json_atomic(path, stats)
