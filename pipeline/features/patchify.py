@@ -54,8 +54,8 @@ def patchify(label_FHW: np.ndarray, xyz_FHW3: np.ndarray, conf_FHW: np.ndarray,
     num_labels = len(uniq_L)
     compact_PQ = _to_patches(compact_FHW, patch).reshape(num_frames * h * w, patch * patch)
     num_patches = compact_PQ.shape[0]
-    counts_PL = np.zeros((num_patches, num_labels), dtype=np.int64)
-    np.add.at(counts_PL, (np.repeat(np.arange(num_patches), patch * patch), compact_PQ.ravel()), 1)
+    flat = (np.arange(num_patches)[:, None] * num_labels + compact_PQ).ravel()
+    counts_PL = np.bincount(flat, minlength=num_patches * num_labels).reshape(num_patches, num_labels)
     winner_P = counts_PL.argmax(axis=1)
 
     xyz_PQ3 = _to_patches(xyz_FHW3.astype(np.float64), patch).reshape(num_patches, patch * patch, 3)

@@ -1,0 +1,234 @@
+"""The feature-stage driver: scenes -> workers (models loaded once each) -> triplet store.
+
+Two executors run the same `FeatureWorker`:
+  local  one worker in this process, scenes in order (tests, the benchmark baseline, debugging);
+  ray    `num_actors` Ray actors, each loading its model set once in its constructor, with GPUs
+         through Ray resources when CUDA exists and CPUs otherwise. At most `num_actors *
+         max_in_flight` scene ids are queued; a worker loads its scene itself and returns only a
+         small status, so memory stays bounded however many scenes there are. `RAY_ADDRESS` (read
+         by `ray.init`) points the run at a cluster.
+
+Resume: groups marked complete are skipped; temporary and unfinished groups are removed first and
+their scenes redone. A failing scene (unreadable frame, no mask, all-NaN geometry, a crashed
+worker) is recorded with its reason and the run goes on. Every run writes
+`<out>/features/_runs/<UTC time>.json` (done / skipped / failed, config, seconds per model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pipeline.features import store
+from pipeline.sources.base import Scene
+from schemas.config_features import FeaturesConfig
+from schemas.store import RUNS_DIR
+
+log = logging.getLogger(__name__)
+Executor = Literal["local", "ray"]
+
+
+class SceneProvider(Protocol):
+    """Lists scene ids in the driver; loads one scene inside a worker (so scenes never travel).
+    `pipeline.sources.source.SceneSource` is one."""
+
+    def scene_ids(self) -> list[str]: ...
+
+    def load_scene(self, scene_id: str) -> Scene: ...
+
+
+@dataclass
+class SceneOutcome:
+    scene_id: str
+    status: Literal["done", "failed"]
+    reason: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunReport:
+    executor: str
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds_per_step: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class FeatureWorker:
+    """One model set; `process(scene_id)` loads, processes and writes one scene, never raising."""
+
+    def __init__(self, cfg: FeaturesConfig, out: str, data_root: str, provider: SceneProvider,
+                 device: str | None = None):
+        from pipeline.features.stage import load_models
+
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        start = time.perf_counter()
+        self.cfg, self.out, self.provider = cfg, out, provider
+        self.models = load_models(cfg, data_root, device)
+        self.setup_seconds = time.perf_counter() - start
+
+    def ready(self) -> float:
+        return self.setup_seconds
+
+    def process(self, scene_id: str) -> SceneOutcome:
+        from pipeline.features.stage import process_scene
+
+        seconds: dict[str, float] = {}
+        try:
+            start = time.perf_counter()
+            scene = self.provider.load_scene(scene_id)
+            seconds["load"] = time.perf_counter() - start
+            if scene.scene_id != scene_id:
+                raise ValueError(f"scene {scene_id}: the source returned scene {scene.scene_id!r}")
+            result = process_scene(scene, self.models, self.cfg)
+            seconds.update(result.seconds)
+            start = time.perf_counter()
+            store.write_scene(self.out, result.attrs, result.arrays)
+            seconds["write"] = time.perf_counter() - start
+            return SceneOutcome(scene_id, "done", seconds=seconds)
+        except Exception as e:  # one bad scene must not stop the run; the report keeps the reason
+            log.debug("scene %s failed:\n%s", scene_id, traceback.format_exc())
+            return SceneOutcome(scene_id, "failed", reason=f"{type(e).__name__}: {e}", seconds=seconds)
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="scene", dynamic_ncols=True)
+
+
+def _run_local(todo: list[str], cfg, out, data_root, provider, report: RunReport) -> list[SceneOutcome]:
+    worker = FeatureWorker(cfg, str(out), str(data_root), provider)
+    report.setup_seconds = worker.setup_seconds
+    outcomes = []
+    with _progress(len(todo), "features") as bar:
+        for scene_id in todo:
+            outcomes.append(worker.process(scene_id))
+            bar.update(1)
+    return outcomes
+
+
+def _init_ray(num_cpus: int | None):
+    try:
+        import ray
+    except ImportError as e:  # pragma: no cover - ray is a core dependency
+        raise RuntimeError("the ray executor needs ray: pip install 'ray>=2.40'") from e
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=False)  # joins the cluster RAY_ADDRESS names
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     log_to_driver=False)
+    return ray
+
+
+def _run_ray(todo: list[str], cfg: FeaturesConfig, out, data_root, provider,
+             report: RunReport) -> list[SceneOutcome]:
+    ray = _init_ray(num_cpus=max(cfg.num_actors, 1))
+    gpus = cfg.gpus_per_actor if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    remote_cls = ray.remote(FeatureWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=1,
+                                                   max_task_retries=0)
+    num_actors = max(1, min(cfg.num_actors, len(todo)))
+    actors = [remote_cls.remote(cfg, str(out), str(data_root), provider) for _ in range(num_actors)]
+    setup = ray.get([a.ready.remote() for a in actors])
+    report.setup_seconds = max(setup)
+
+    pending: dict = {}  # object ref -> (actor index, scene id)
+    load = [0] * num_actors
+    queue = list(reversed(todo))
+    outcomes: list[SceneOutcome] = []
+    with _progress(len(todo), "features (ray)") as bar:
+        while queue or pending:
+            while queue and len(pending) < num_actors * cfg.max_in_flight:
+                idx = min(range(num_actors), key=load.__getitem__)
+                scene_id = queue.pop()
+                pending[actors[idx].process.remote(scene_id)] = (idx, scene_id)
+                load[idx] += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                idx, scene_id = pending.pop(ref)
+                load[idx] -= 1
+                try:
+                    outcomes.append(ray.get(ref))
+                except ray.exceptions.RayError as e:  # the worker process died with this scene
+                    outcomes.append(SceneOutcome(scene_id, "failed", reason=f"worker crashed: {type(e).__name__}"))
+                bar.update(1)
+    for actor in actors:
+        ray.kill(actor)
+    return outcomes
+
+
+def _write_report(out: str | Path, report: RunReport, cfg: FeaturesConfig, started: datetime) -> Path:
+    runs = store.features_root(out) / RUNS_DIR
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / f"{started.strftime('%Y%m%dT%H%M%S.%fZ')}.json"
+    payload = {
+        "started": started.isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "executor": report.executor,
+        "done": report.done,
+        "skipped": report.skipped,
+        "failed": [{"scene_id": s, "reason": r} for s, r in report.failed.items()],
+        "wall_seconds": report.wall_seconds,
+        "setup_seconds": report.setup_seconds,
+        "seconds_per_step": report.seconds_per_step,
+        "config": cfg.model_dump(mode="json"),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as f:
+        json.dump(payload, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def run_features(cfg: FeaturesConfig, out: str | Path, data_root: str | Path, provider: SceneProvider,
+                 scene_ids: list[str] | None = None, executor: Executor = "ray",
+                 overwrite: bool = False) -> RunReport:
+    """Process every scene (or `scene_ids`) that is not complete yet; returns the run report."""
+    started = datetime.now(timezone.utc)
+    start = time.perf_counter()
+    ids = list(scene_ids) if scene_ids is not None else provider.scene_ids()
+    if len(set(ids)) != len(ids):
+        raise ValueError("scene ids must be unique")
+    removed = store.clean_partial(out)
+    if removed:
+        log.info("removed %d unfinished groups: %s", len(removed), ", ".join(sorted(removed)[:10]))
+    report = RunReport(executor=executor)
+    todo = []
+    for scene_id in ids:
+        if not overwrite and store.is_complete(out, scene_id):
+            report.skipped.append(scene_id)
+        else:
+            todo.append(scene_id)
+    if todo:
+        runner = {"local": _run_local, "ray": _run_ray}[executor]
+        for outcome in runner(todo, cfg, out, data_root, provider, report):
+            if outcome.status == "done":
+                report.done.append(outcome.scene_id)
+            else:
+                report.failed[outcome.scene_id] = outcome.reason or "unknown"
+            for step, sec in outcome.seconds.items():
+                report.seconds_per_step[step] = report.seconds_per_step.get(step, 0.0) + sec
+    report.wall_seconds = time.perf_counter() - start
+    report.path = _write_report(out, report, cfg, started)
+    return report

@@ -1,0 +1,75 @@
+"""Scene providers for the feature driver: the workflow's scene source, and two in-memory ones.
+
+A provider lists scene ids and loads one `Scene` by id inside a worker (see driver.SceneProvider).
+  open_workflow_source  the workflow's `source:` section through `pipeline.sources` (files on disk);
+  ToyRenderedScenes     toy-world scenes rendered on demand from (seed, index), no files needed;
+                        the same pure `make_scene` the toy-world writer uses (benchmark, tests);
+  InMemoryScenes        ready-made `Scene` objects (tests with hand-built scenes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.sources.base import Scene, uniform_indices
+from schemas.workflow import ToyWorldConfig, Workflow
+
+
+@dataclass
+class InMemoryScenes:
+    scenes: dict[str, Scene]
+
+    @classmethod
+    def of(cls, scenes: list[Scene]) -> "InMemoryScenes":
+        return cls({s.scene_id: s for s in scenes})
+
+    def scene_ids(self) -> list[str]:
+        return list(self.scenes)
+
+    def load_scene(self, scene_id: str) -> Scene:
+        if scene_id not in self.scenes:
+            raise ValueError(f"scene {scene_id}: not among the in-memory scenes")
+        return self.scenes[scene_id]
+
+
+@dataclass(frozen=True)
+class ToyRenderedScenes:
+    toy: ToyWorldConfig
+    num_frames: int
+
+    def scene_ids(self) -> list[str]:
+        from pipeline.sources.toy import scene_id_for
+
+        return [scene_id_for(i) for i in range(self.toy.num_scenes)]
+
+    def load_scene(self, scene_id: str) -> Scene:
+        from pipeline.sources.toy import make_scene
+        from pipeline.sources.toy.world import objects_of
+
+        if scene_id not in self.scene_ids():
+            raise ValueError(f"scene {scene_id}: not in a {self.toy.num_scenes}-scene toy world")
+        toy = make_scene(self.scene_ids().index(scene_id), self.toy)
+        pick = uniform_indices(len(toy.frames), self.num_frames)
+        frames = [toy.frames[i] for i in pick]
+        return Scene(
+            scene_id=scene_id, source="toy", path=f"toy:{self.toy.seed}/{scene_id}", frame_indices=pick,
+            images_FHW3=np.stack([f.rgb_HW3 for f in frames]),
+            depth_FHdWd=np.stack([f.depth_HW for f in frames]).astype(np.float32),
+            poses_F44=toy.poses_F44[pick].astype(np.float32),
+            intrinsics_F33=np.repeat(toy.k_33[None], len(pick), 0).astype(np.float32),
+            instances_FHW=np.stack([f.instance_HW for f in frames]).astype(np.int32),
+            objects=objects_of(toy.layout), num_frames_total=len(toy.frames), split=toy.split,
+        )
+
+
+def open_workflow_source(workflow: Workflow, num_frames: int, scene_ids: list[str] | None = None):
+    """The workflow's scene source (a picklable provider), built by `pipeline.sources.open_source`."""
+    import pipeline.sources as sources
+
+    opener = getattr(sources, "open_source", None)
+    if opener is None:
+        raise RuntimeError("pipeline.sources.open_source is not available in this checkout")
+    only = scene_ids if scene_ids is not None else workflow.source.scenes
+    return opener(workflow.source, num_frames=num_frames, only=None if only is None else tuple(only))

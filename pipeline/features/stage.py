@@ -1,0 +1,161 @@
+"""One scene through the feature stage: Scene + loaded models -> triplet arrays + StoreAttrs.
+
+No Ray and no files here (the driver adds those). Steps: pick N frames uniformly, resize colour to
+the encoder's input size (bicubic, as Qwen's processor) and depth / masks by nearest neighbour
+(never blending depths or ids), scale intrinsics to match, run encoder, geometry and segmenter, and
+patchify points and labels onto the encoder's token grid.
+
+A scene fails with `ValueError` naming it when its frames are malformed, its geometry is all
+invalid, or its segmenter found no mask at all: such a scene would give the cluster stage nothing.
+
+Legend: F frames, H x W encoder input pixels, h x w token grid, D feature dim.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import pipeline
+from pipeline.features.patchify import nearest_resize, patchify
+from pipeline.models.protocols import (ENCODERS, GEOMETRIES, SEGMENTERS, Encoder, Geometry, Segmenter,
+                                       SensorFrames, resolve_factory)
+from pipeline.models.rgbd import scale_intrinsics
+from pipeline.sources.base import Scene, uniform_indices
+from schemas.config_features import FeaturesConfig
+from schemas.store import StoreAttrs
+
+
+@dataclass
+class FeatureModels:
+    encoder: Encoder
+    geometry: Geometry
+    segmenter: Segmenter
+
+
+@dataclass
+class SceneResult:
+    arrays: dict[str, np.ndarray]
+    attrs: StoreAttrs
+    seconds: dict[str, float] = field(default_factory=dict)  # per step, for the benchmark
+
+
+def load_models(cfg: FeaturesConfig, data_root: str | Path, device: str = "cpu") -> FeatureModels:
+    """Build the three backends named by the config (each loads its weights once)."""
+    return FeatureModels(
+        encoder=resolve_factory(ENCODERS, cfg.encoder.kind)(cfg.encoder, data_root, device),
+        geometry=resolve_factory(GEOMETRIES, cfg.geometry.kind)(cfg.geometry, data_root, device),
+        segmenter=resolve_factory(SEGMENTERS, cfg.segmenter.kind)(cfg.segmenter, data_root, device),
+    )
+
+
+def _resize_rgb(images_FHW3: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if images_FHW3.shape[1:3] == tuple(size_hw):
+        return images_FHW3
+    height, width = size_hw
+    return np.stack([np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC))
+                     for frame in images_FHW3])
+
+
+def _check_frames(scene: Scene) -> None:
+    images = scene.images_FHW3
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
+            or images.shape[-1] != 3 or len(images) == 0:
+        shape = getattr(images, "shape", None)
+        dtype = getattr(images, "dtype", type(images).__name__)
+        raise ValueError(f"scene {scene.scene_id}: frames must be uint8 F x H x W x 3, got {dtype} {shape}")
+
+
+def prepare_frames(scene: Scene, cfg: FeaturesConfig) -> tuple[np.ndarray, SensorFrames, np.ndarray]:
+    """Sampled, resized frames and sensor data at the encoder size, plus the chosen frame indices."""
+    _check_frames(scene)
+    pick = uniform_indices(scene.num_frames, cfg.num_frames)
+    size_hw = tuple(cfg.image_size)
+    src_hw = scene.image_size
+    images_FHW3 = _resize_rgb(scene.images_FHW3[pick], size_hw)
+
+    def take(arr):
+        return None if arr is None else np.asarray(arr)[pick]
+
+    depth = take(scene.depth_FHdWd)
+    depth_k = take(scene.depth_intrinsics_F33)
+    colour_k = take(scene.intrinsics_F33)
+    if depth is not None and depth_k is None and depth.shape[1:] != tuple(src_hw):
+        raise ValueError(f"scene {scene.scene_id}: depth {depth.shape[1:]} differs from colour {src_hw} "
+                         "but the scene has no depth intrinsics")
+    sensor = SensorFrames(
+        scene_id=scene.scene_id,
+        depth_FHW=None if depth is None else nearest_resize(depth.astype(np.float32), size_hw),
+        poses_F44=take(scene.poses_F44),
+        intrinsics_F33=None if colour_k is None else scale_intrinsics(colour_k, src_hw, size_hw),
+        depth_intrinsics_F33=None if depth_k is None or depth is None
+        else scale_intrinsics(depth_k, depth.shape[1:], size_hw),
+        instances_FHW=None if scene.instances_FHW is None else nearest_resize(take(scene.instances_FHW), size_hw),
+    )
+    return images_FHW3, sensor, np.asarray(scene.frame_indices)[pick]
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> SceneResult:
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "prepare"):
+        images_FHW3, sensor, frame_indices = prepare_frames(scene, cfg)
+    patch = models.encoder.patch_size
+    height, width = images_FHW3.shape[1:3]
+    if height % patch or width % patch:
+        raise ValueError(f"image_size {height}x{width} must be a multiple of the encoder's {patch} px tokens")
+
+    with _timed(seconds, "encoder"):
+        feat_FhwD = models.encoder.encode(images_FHW3).feat_FhwD
+    with _timed(seconds, "geometry"):
+        geo = models.geometry.predict(images_FHW3, sensor)
+    if not np.isfinite(geo.xyz_FHW3).all(axis=-1).any():
+        raise ValueError(f"scene {scene.scene_id}: geometry is invalid (NaN) at every pixel")
+    with _timed(seconds, "segmenter"):
+        label_FHW = models.segmenter.segment(images_FHW3, sensor, geo.xyz_FHW3)
+    if not (label_FHW >= 0).any():
+        raise ValueError(f"scene {scene.scene_id}: the segmenter found no mask in any frame")
+    with _timed(seconds, "patchify"):
+        label_Fhw, xyz_Fhw3, conf_Fhw = patchify(label_FHW, geo.xyz_FHW3, geo.conf_FHW, patch)
+    assert feat_FhwD.shape[:3] == label_Fhw.shape, (feat_FhwD.shape, label_Fhw.shape)
+
+    attrs = StoreAttrs(
+        scene_id=scene.scene_id,
+        source={"kind": scene.source, "path": scene.path, "num_frames_total": int(scene.num_frames_total),
+                "split": scene.split},
+        encoder=models.encoder.ref,
+        geometry=models.geometry.ref,
+        segmenter=models.segmenter.ref,
+        frame_indices=[int(i) for i in frame_indices],
+        image_size=[int(height), int(width)],
+        patch_size=int(patch),
+        grid=[int(label_Fhw.shape[1]), int(label_Fhw.shape[2])],
+        scale=float(geo.scale),
+        scale_method=geo.scale_method,
+        objects=[o.model_dump(mode="json") for o in scene.objects],
+        pipeline_version=pipeline.__version__,
+        num_labels=int(len(np.unique(label_Fhw[label_Fhw >= 0]))),
+        valid_fraction=float(np.isfinite(xyz_Fhw3[..., 0]).mean()),
+    )
+    arrays = {
+        "feat": feat_FhwD.astype(np.float16),
+        "xyz": xyz_Fhw3,
+        "label": label_Fhw,
+        "conf": conf_Fhw.astype(np.float16),
+        "pose": geo.pose_F44.astype(np.float32),
+        "intrinsics": geo.intrinsics_F33.astype(np.float32),
+    }
+    return SceneResult(arrays=arrays, attrs=attrs, seconds=seconds)
