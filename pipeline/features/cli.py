@@ -1,7 +1,43 @@
-"""CLI verbs of this stage (placeholder until the stage lands)."""
+"""`p3d features`: run encoder, geometry and segmenter over a workflow's scenes into the triplet store."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def features(
+    workflow: Path = typer.Option(..., "--workflow", help="workflow YAML (its source: and features: sections)"),
+    out: Path = typer.Option(None, "--out", help="data root; groups go to <out>/features (default: workflow out)"),
+    scenes: str = typer.Option(None, "--scenes", help="comma-separated scene ids (default: all of the source)"),
+    frames: int = typer.Option(None, "--frames", min=1, help="frames per scene (default: features.num_frames)"),
+    executor: str = typer.Option("ray", "--executor", help="ray | local"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="redo scenes that are already complete"),
+) -> None:
+    """Write patch-aligned (feature, point, label) triplets per scene; exits 1 if any scene failed."""
+    from pipeline.features.driver import run_features
+    from pipeline.features.scenes import ensure_toy_world, open_workflow_source
+    from schemas.workflow import load_workflow
+
+    if executor not in ("ray", "local"):
+        raise typer.BadParameter(f"unknown executor {executor!r}; choose ray or local", param_hint="--executor")
+    wf = load_workflow(workflow)
+    cfg = wf.features if frames is None else wf.features.model_copy(update={"num_frames": frames})
+    out_root = out if out is not None else Path(wf.out)
+    ids = [s.strip() for s in scenes.split(",") if s.strip()] if scenes else None
+    ensure_toy_world(wf, echo=typer.echo)
+    source = open_workflow_source(wf, cfg.num_frames, ids)
+    # Models named `toy:` are built under the workflow's data root, beside the toy world's text.
+    report = run_features(cfg, out_root, Path(wf.out), source, scene_ids=source.scene_ids(),
+                          executor=executor, overwrite=overwrite)
+    typer.echo(f"features: {len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed "
+               f"in {report.wall_seconds:.1f}s; report {report.path}")
+    if report.failed:
+        for scene_id, reason in report.failed.items():
+            typer.echo(f"  FAILED {scene_id}: {reason}", err=True)
+        raise typer.Exit(code=1)
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("features")(features)

@@ -65,11 +65,26 @@ class ToyRenderedScenes:
 
 
 def open_workflow_source(workflow: Workflow, num_frames: int, scene_ids: list[str] | None = None):
-    """The workflow's scene source (a picklable provider), built by `pipeline.sources.open_source`."""
-    import pipeline.sources as sources
+    """The workflow's scene source (picklable, loads scenes from files), limited to `scene_ids`."""
+    from pipeline.sources import open_source
 
-    opener = getattr(sources, "open_source", None)
-    if opener is None:
-        raise RuntimeError("pipeline.sources.open_source is not available in this checkout")
-    only = scene_ids if scene_ids is not None else workflow.source.scenes
-    return opener(workflow.source, num_frames=num_frames, only=None if only is None else tuple(only))
+    source_cfg = workflow.source
+    if scene_ids is not None:
+        source_cfg = source_cfg.model_copy(update={"scenes": list(scene_ids)})
+    return open_source(source_cfg, num_frames=num_frames)
+
+
+def ensure_toy_world(workflow: Workflow, echo=print) -> bool:
+    """Render the toy world first when a toy workflow's scenes folder is empty; True if it did."""
+    from pathlib import Path
+
+    from pipeline.sources.toy import build_toy_world
+
+    if workflow.source.kind != "toy":
+        return False
+    scenes_dir = Path(workflow.source.path)
+    if scenes_dir.is_dir() and any((p / "manifest.json").exists() for p in scenes_dir.iterdir()):
+        return False
+    echo(f"toy world not found under {scenes_dir}: rendering it first")
+    build_toy_world(scenes_dir.parent, scenes_dir, workflow.source.toy or ToyWorldConfig(), progress=echo)
+    return True
