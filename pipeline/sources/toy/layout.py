@@ -114,7 +114,10 @@ def _try_place(rng, layout: ToyLayout, cat_name: str, next_id: int) -> ToyObject
         parts = [(lo + lo_3, hi + lo_3, shade)
                  for lo, hi, shade in rotate_parts(cat.build(*size_3), size_3, turns)]
         colour, rgb = cat.palette[int(rng.integers(len(cat.palette)))]
-        return ToyObject(next_id, cat.name, colour, rgb, lo_3, hi_3, parts,
+        # The annotated box is the parts' union, which can be tighter than the placement footprint.
+        tight_lo_3 = np.min([lo for lo, _, _ in parts], axis=0)
+        tight_hi_3 = np.max([hi for _, hi, _ in parts], axis=0)
+        return ToyObject(next_id, cat.name, colour, rgb, tight_lo_3, tight_hi_3, parts,
                          None if support is None else support.id)
     return None
 

@@ -49,7 +49,8 @@ def _hash_noise(points_N3: np.ndarray, cell: float, salt: int) -> np.ndarray:
 
 
 def render(scene: BoxScene, pose_44: np.ndarray, k_33: np.ndarray, image_hw: tuple[int, int],
-           rng: np.random.Generator | None = None) -> Rendered:
+           rng: np.random.Generator | None = None, cull: bool = True) -> Rendered:
+    """`cull=False` tests every part against every pixel: the slow reference for the culled path."""
     h, w = image_hw
     rot_33, origin_3 = pose_44[:3, :3], pose_44[:3, 3]
     v, u = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -73,10 +74,10 @@ def render(scene: BoxScene, pose_44: np.ndarray, k_33: np.ndarray, image_hw: tup
         lo, hi = scene.lo_B3[b], scene.hi_B3[b]
         corners_83 = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         cam_83 = (corners_83 - origin_3) @ world_to_cam_33.T
-        if np.all(cam_83[:, 2] <= NEAR):
+        if cull and np.all(cam_83[:, 2] <= NEAR):
             continue
-        if np.any(cam_83[:, 2] <= NEAR):
-            r0, r1, c0, c1 = 0, h, 0, w  # straddles the camera plane: projection is unbounded
+        if not cull or np.any(cam_83[:, 2] <= NEAR):
+            r0, r1, c0, c1 = 0, h, 0, w  # straddling the camera plane, the projection is unbounded
         else:
             uu = cam_83[:, 0] / cam_83[:, 2] * k_33[0, 0] + k_33[0, 2]
             vv = cam_83[:, 1] / cam_83[:, 2] * k_33[1, 1] + k_33[1, 2]
@@ -128,5 +129,6 @@ def render(scene: BoxScene, pose_44: np.ndarray, k_33: np.ndarray, image_hw: tup
     rgb_HW3 = base_HW3 * (lambert_HW * (1 + texture))[..., None]
     if rng is not None:
         rgb_HW3 = rgb_HW3 + rng.normal(0, 2.0, rgb_HW3.shape)
-    instance_HW = np.where(is_obj, scene.instance_B[np.maximum(box_HW, 0)], -1).astype(np.int32)
+    instance_HW = np.full((h, w), -1, dtype=np.int32)
+    instance_HW[is_obj] = scene.instance_B[box_HW[is_obj]]
     return Rendered(np.clip(rgb_HW3, 0, 255).astype(np.uint8), depth_HW.astype(np.float32), instance_HW)

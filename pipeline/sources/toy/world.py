@@ -45,6 +45,12 @@ MIN_PIXELS = 40  # pixels that count as "visible" in one frame
 MAX_ATTEMPTS = 8
 
 
+def required_views(num_frames: int) -> int:
+    """Frames each object must be visible in: MIN_VIEWS for 24 frames or more, fewer for shorter
+    paths (one frame sweeps 360 / num_frames degrees, so short paths see less of each object)."""
+    return min(MIN_VIEWS, max(1, -(-num_frames // 8)))
+
+
 def scene_id_for(index: int) -> str:
     return f"toy{index:04d}"
 
@@ -100,11 +106,11 @@ def make_scene(index: int, cfg: ToyWorldConfig) -> ToyScene:
         boxes = _box_scene(layout)
         frames = [render(boxes, pose, k_33, cfg.image_size, rng) for pose in poses_F44]
         views = views_per_object(layout, frames)
-        if min(views.values()) >= min(MIN_VIEWS, cfg.frames):
+        if min(views.values()) >= required_views(cfg.frames):
             break
         log.debug("%s: attempt %d redrawn, views per object %s", scene_id, attempt, views)
     else:
-        raise RuntimeError(f"{scene_id}: no layout with every object visible in {MIN_VIEWS} frames "
+        raise RuntimeError(f"{scene_id}: no layout with every object visible in {required_views(cfg.frames)} frames "
                            f"after {MAX_ATTEMPTS} attempts (frames={cfg.frames})")
     split = split_for(index, cfg.num_scenes)
     records = generate_records(layout, scene_id, split, np.random.default_rng([cfg.seed, index, 10_000]))
