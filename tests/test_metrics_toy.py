@@ -63,6 +63,9 @@ def test_toy_perfect_and_wrong_predictions(toy):
     assert scores["toy/multi_grounding"]["F1@0.5"] == pytest.approx(zero_share)
     chance = {res.name: res.chance for res in bad}
     assert chance["toy/relative_direction"]["Acc"] == 50.0
+    oid = [r for r in records if r.task == "object_id"]
+    assert chance["toy/object_id"]["EM"] == pytest.approx(
+        100.0 * np.mean([1 / len(objects[r.scene_id]) for r in oid]))
     assert 0.0 < chance["toy/grounding"]["Acc@0.25"] < 100.0
     table = format_table(bad)
     assert "toy/counting" in table and "chance" in table.splitlines()[0]

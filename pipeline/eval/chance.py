@@ -3,7 +3,8 @@
 - choice: mean of 1 / number of choices.
 - number: the score of always answering the most frequent reference (counting, where answers are
   integers; "majority class") or the mean reference (continuous answers), under MRA and EM.
-- text / qa / situated_qa: exact match of always answering the most frequent canonical answer.
+- text / qa / situated_qa: exact match of always answering the most frequent canonical answer;
+  object answers (object_id): picking one uniformly random object of the scene.
 - grounding: expected Acc@k of a uniformly random object of the scene (needs the scene objects).
 - multi_grounding: expected F1@k of predicting one uniformly random object (zero-target queries
   score 0 for it).
@@ -36,7 +37,11 @@ def chance_level(task: str, records: list[Record], scene_objects: SceneObjects |
         clean = clean_answer if kind != "exact_match" else normalize_text
         with_answers = [r for r in records if r.answers]
         if not with_answers:
-            return {}
+            # Object answers (e.g. object_id): a uniformly random object of the scene.
+            if not scene_objects or any(not scene_objects.get(r.scene_id) for r in records):
+                return {"EM": None}
+            return {"EM": 100.0 * float(np.mean([1.0 / len(scene_objects[r.scene_id]) if len(r.target_ids) == 1
+                                                 else 0.0 for r in records]))}
         top, _ = Counter(clean(r.answers[0]) for r in with_answers).most_common(1)[0]
         em = 100.0 * float(np.mean([top in {clean(a) for a in r.answers} for r in with_answers]))
         return {"EM@1" if kind == "scanqa" else "EM": em}
