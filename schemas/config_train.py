@@ -12,7 +12,7 @@ Trainable = Literal["projector", "position", "identifiers", "language_model", "l
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: int = Field(ge=1, le=4)
-    trainable: list[Trainable]
+    trainable: list[Trainable] = Field(min_length=1)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(2e-5, gt=0)
@@ -36,6 +36,16 @@ class TrainConfig(BaseModel):
     fourier_dim: int = Field(64, ge=2)
     max_length: int = Field(2048, ge=16)
     lora_rank: int = Field(16, ge=1)
-    save_every: int = Field(500, ge=1)
+    save_every: int = Field(500, ge=1, description="DeepSpeed checkpoint every N optimizer steps")
+    log_every: int = Field(10, ge=1, description="console/TensorBoard log every N optimizer steps")
+    glyph_folder: str | None = Field(None, description="category symbol images <category>.png; default drawn")
+    shuffle_scenes: int = Field(16, ge=1, description="scenes whose examples are shuffled together")
     seed: int = 0
-    stages: list[StageConfig] = []
+    stages: list[StageConfig] = Field(default_factory=list,
+                                      description="per-stage recipes; a missing stage uses trainer.recipes")
+
+    def stage(self, n: int) -> StageConfig | None:
+        found = [s for s in self.stages if s.stage == n]
+        if len(found) > 1:
+            raise ValueError(f"train.stages: stage {n} is listed {len(found)} times")
+        return found[0] if found else None

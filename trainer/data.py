@@ -1,0 +1,180 @@
+"""Shard loader and collation: proxy shards + records -> padded model batches.
+
+Shards stream through WebDataset. Every rank reads a disjoint part of the data: whole shards when
+there are at least ranks x workers of them, else every rank reads all shards and keeps the samples
+whose position modulo the number of readers is its own (so a job with fewer shards than ranks still
+sees each scene exactly once per epoch). Members decode with `np.load(allow_pickle=False)` and
+`json.loads`: no pickle anywhere.
+
+A batch holds the prompt tokens with one `<|image_pad|>` slot per scene token, labels on the
+response only (-100 elsewhere), attention masks, 3 x B x L rotary position ids (trainer.positions)
+and the padded scene tensors with a mask.
+
+Legend: B batch, L tokens, K scene tokens, D feature dim.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from schemas.proxy import INDEX_FILE
+from trainer.positions import quantize_height, rope_position_ids
+from trainer.stages import STAGE_MODES, Example
+
+IGNORE = -100
+
+
+# ------------------------------------------------------------------ shards
+def shard_files(shard_dir: str | Path) -> list[str]:
+    shard_dir = Path(shard_dir)
+    if not (shard_dir / INDEX_FILE).exists():
+        raise ValueError(f"{shard_dir}: no {INDEX_FILE}; the proxy shards are missing or unfinished")
+    files = sorted(str(p) for p in shard_dir.glob("shard-*.tar"))
+    if not files:
+        raise ValueError(f"{shard_dir}: {INDEX_FILE} present but no shard-*.tar files")
+    return files
+
+
+def decode_sample(raw: dict) -> dict:
+    """Raw WebDataset members -> arrays and parsed JSON (np.load without pickle)."""
+    key = raw["__key__"]
+    try:
+        return {
+            "scene_id": key,
+            "feat": np.load(io.BytesIO(raw["feat.npy"]), allow_pickle=False),
+            "xyz": np.load(io.BytesIO(raw["xyz.npy"]), allow_pickle=False),
+            "segment": np.load(io.BytesIO(raw["segment.npy"]), allow_pickle=False),
+            "segments": json.loads(raw["segments.json"]),
+            "meta": json.loads(raw["meta.json"]),
+        }
+    except KeyError as e:
+        raise ValueError(f"scene {key} in {raw.get('__url__', '?')}: missing member {e}") from e
+
+
+def _split(items: list, part: int, parts: int) -> list:
+    return items[part::parts]
+
+
+def iter_scenes(shard_dir: str | Path, *, rank: int = 0, world_size: int = 1, epoch: int = 0, seed: int = 0,
+                shuffle: bool = True, worker: int = 0, num_workers: int = 1) -> Iterator[dict]:
+    """Decoded scenes of this reader (rank x worker) for one epoch, in a seeded order."""
+    import webdataset as wds
+
+    urls = shard_files(shard_dir)
+    if shuffle:
+        random.Random(seed * 100_003 + epoch).shuffle(urls)
+    readers, reader = world_size * num_workers, rank * num_workers + worker
+    by_shard = len(urls) >= readers
+    mine = _split(urls, reader, readers) if by_shard else urls
+    dataset = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None,
+                             empty_check=False)
+    for i, raw in enumerate(dataset):
+        if by_shard or i % readers == reader:
+            yield decode_sample(raw)
+
+
+def scene_ids_in(shard_dir: str | Path) -> list[str]:
+    return sorted(json.loads((Path(shard_dir) / INDEX_FILE).read_text()))
+
+
+def categories_in(shard_dir: str | Path) -> list[str]:
+    """Every category named in the shards' segments.json (read before distributed wrapping)."""
+    cats: set[str] = set()
+    for scene in iter_scenes(shard_dir, shuffle=False):
+        cats.update(s["category"] for s in scene["segments"] if s.get("category"))
+    return sorted(cats)
+
+
+# ------------------------------------------------------------------ scene tokens
+def scene_inputs(scene: dict, mode: str, num_obj_tokens: int) -> dict:
+    """The scene as model inputs: per token xyz, identifier (-1 none), category name, features."""
+    segments = scene["segments"]
+    if mode == "fused":
+        xyz_K3 = np.array([s["box"]["center"] for s in segments], np.float32).reshape(-1, 3)
+        ident_K = np.array([s["id"] if s["id"] < num_obj_tokens else -1 for s in segments], np.int64)
+        return {"xyz": xyz_K3, "ident": ident_K, "categories": [s.get("category") for s in segments],
+                "feat": None}
+    segment_K = scene["segment"].astype(np.int64)
+    if len(segment_K) and (segment_K.min() < 0 or segment_K.max() >= len(segments)):
+        raise ValueError(f"scene {scene['scene_id']}: segment.npy indexes beyond segments.json")
+    return {"xyz": scene["xyz"].astype(np.float32), "ident": np.where(segment_K < num_obj_tokens, segment_K, -1),
+            "categories": None, "feat": scene["feat"].astype(np.float32)}
+
+
+# ------------------------------------------------------------------ collation
+@dataclass
+class Collator:
+    """Examples (+ their scene inputs) -> one padded batch; the model decides nothing here."""
+
+    tokenizer: object
+    cfg: object  # trainer.model.P3DModelConfig
+    category_ids: object  # callable: list[str | None] -> list[int]
+    max_length: int = 2048
+    padding_side: str = "right"
+
+    def _text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def encode(self, ex: Example, num_scene: int, z_bin_K: torch.Tensor, with_answer: bool = True):
+        c = self.cfg
+        after = [c.vision_end_id, *self._text(ex.question), c.chat_end_id, c.chat_start_id]
+        response = [*self._text(ex.answer), c.chat_end_id] if with_answer else []
+        room = self.max_length - 2 - num_scene - len(after)
+        if room < (1 if with_answer else 0):
+            raise ValueError(f"scene {ex.scene_id}: {num_scene} scene tokens + prompt exceed "
+                             f"max_length {self.max_length}")
+        response = response[:room]
+        ids = [c.chat_start_id, c.vision_start_id, *[c.scene_token_id] * num_scene, *after, *response]
+        labels = [IGNORE] * (len(ids) - len(response)) + response
+        pos_3L = rope_position_ids(2, z_bin_K, len(after) + len(response), c.height_bins)
+        return ids, labels, pos_3L
+
+    def __call__(self, items: list[tuple[Example, dict]], with_answer: bool = True) -> dict:
+        c = self.cfg
+        encoded, scenes = [], []
+        for ex, scene in items:
+            xyz_K3 = torch.from_numpy(scene["xyz"])
+            z_bin_K = quantize_height(xyz_K3[:, 2], tuple(c.height_range), c.height_bins)
+            encoded.append(self.encode(ex, len(xyz_K3), z_bin_K, with_answer))
+            scenes.append(scene)
+        B, L = len(items), max(len(e[0]) for e in encoded)
+        K = max(len(s["xyz"]) for s in scenes)
+        input_ids = torch.full((B, L), c.pad_id, dtype=torch.long)
+        labels = torch.full((B, L), IGNORE, dtype=torch.long)
+        attention = torch.zeros((B, L), dtype=torch.long)
+        position_ids = torch.zeros((3, B, L), dtype=torch.long)
+        scene_mask = torch.zeros((B, K), dtype=torch.bool)
+        scene_xyz = torch.zeros((B, K, 3))
+        scene_ident = torch.full((B, K), -1, dtype=torch.long)
+        scene_sem = torch.zeros((B, K), dtype=torch.long)
+        fused = scenes[0]["feat"] is None
+        scene_feat = None if fused else torch.zeros((B, K, scenes[0]["feat"].shape[1]))
+        for b, ((ids, lab, pos_3L), scene) in enumerate(zip(encoded, scenes)):
+            n, k = len(ids), len(scene["xyz"])
+            sl = slice(L - n, L) if self.padding_side == "left" else slice(0, n)
+            input_ids[b, sl] = torch.tensor(ids)
+            labels[b, sl] = torch.tensor(lab)
+            attention[b, sl] = 1
+            position_ids[:, b, sl] = pos_3L
+            scene_mask[b, :k] = True
+            scene_xyz[b, :k] = torch.from_numpy(np.nan_to_num(scene["xyz"]))
+            scene_ident[b, :k] = torch.from_numpy(scene["ident"])
+            if fused:
+                scene_sem[b, :k] = torch.tensor(self.category_ids(scene["categories"]), dtype=torch.long)
+            else:
+                scene_feat[b, :k] = torch.from_numpy(scene["feat"])
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
+                "position_ids": position_ids, "scene_mask": scene_mask, "scene_xyz": scene_xyz,
+                "scene_ident": scene_ident, "scene_sem": scene_sem, "scene_feat": scene_feat}
+
+
+def stage_mode(stage: int) -> str:
+    return STAGE_MODES[stage]

@@ -1,0 +1,58 @@
+"""Process environment for DeepSpeed, set before deepspeed is imported (see shared PITFALLS).
+
+On a machine without CUDA DeepSpeed runs on its CPU accelerator over gloo; a single process still
+needs the full rendezvous variables (else DeepSpeed falls back to MPI discovery), and compiled ops
+are cached under TORCH_EXTENSIONS_DIR so the 25-60 s builds happen once.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def setup_environment() -> None:
+    """Fill in what DeepSpeed needs; values already set (by a launcher or the user) win."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if "DS_ACCELERATOR" not in os.environ and not cuda_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def cleanup_shm() -> None:
+    """Remove the CPU all-reduce buffers DeepSpeed leaves in /dev/shm for this job's port."""
+    # Names are deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> (deepspeed/ops/csrc/cpu/comm/shm.cpp).
+    port = os.environ.get("MASTER_PORT", "")
+    pattern = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{rank()}"
+    for path in glob.glob(pattern):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -1,0 +1,86 @@
+"""Per-rank stream of training batches for one stage: shards -> scenes -> examples -> micro-batches.
+
+Every rank walks its own part of the shards (trainer.data.iter_scenes). Ranks can hold different
+numbers of examples, but DeepSpeed needs every rank to take the same number of steps; so the epoch
+length is the longest rank's count of micro-batches (agreed once with an all-reduce) and a rank that
+runs out starts its part again. Every example is seen at least once per epoch, and the order is a
+pure function of (seed, epoch, rank): `--resume` replays an epoch and skips what was consumed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from schemas.record import Record
+from trainer.data import iter_scenes, scene_inputs
+from trainer.stages import STAGE_MODES, Example, build_examples
+
+Item = tuple[Example, dict]
+
+
+class StageStream:
+    def __init__(self, shard_dir: str | Path, stage: int, records_by_scene: dict[str, list[Record]],
+                 num_obj_tokens: int, batch_size: int, *, seed: int = 0, shuffle_scenes: int = 16,
+                 rank: int = 0, world_size: int = 1):
+        self.shard_dir, self.stage, self.records_by_scene = shard_dir, stage, records_by_scene
+        self.num_obj_tokens, self.batch_size, self.seed = num_obj_tokens, batch_size, seed
+        self.shuffle_scenes, self.rank, self.world_size = shuffle_scenes, rank, world_size
+        self.mode = STAGE_MODES[stage]
+
+    def _examples(self, scene: dict, epoch: int) -> list[Item]:
+        rng = random.Random(f"{self.seed}-{epoch}-{scene['scene_id']}")
+        examples = build_examples(self.stage, scene["scene_id"], scene["segments"],
+                                  self.records_by_scene.get(scene["scene_id"], []), self.num_obj_tokens, rng)
+        if not examples:
+            return []
+        inputs = scene_inputs(scene, self.mode, self.num_obj_tokens)
+        return [(ex, inputs) for ex in examples]
+
+    def items(self, epoch: int) -> Iterator[Item]:
+        """One pass over this rank's examples, shuffled within groups of `shuffle_scenes` scenes."""
+        buffer: list[Item] = []
+        scenes_in_buffer, chunk = 0, 0
+        scenes = iter_scenes(self.shard_dir, rank=self.rank, world_size=self.world_size, epoch=epoch,
+                             seed=self.seed)
+        for scene in scenes:
+            buffer += self._examples(scene, epoch)
+            scenes_in_buffer += 1
+            if scenes_in_buffer == self.shuffle_scenes:
+                random.Random(f"{self.seed}-{epoch}-{self.rank}-{chunk}").shuffle(buffer)
+                yield from buffer
+                buffer, scenes_in_buffer, chunk = [], 0, chunk + 1
+        random.Random(f"{self.seed}-{epoch}-{self.rank}-{chunk}").shuffle(buffer)
+        yield from buffer
+
+    def count(self) -> int:
+        """Examples of this rank per epoch (the count does not depend on the epoch's sampling)."""
+        return sum(1 for _ in self.items(0))
+
+    def local_batches_per_epoch(self) -> int:
+        return math.ceil(self.count() / self.batch_size)
+
+    def batches(self, epoch: int, num_batches: int) -> Iterator[list[Item]]:
+        """Exactly `num_batches` micro-batches, cycling over this rank's part when it runs short."""
+        produced, passes = 0, 0
+        while produced < num_batches:
+            batch: list[Item] = []
+            any_item = False
+            for item in self.items(epoch):  # a repeat pass keeps the rank's part and order
+                any_item = True
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    produced += 1
+                    batch = []
+                    if produced == num_batches:
+                        return
+            if batch:
+                yield batch
+                produced += 1
+            if not any_item:
+                raise ValueError(f"rank {self.rank}: no training examples for stage {self.stage} in "
+                                 f"{self.shard_dir}")
+            passes += 1

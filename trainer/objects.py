@@ -1,0 +1,161 @@
+"""Object referencing (paper 3.2): `<OBJxxx>` tokens, identifier and semantic glyph embeddings.
+
+Segment `i` of a proxy shard (its BFS position in segments.json) is written `<OBJ{i:03d}>`. Its
+identifier embedding comes from an image of the drawn number passed through the model's own vision
+encoder (`model.model.visual`); a category's semantic embedding from one symbol image per category
+(a drawn glyph by default, or `<folder>/<category>.png` when a folder is given).
+
+Why the glyph vectors are centred, whitened and rescaled: a vision tower maps all drawn numbers to
+nearly the same direction (cosine ~0.99 on a random tower, still high on a real one), since most of
+an image is white background. Removing the shared mean and whitening across the table keeps exactly
+what tells one identifier from another; rescaling to the RMS of the token embedding table makes them
+enter the language model at the scale of text.
+
+Legend: M identifiers, C categories, H hidden size, N images, T tokens of one image.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+OBJ_TOKEN_RE = re.compile(r"<OBJ(\d{3,})>")
+UNKNOWN_CATEGORY = "?"
+GLYPH_SIZE = (112, 56)  # W, H: 4 x 2 merged 28 px tokens, room for three digits
+
+
+def obj_token(index: int) -> str:
+    return f"<OBJ{index:03d}>"
+
+
+def obj_tokens(num: int) -> list[str]:
+    return [obj_token(i) for i in range(num)]
+
+
+def object_ids_in_text(text: str) -> list[int]:
+    """Segment ids named by `<OBJxxx>` tokens, in order, without repeats."""
+    seen: dict[int, None] = {}
+    for m in OBJ_TOKEN_RE.finditer(text):
+        seen.setdefault(int(m.group(1)), None)
+    return list(seen)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def draw_identifier(index: int):
+    """A white image with the number drawn in black (the paper's identifier image)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", GLYPH_SIZE, "white")
+    ImageDraw.Draw(img).text((GLYPH_SIZE[0] / 2, GLYPH_SIZE[1] / 2), f"{index:03d}", fill="black",
+                             font=_font(40), anchor="mm")
+    return img
+
+
+def draw_category_glyph(category: str):
+    """A deterministic symbol for a category: coloured shape chosen by a hash, plus the name's initials."""
+    from PIL import Image, ImageDraw
+
+    digest = hashlib.sha256(category.encode()).digest()
+    hue, shape = digest[0] / 255.0, digest[1] % 4
+    colour = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.8, 0.9))
+    img = Image.new("RGB", GLYPH_SIZE, "white")
+    draw = ImageDraw.Draw(img)
+    box = (4, 4, 52, 52)
+    if shape == 0:
+        draw.ellipse(box, fill=colour)
+    elif shape == 1:
+        draw.rectangle(box, fill=colour)
+    elif shape == 2:
+        draw.polygon([(28, 4), (52, 52), (4, 52)], fill=colour)
+    else:
+        draw.polygon([(28, 4), (52, 28), (28, 52), (4, 28)], fill=colour)
+    draw.text((84, 28), category[:2], fill="black", font=_font(32), anchor="mm")
+    return img
+
+
+def category_images(categories: Sequence[str], folder: str | Path | None = None) -> list:
+    """One image per category: `<folder>/<category>.png` when present, else the drawn glyph."""
+    from PIL import Image
+
+    images = []
+    for cat in categories:
+        path = Path(folder) / f"{cat}.png" if folder else None
+        images.append(Image.open(path).convert("RGB") if path and path.exists() else draw_category_glyph(cat))
+    return images
+
+
+def encode_images(model, image_processor, images: Sequence, batch_size: int = 64):
+    """Mean-pooled vision-encoder embedding (N x H) of each image, through `model.model.visual`."""
+    import torch
+
+    out = []
+    device = next(model.parameters()).device
+    dtype = model.model.visual.dtype if hasattr(model.model.visual, "dtype") else torch.float32
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            inputs = image_processor(images=list(images[i:i + batch_size]), return_tensors="pt")
+            feats = model.model.get_image_features(inputs["pixel_values"].to(device, dtype),
+                                                   inputs["image_grid_thw"].to(device), return_dict=True)
+            out.extend(tok_TH.float().mean(0) for tok_TH in feats.pooler_output)
+    return torch.stack(out)
+
+
+def whiten(vec_NH, eps: float = 1e-2):
+    """Centre and ZCA-whiten rows (see module docstring); eps keeps near-empty directions bounded."""
+    import torch
+
+    centred = vec_NH - vec_NH.mean(0, keepdim=True)
+    cov_HH = centred.T @ centred / max(len(centred), 1)
+    evals, evecs = torch.linalg.eigh(cov_HH.double())
+    scale = evals.clamp_min(0) + eps * evals.clamp_min(0).max().clamp_min(1e-12)
+    w_HH = (evecs @ torch.diag(scale.rsqrt()) @ evecs.T).float()
+    return centred @ w_HH
+
+
+def rescale_rows(vec_NH, target_rms: float):
+    rms_N1 = vec_NH.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+    return vec_NH / rms_N1 * target_rms
+
+
+def glyph_table(model, image_processor, images: Sequence, target_rms: float):
+    """Encode, whiten and rescale a set of glyph images into an N x H table (float32)."""
+    raw_NH = encode_images(model, image_processor, images)
+    if len(images) > 2:
+        raw_NH = whiten(raw_NH)
+    return rescale_rows(raw_NH, target_rms)
+
+
+def segment_tokens(num_segments: int, num_identifiers: int) -> list[str | None]:
+    """Token of each segment id; None beyond the identifier vocabulary (it cannot be referenced)."""
+    return [obj_token(i) if i < num_identifiers else None for i in range(num_segments)]
+
+
+def labels_to_segments(segments: Sequence[dict]) -> dict[int, int]:
+    """Instance id (store label, or a label merged into a segment) -> segment id."""
+    out: dict[int, int] = {}
+    for seg in segments:
+        for label in [seg["label"], *seg.get("merged_labels", [])]:
+            if label >= 0:
+                out.setdefault(int(label), int(seg["id"]))
+    return out
+
+
+def category_index(categories: Sequence[str]) -> dict[str, int]:
+    return {c: i for i, c in enumerate(categories)}
+
+
+def as_numpy_table(table) -> np.ndarray:
+    return table.detach().float().cpu().numpy()

@@ -1,0 +1,167 @@
+"""Stage data builders: one scene (its segments.json, and for stage 4 its records) -> examples.
+
+Stages 1-3 use the simplified scene (one fused identifier + semantic token per object, paper 3.2)
+and generate their question/answer pairs from segments.json alone; stage 4 uses the real proxies and
+the annotation records. Questions are short templates and answers short strings, so that a small
+model can learn them; they follow the toy world's phrasing where the tasks overlap.
+
+Pure: dicts and records in, `Example`s out (a seeded `random.Random` decides sampling).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas.record import Record
+from trainer.objects import labels_to_segments, obj_token
+
+log = logging.getLogger(__name__)
+OBJ_PLACEHOLDER = "<OBJ>"
+NONE_ANSWER = "none"
+STAGE_MODES = {1: "fused", 2: "fused", 3: "fused", 4: "proxy"}
+
+
+@dataclass
+class Example:
+    scene_id: str
+    task: str
+    question: str
+    answer: str
+    record_id: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def _referenceable(segments: list[dict], num_obj_tokens: int) -> list[dict]:
+    return [s for s in segments if s["id"] < num_obj_tokens and s.get("category") and s["label"] >= 0]
+
+
+def _tokens(ids) -> str:
+    return " ".join(obj_token(i) for i in sorted(set(ids)))
+
+
+def stage1_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rng: random.Random) -> list[Example]:
+    """Naming both ways: `<OBJ012>` -> category, category -> its `<OBJxxx>` tokens."""
+    objs = _referenceable(segments, num_obj_tokens)
+    out = [Example(scene_id, "object_name", f"What is {obj_token(s['id'])}?", s["category"]) for s in objs]
+    by_cat: dict[str, list[int]] = defaultdict(list)
+    for s in objs:
+        by_cat[s["category"]].append(s["id"])
+    for cat, ids in sorted(by_cat.items()):
+        out.append(Example(scene_id, "object_id", f"Which object is the {cat}?", _tokens(ids)))
+    rng.shuffle(out)
+    return out
+
+
+def stage2_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rng: random.Random) -> list[Example]:
+    """Coordinate alignment: where each object is and how big it is (metres, one decimal)."""
+    out = []
+    for s in _referenceable(segments, num_obj_tokens):
+        tok = obj_token(s["id"])
+        cx, cy, cz = s["box"]["center"]
+        sx, sy, sz = s["box"]["size"]
+        out.append(Example(scene_id, "object_position", f"Where is {tok}?", f"{_fmt(cx)} {_fmt(cy)} {_fmt(cz)}"))
+        out.append(Example(scene_id, "object_size", f"How big is {tok}?", f"{_fmt(sx)} {_fmt(sy)} {_fmt(sz)}"))
+        out.append(Example(scene_id, "object_size", f"How tall is {tok} in meters?", _fmt(sz)))
+    rng.shuffle(out)
+    return out
+
+
+def stage3_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rng: random.Random,
+                    pairs_per_object: int = 3) -> list[Example]:
+    """Object-object relations: distance, higher, larger, nearest."""
+    objs = _referenceable(segments, num_obj_tokens)
+    if len(objs) < 2:
+        return []
+    center_N3 = np.array([s["box"]["center"] for s in objs], float)
+    volume_N = np.array([float(np.prod(s["box"]["size"])) for s in objs])
+    dist_NN = np.linalg.norm(center_N3[:, None] - center_N3[None], axis=-1)
+    out = []
+    for i, s in enumerate(objs):
+        ti = obj_token(s["id"])
+        nearest = int(np.argsort(dist_NN[i])[1])
+        out.append(Example(scene_id, "relative_distance", f"Which object is closest to {ti}?",
+                           obj_token(objs[nearest]["id"])))
+        others = [j for j in range(len(objs)) if j != i]
+        for j in rng.sample(others, min(pairs_per_object, len(others))):
+            tj = obj_token(objs[j]["id"])
+            kind = rng.randrange(3)
+            if kind == 0:
+                out.append(Example(scene_id, "distance", f"How far apart are {ti} and {tj} in meters?",
+                                   _fmt(dist_NN[i, j])))
+            elif kind == 1:
+                out.append(Example(scene_id, "relative_direction", f"Is {ti} higher than {tj}?",
+                                   "yes" if center_N3[i, 2] > center_N3[j, 2] else "no"))
+            else:
+                out.append(Example(scene_id, "relative_size", f"Which is larger, {ti} or {tj}?",
+                                   ti if volume_N[i] >= volume_N[j] else tj))
+    rng.shuffle(out)
+    return out
+
+
+def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
+                   with_answer: bool = True) -> Example | None:
+    """A record as a stage-4 example; None when a target is not in the scene's segments."""
+    label_to_seg = labels_to_segments(segments)
+    seg_ids = []
+    for target in record.target_ids:
+        if target not in label_to_seg or label_to_seg[target] >= num_obj_tokens:
+            return None
+        seg_ids.append(label_to_seg[target])
+    question = record.question
+    placeholders = question.count(OBJ_PLACEHOLDER)
+    if placeholders > len(seg_ids):
+        raise ValueError(f"record {record.id} (scene {record.scene_id}): {placeholders} {OBJ_PLACEHOLDER} "
+                         f"placeholders but {len(seg_ids)} target ids")
+    for seg in seg_ids[:placeholders]:
+        question = question.replace(OBJ_PLACEHOLDER, obj_token(seg), 1)
+    if record.situation:
+        question = f"{record.situation} {question}"
+    if record.choices and not all(c in question for c in record.choices):
+        question = f"{question} ({' / '.join(record.choices)})"
+    if record.answer_type == "objects":
+        answer = _tokens(seg_ids) if seg_ids else NONE_ANSWER
+    elif record.answers:
+        answer = record.answers[0]
+    elif with_answer:
+        return None
+    else:
+        answer = ""
+    return Example(record.scene_id, record.task, question, answer, record_id=record.id,
+                   meta={"object_ids": sorted(set(seg_ids))})
+
+
+def stage4_examples(scene_id: str, segments: list[dict], records: list[Record],
+                    num_obj_tokens: int, rng: random.Random) -> list[Example]:
+    out, skipped = [], 0
+    for rec in records:
+        ex = record_example(rec, segments, num_obj_tokens)
+        if ex is None:
+            skipped += 1
+        else:
+            out.append(ex)
+    if skipped:
+        log.debug("scene %s: %d records skipped (targets not among the segments)", scene_id, skipped)
+    rng.shuffle(out)
+    return out
+
+
+def build_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
+                   num_obj_tokens: int, rng: random.Random) -> list[Example]:
+    if stage == 1:
+        return stage1_examples(scene_id, segments, num_obj_tokens, rng)
+    if stage == 2:
+        return stage2_examples(scene_id, segments, num_obj_tokens, rng)
+    if stage == 3:
+        return stage3_examples(scene_id, segments, num_obj_tokens, rng)
+    if stage == 4:
+        return stage4_examples(scene_id, segments, records, num_obj_tokens, rng)
+    raise ValueError(f"unknown stage {stage}; stages are 1-4")

@@ -1,0 +1,105 @@
+"""Small synthetic proxy shards and records, in exactly the cluster stage's format.
+
+For tests and benchmarks of the trainer, which must not depend on the features and cluster stages:
+each scene has a few boxes of known categories; a box's proxies carry its category's prototype
+feature plus noise, and positions inside the box. Records follow the toy world's templates.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from schemas.proxy import INDEX_FILE, SHARD_PATTERN, ProxyMeta, SegmentInfo
+from schemas.record import Record, write_records
+
+CATEGORIES = ("chair", "table", "lamp", "sofa", "bed", "plant")
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def make_scene(scene_id: str, rng: np.random.Generator, dim: int, proxies_per_object: int = 8,
+               num_objects: tuple[int, int] = (3, 7)):
+    """One scene: (sample members dict, list of (instance id, category, box min, box max))."""
+    prototypes = np.random.default_rng(1234).normal(size=(len(CATEGORIES), dim)).astype(np.float32)
+    n = int(rng.integers(*num_objects))
+    objects = []
+    for inst in range(n):
+        cat = int(rng.integers(len(CATEGORIES)))
+        lo = np.array([rng.uniform(0, 4), rng.uniform(0, 4), rng.uniform(0, 1.5)])
+        objects.append((inst + 1, CATEGORIES[cat], cat, lo, lo + rng.uniform(0.3, 1.2, 3)))
+    # Segment order stands in for BFS: nearest box centre to the origin first.
+    objects.sort(key=lambda o: float(np.linalg.norm((o[3] + o[4]) / 2)))
+    feats, xyzs, segs, infos = [], [], [], []
+    for seg_id, (inst, name, cat, lo, hi) in enumerate(objects):
+        xyz = rng.uniform(lo, hi, size=(proxies_per_object, 3)).astype(np.float32)
+        feats.append(prototypes[cat] + 0.1 * rng.normal(size=(proxies_per_object, dim)))
+        xyzs.append(xyz)
+        segs.append(np.full(proxies_per_object, seg_id, np.int32))
+        infos.append(SegmentInfo(id=seg_id, label=inst, category=name, size=proxies_per_object * 4,
+                                 proxies=proxies_per_object, center=((lo + hi) / 2).tolist(),
+                                 box={"center": ((lo + hi) / 2).tolist(), "size": (hi - lo).tolist()},
+                                 bfs_rank=seg_id).model_dump())
+    k = proxies_per_object * len(objects)
+    meta = ProxyMeta(scene_id=scene_id, num_proxies=k, budget=k, dim=dim, num_valid_triplets=4 * k,
+                     params={"synthetic": True}, source={"kind": "synthetic"}).model_dump()
+    sample = {"__key__": scene_id, "feat.npy": _npy(np.concatenate(feats).astype(np.float16)),
+              "xyz.npy": _npy(np.concatenate(xyzs)), "segment.npy": _npy(np.concatenate(segs)),
+              "segments.json": json.dumps(infos).encode(), "meta.json": json.dumps(meta).encode()}
+    return sample, [(inst, name, lo, hi) for inst, name, _, lo, hi in objects]
+
+
+def scene_records(scene_id: str, objects, split: str) -> list[Record]:
+    recs: list[Record] = []
+
+    def add(task, question, answers, targets, **kw):
+        recs.append(Record(id=f"{scene_id}-{len(recs):03d}", scene_id=scene_id, task=task, source="synthetic",
+                           question=question, answers=answers, target_ids=targets, split=split, **kw))
+
+    by_cat: dict[str, list[int]] = {}
+    for inst, name, _, _ in objects:
+        add("object_name", "What is <OBJ>?", [name], [inst])
+        by_cat.setdefault(name, []).append(inst)
+    for name in CATEGORIES:
+        members = by_cat.get(name, [])
+        add("counting", f"How many {name}s are in the room?", [str(len(members))], [], answer_type="number")
+        if len(members) == 1:
+            add("grounding", f"Find the {name}.", [], members, answer_type="objects")
+    return recs
+
+
+def write_synthetic(out: str | Path, num_scenes: int = 6, dim: int = 128, scenes_per_shard: int = 2,
+                    proxies_per_object: int = 8, val_every: int = 3, seed: int = 0) -> tuple[Path, Path]:
+    """Write `<out>/proxies/synthetic/shard-*.tar` + index.json and `<out>/records.jsonl`."""
+    import webdataset as wds
+
+    out = Path(out)
+    shard_dir = out / "proxies" / "synthetic"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    index: dict[str, str] = {}
+    records: list[Record] = []
+    writer = None
+    for i in range(num_scenes):
+        if i % scenes_per_shard == 0:
+            if writer:
+                writer.close()
+            name = SHARD_PATTERN % (i // scenes_per_shard)
+            writer = wds.TarWriter(str(shard_dir / name))
+        scene_id = f"scene{i:04d}"
+        sample, objects = make_scene(scene_id, rng, dim, proxies_per_object)
+        writer.write(sample)
+        index[scene_id] = name
+        records += scene_records(scene_id, objects, "val" if val_every and i % val_every == val_every - 1
+                                 else "train")
+    writer.close()
+    (shard_dir / INDEX_FILE).write_text(json.dumps(index))
+    write_records(records, out / "records.jsonl")
+    return shard_dir, out / "records.jsonl"

@@ -1,0 +1,269 @@
+"""One training stage under DeepSpeed ZeRO: `train(workflow, stage) -> exported model folder`.
+
+Layout under `train.out` (default runs/train):
+    stage<N>/checkpoints/<tag>/   DeepSpeed state + p3d_state_rank<r>.json/.safetensors (resume)
+    stage<N>/tb/                  TensorBoard events
+    stage<N>/model/               the exported Hugging Face folder + p3d modules (p3d_config.json last)
+Stage 1 starts from `train.model` (a hub id, folder or toy:<name>); stage N > 1 from stage<N-1>/model.
+`resume=True` continues from the latest checkpoint exactly: weights, optimizer, schedule, RNG and
+the position in the epoch (the data order is a function of seed, epoch and rank; see loader.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from schemas.config_train import StageConfig, TrainConfig
+from schemas.record import load_records
+from schemas.workflow import Workflow, load_workflow
+from trainer import env
+
+log = logging.getLogger("p3d.train")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MIN_LR_RATIO = 0.1
+
+
+def resolve_train_config(workflow: Workflow, overrides: dict | None) -> TrainConfig:
+    data = workflow.train.model_dump()
+    data.update(overrides or {})
+    return TrainConfig.model_validate(data)
+
+
+def stage_dir(cfg: TrainConfig, stage: int) -> Path:
+    return Path(cfg.out) / f"stage{stage}"
+
+
+def records_path(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig) -> Path:
+    return Path(scfg.records or cfg.records or workflow.eval.records or Path(workflow.out) / "annotations.jsonl")
+
+
+def deepspeed_config(name: str, micro_batch: int, grad_accum: int, world_size: int, on_gpu: bool) -> dict:
+    ds = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    ds.update(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=grad_accum,
+              train_batch_size=micro_batch * grad_accum * world_size)
+    ds["bf16"] = {"enabled": on_gpu}  # bf16 on GPUs, fp32 on CPU
+    zero = ds["zero_optimization"]
+    for key in ("offload_optimizer", "offload_param"):
+        if key in zero and not on_gpu:
+            zero[key]["pin_memory"] = False
+    if "offload_optimizer" in zero:
+        ds["zero_force_ds_cpu_optimizer"] = False  # we pass a torch optimizer (no fused_adam build)
+    return ds
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    def fn(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return fn
+
+
+def _load_model(workflow: Workflow, cfg: TrainConfig, stage: int, feat_dim: int, categories: list[str]):
+    from pipeline.models.toy_models import resolve_model
+    from trainer.model import Proxy3DModel
+
+    if stage == 1:
+        base = resolve_model(cfg.model, workflow.out)
+        model = Proxy3DModel.build(base, feat_dim=feat_dim, num_obj_tokens=cfg.num_obj_tokens,
+                                   categories=categories, height_bins=cfg.height_bins,
+                                   height_range=cfg.height_range, fourier_dim=cfg.fourier_dim,
+                                   glyph_folder=cfg.glyph_folder)
+    else:
+        previous = stage_dir(cfg, stage - 1) / "model"
+        if not (previous / "p3d_config.json").exists():
+            raise ValueError(f"stage {stage} starts from stage {stage - 1}, but {previous} has no finished "
+                             f"export; run --stage {stage - 1} first")
+        model = Proxy3DModel.from_pretrained(previous)
+        model.ensure_categories(categories)
+    if model.cfg.feat_dim != feat_dim:
+        raise ValueError(f"proxy features have D={feat_dim} but the model's projector expects "
+                         f"{model.cfg.feat_dim}")
+    return model
+
+
+# ------------------------------------------------------------------ resume state (no pickle)
+def _save_state(tag_dir: Path, state: dict) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    r = env.rank()
+    np_state = np.random.get_state()
+    tensors = {"torch_rng": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
+    meta = dict(state, python_rng=repr(random.getstate()), numpy_pos=int(np_state[2]),
+                numpy_gauss=[int(np_state[3]), float(np_state[4])])
+    tmp = tag_dir / f".p3d_state_rank{r}.tmp"
+    save_file(tensors, str(tmp) + ".safetensors")
+    os.replace(str(tmp) + ".safetensors", tag_dir / f"p3d_state_rank{r}.safetensors")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, tag_dir / f"p3d_state_rank{r}.json")
+
+
+def _load_state(tag_dir: Path) -> dict:
+    import ast
+
+    import torch
+    from safetensors.torch import load_file
+
+    r = env.rank()
+    meta = json.loads((tag_dir / f"p3d_state_rank{r}.json").read_text())
+    tensors = load_file(tag_dir / f"p3d_state_rank{r}.safetensors")
+    torch.set_rng_state(tensors["torch_rng"])
+    np.random.set_state(("MT19937", tensors["numpy_keys"].numpy().astype(np.uint32), meta["numpy_pos"],
+                         meta["numpy_gauss"][0], meta["numpy_gauss"][1]))
+    random.setstate(ast.literal_eval(meta["python_rng"]))
+    return meta
+
+
+# ------------------------------------------------------------------ the stage
+def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = None, *,
+          resume: bool = False) -> Path:
+    """Run one stage; returns the exported model folder (stage<N>/model)."""
+    env.setup_environment()
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    from trainer.data import Collator, categories_in, iter_scenes
+    from trainer.loader import StageStream
+    from trainer.recipes import stage_config
+
+    wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+    cfg = resolve_train_config(wf, overrides)
+    scfg = stage_config(cfg, stage)
+    out_dir = stage_dir(cfg, stage)
+    ckpt_dir, export_dir = out_dir / "checkpoints", out_dir / "model"
+    shard_dir = Path(wf.out) / "proxies" / cfg.proxies
+    on_gpu = torch.cuda.is_available()
+
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    first = next(iter_scenes(shard_dir, shuffle=False))
+    model = _load_model(wf, cfg, stage, int(first["feat"].shape[1]), categories_in(shard_dir))
+    trainable = model.set_trainable(scfg.trainable, cfg.lora_rank)
+    model.lm.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model.lm, {"use_reentrant": False})
+
+    records_by_scene: dict[str, list] = defaultdict(list)
+    if stage == 4:
+        for rec in load_records(records_path(wf, cfg, scfg)):
+            if rec.split in (None, "train"):
+                records_by_scene[rec.scene_id].append(rec)
+    stream = StageStream(shard_dir, stage, records_by_scene, cfg.num_obj_tokens, scfg.batch_size,
+                         seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank, world_size=world)
+    local = torch.tensor([stream.local_batches_per_epoch()])
+    dist.all_reduce(local, op=dist.ReduceOp.MAX)
+    batches_per_epoch = int(local)
+    if batches_per_epoch == 0:
+        raise ValueError(f"stage {stage}: no training examples in {shard_dir}")
+    total_micro = (scfg.max_steps * scfg.grad_accum if scfg.max_steps
+                   else math.ceil(scfg.epochs * batches_per_epoch / scfg.grad_accum) * scfg.grad_accum)
+    total_opt = total_micro // scfg.grad_accum
+
+    optimizer = torch.optim.AdamW(trainable, lr=scfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_opt, int(scfg.warmup_ratio * total_opt)))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg.deepspeed, scfg.batch_size, scfg.grad_accum, world, on_gpu))
+    collate = Collator(model.tokenizer, model.cfg, model.category_ids, max_length=cfg.max_length)
+
+    micro, epoch, in_epoch = 0, 0, 0
+    if resume and (ckpt_dir / "latest").exists():
+        load_path, _ = engine.load_checkpoint(str(ckpt_dir))
+        if load_path is None:
+            raise ValueError(f"{ckpt_dir}: could not load the latest checkpoint")
+        state = _load_state(Path(load_path))
+        micro, epoch, in_epoch = state["micro_step"], state["epoch"], state["step_in_epoch"]
+        if rank == 0:
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", load_path, micro // scfg.grad_accum,
+                     epoch, in_epoch)
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"))
+        log.info("stage %d: %s, %d rank(s), %d batches/epoch, %d optimizer steps, trainable %s (%.2fM params)",
+                 stage, cfg.deepspeed, world, batches_per_epoch, total_opt, scfg.trainable,
+                 sum(p.numel() for p in trainable) / 1e6)
+
+    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+    while micro < total_micro:
+        batches = stream.batches(epoch, batches_per_epoch)
+        for _ in range(in_epoch):  # resume: replay the consumed part of the epoch without computing
+            next(batches)
+        for items in batches:
+            batch = {k: (v.to(engine.device) if v is not None else None) for k, v in collate(items).items()}
+            loss = engine(batch).loss
+            engine.backward(loss)
+            engine.step()
+            micro, in_epoch = micro + 1, in_epoch + 1
+            window_loss.append(float(loss.detach()))
+            window_tokens += int(batch["attention_mask"].sum())
+            opt_step = micro // scfg.grad_accum
+            boundary = micro % scfg.grad_accum == 0
+            if boundary and opt_step % cfg.log_every == 0 and rank == 0:
+                elapsed = time.perf_counter() - window_start
+                lr = engine.get_lr()[0]
+                mean_loss = sum(window_loss) / len(window_loss)
+                log.info("stage %d step %d/%d epoch %d loss %.4f lr %.2e tokens/s %.0f", stage, opt_step,
+                         total_opt, epoch, mean_loss, lr, window_tokens * world / max(elapsed, 1e-9))
+                writer.add_scalar("train/loss", mean_loss, opt_step)
+                writer.add_scalar("train/lr", lr, opt_step)
+                writer.add_scalar("train/tokens_per_s", window_tokens * world / max(elapsed, 1e-9), opt_step)
+                window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+            if boundary and (opt_step % cfg.save_every == 0 or micro == total_micro):
+                epoch_done = in_epoch == batches_per_epoch
+                tag = f"step{opt_step:07d}"
+                engine.save_checkpoint(str(ckpt_dir), tag=tag)
+                _save_state(ckpt_dir / tag, {"micro_step": micro, "epoch": epoch + epoch_done,
+                                             "step_in_epoch": 0 if epoch_done else in_epoch, "stage": stage})
+                dist.barrier()
+            if micro >= total_micro:
+                break
+        else:
+            epoch, in_epoch = epoch + 1, 0
+            continue
+        break
+
+    if writer:
+        writer.close()
+    if engine.zero_optimization_partition_weights():
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = model.state_dict() if rank == 0 else None
+    if rank == 0:
+        model.cfg.stages_done = sorted(set(model.cfg.stages_done) | {stage})
+        model.export(export_dir, state_dict=state, extra={"stage": stage, "stage_config": scfg.model_dump(),
+                                                          "train_config": cfg.model_dump(), "workflow": wf.name,
+                                                          "optimizer_steps": total_opt, "world_size": world})
+        log.info("stage %d: exported %s", stage, export_dir)
+    dist.barrier()
+    env.cleanup_shm()
+    return export_dir
+
+
+def _enable_checkpointing(lm, kwargs: dict) -> None:
+    # transformers 5 renamed it; keep working on both spellings.
+    if hasattr(lm, "activation_checkpointing_enable"):
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
