@@ -59,6 +59,7 @@ def render(scene: BoxScene, pose_44: np.ndarray, k_33: np.ndarray, image_hw: tup
     dir_HW3 = dir_cam_HW3 @ rot_33.T
     with np.errstate(divide="ignore"):
         inv_HW3 = 1.0 / dir_HW3
+    inv_A_HW = [np.ascontiguousarray(inv_HW3[..., a]) for a in range(3)]
 
     # Background: where each ray leaves the room (the face it exits through is what it sees).
     room_hi = scene.room_size_3
@@ -85,24 +86,24 @@ def render(scene: BoxScene, pose_44: np.ndarray, k_33: np.ndarray, image_hw: tup
             r0, r1 = max(int(np.floor(vv.min())), 0), min(int(np.ceil(vv.max())) + 1, h)
             if c0 >= c1 or r0 >= r1:
                 continue
-        inv = inv_HW3[r0:r1, c0:c1]
-        t_lo = (lo - origin_3) * inv
-        t_hi = (hi - origin_3) * inv
-        with np.errstate(invalid="ignore"):
-            near_hw3 = np.minimum(t_lo, t_hi)
-            far_hw3 = np.maximum(t_lo, t_hi)
-        # A zero direction component gives nan (0*inf) only when the origin is on the slab boundary.
-        near_hw3 = np.nan_to_num(near_hw3, nan=-np.inf)
-        far_hw3 = np.nan_to_num(far_hw3, nan=np.inf)
-        t_enter = near_hw3.max(-1)
-        t_exit = far_hw3.min(-1)
+        # Per-axis 2D arrays: numpy reduces a trailing axis of length 3 slowly.
+        near, far = [], []
+        for a in range(3):
+            inv = inv_A_HW[a][r0:r1, c0:c1]
+            t_lo, t_hi = (lo[a] - origin_3[a]) * inv, (hi[a] - origin_3[a]) * inv
+            near.append(np.fmin(t_lo, t_hi))
+            far.append(np.fmax(t_lo, t_hi))
+        # fmax / fmin skip the NaN (0 * inf) of a ray lying exactly in a slab's boundary plane.
+        t_enter = np.fmax(np.fmax(near[0], near[1]), near[2])
+        t_exit = np.fmin(np.fmin(far[0], far[1]), far[2])
         sub_depth = depth_HW[r0:r1, c0:c1]
         hit = (t_enter <= t_exit) & (t_enter > NEAR) & (t_enter < sub_depth)
         if not hit.any():
             continue
         sub_depth[hit] = t_enter[hit]
         box_HW[r0:r1, c0:c1][hit] = b
-        axis_HW[r0:r1, c0:c1][hit] = near_hw3.argmax(-1)[hit]
+        n0, n1, n2 = near[0][hit], near[1][hit], near[2][hit]
+        axis_HW[r0:r1, c0:c1][hit] = np.where((n0 >= n1) & (n0 >= n2), 0, np.where(n1 >= n2, 1, 2))
 
     # Shading: the visible face's normal points against the ray along the hit axis.
     normal_HW3 = np.zeros((h, w, 3))
