@@ -273,6 +273,18 @@ def test_scannet_source_from_sens_with_gt(tmp_path):
     assert scene.source == "scannet" and scene.instances_FHW is None
 
 
+def test_scannet_source_bare_sens_files(tmp_path):
+    write_sens(tmp_path / f"{SCENE}.sens", 4)
+    write_sens(tmp_path / "scene0001_00.sens", 3)
+    write_gt(tmp_path)  # beside the first one only
+    source = ScanNetSource(tmp_path, 2)
+    assert source.scene_ids() == [SCENE, "scene0001_00"]
+    assert len(source.load_scene(SCENE).objects) == 2
+    other = source.load_scene("scene0001_00")
+    assert other.objects == [] and other.num_frames_total == 3
+    assert np.allclose(other.poses_F44[0], _pose(int(other.frame_indices[0])))  # no alignment file
+
+
 def test_scannet_source_exported_with_instances(tmp_path):
     folder = tmp_path / SCENE
     write_exported(folder, 4, instance_hw=COLOR_HW)

@@ -299,18 +299,23 @@ def read_gt_objects(scene_id: str, folder: Path, align_44: np.ndarray) -> list[O
 
 @dataclass(frozen=True)
 class ScanNetSource(SceneSource):
-    """`path` holds one folder per scene (ScanNet's `scans/`); a scene is read from its exported
-    frames when `color/` exists (which also brings instance-filt masks), else from its .sens."""
+    """`path` holds one folder per scene (ScanNet's `scans/`), or bare `<scene>.sens` files (with
+    any annotation files beside them). A scene is read from its exported frames when `color/`
+    exists (which also brings instance-filt masks), else from its .sens."""
 
     kind = "scannet"
 
     def available(self) -> list[str]:
         root = Path(self.path)
-        return sorted(p.name for p in root.iterdir()
-                      if p.is_dir() and ((p / f"{p.name}.sens").is_file() or (p / "color").is_dir()))
+        folders = {p.name for p in root.iterdir()
+                   if p.is_dir() and ((p / f"{p.name}.sens").is_file() or (p / "color").is_dir())}
+        bare = {p.stem for p in root.glob("*.sens") if p.is_file()}
+        return sorted(folders | bare)
 
     def load_scene(self, scene_id: str) -> Scene:
         folder = Path(self.path) / scene_id
+        if not folder.is_dir():
+            folder = Path(self.path)  # a bare <scene>.sens; annotation files share its prefix
         files = scene_files(folder, scene_id)
         align_44 = read_axis_alignment(scene_id, files["meta"]) if files["meta"].exists() else np.eye(4)
         if (folder / "color").is_dir():
