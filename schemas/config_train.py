@@ -20,6 +20,8 @@ class StageConfig(BaseModel):
     batch_size: int = Field(1, ge=1, description="per device")
     grad_accum: int = Field(1, ge=1)
     records: str | None = Field(None, description="records file for stage 4 (defaults to the workflow's)")
+    init_from: str | None = Field(None, description="exported p3d folder to start from instead of the "
+                                                    "previous stage's (stage 1: instead of `model`)")
 
 
 class TrainConfig(BaseModel):

@@ -1,7 +1,43 @@
-"""CLI verbs of this stage (placeholder until the stage lands)."""
+"""CLI verbs of the trainer: `p3d predict` and `p3d train` (the same code as trainer/run.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def predict(
+        checkpoint: Path = typer.Option(..., help="exported model folder (<train.out>/stage<N>/model)"),
+        shards: Path = typer.Option(..., help="proxy shard folder (<out>/proxies/<name>)"),
+        records: Path = typer.Option(..., help="annotation records (JSONL)"),
+        out: Path = typer.Option(..., help="predictions JSONL to write"),
+        split: str = typer.Option("val", help="records split to answer; 'all' for every record"),
+        batch_size: int = typer.Option(8, min=1),
+        max_new_tokens: int = typer.Option(32, min=1),
+        limit: int | None = typer.Option(None, min=1, help="answer at most this many records"),
+    ) -> None:
+        """Batched greedy answers; `<OBJxxx>` answers come back with segment ids, labels and boxes."""
+        from trainer.predict import predict as run_predict
+
+        try:
+            n = run_predict(checkpoint, shards, records, out, split=None if split == "all" else split,
+                            batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+        typer.echo(f"{n} predictions -> {out}")
+
+    @app.command()
+    def train(
+        stage: int = typer.Option(..., min=1, max=4, help="training stage 1-4"),
+        workflow: Path = typer.Option(..., help="workflow YAML"),
+        resume: bool = typer.Option(False, help="continue from the stage's latest checkpoint"),
+        out: str | None = typer.Option(None, help="override train.out"),
+    ) -> None:
+        """Train one stage in this process (multi-process: `deepspeed trainer/run.py`)."""
+        from trainer.train import train as run_train
+
+        folder = run_train(workflow, stage, {"out": out} if out else None, resume=resume)
+        typer.echo(str(folder))

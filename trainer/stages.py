@@ -111,24 +111,25 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
                    with_answer: bool = True) -> Example | None:
     """A record as a stage-4 example; None when a target is not in the scene's segments."""
     label_to_seg = labels_to_segments(segments)
-    seg_ids = []
-    for target in record.target_ids:
-        if target not in label_to_seg or label_to_seg[target] >= num_obj_tokens:
-            return None
-        seg_ids.append(label_to_seg[target])
+    seg_ids = [label_to_seg.get(t) for t in record.target_ids]
+    seg_ids = [s if s is not None and s < num_obj_tokens else None for s in seg_ids]
     question = record.question
     placeholders = question.count(OBJ_PLACEHOLDER)
     if placeholders > len(seg_ids):
         raise ValueError(f"record {record.id} (scene {record.scene_id}): {placeholders} {OBJ_PLACEHOLDER} "
                          f"placeholders but {len(seg_ids)} target ids")
+    # The question must name its objects; the answer's targets matter only when training on it.
+    if None in seg_ids[:placeholders] or (with_answer and None in seg_ids):
+        return None
     for seg in seg_ids[:placeholders]:
         question = question.replace(OBJ_PLACEHOLDER, obj_token(seg), 1)
     if record.situation:
         question = f"{record.situation} {question}"
     if record.choices and not all(c in question for c in record.choices):
         question = f"{question} ({' / '.join(record.choices)})"
+    known = [i for i in seg_ids if i is not None]
     if record.answer_type == "objects":
-        answer = _tokens(seg_ids) if seg_ids else NONE_ANSWER
+        answer = _tokens(known) if known else NONE_ANSWER
     elif record.answers:
         answer = record.answers[0]
     elif with_answer:
@@ -136,7 +137,7 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
     else:
         answer = ""
     return Example(record.scene_id, record.task, question, answer, record_id=record.id,
-                   meta={"object_ids": sorted(set(seg_ids))})
+                   meta={"object_ids": sorted(set(known))})
 
 
 def stage4_examples(scene_id: str, segments: list[dict], records: list[Record],

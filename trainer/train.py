@@ -69,21 +69,23 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return fn
 
 
-def _load_model(workflow: Workflow, cfg: TrainConfig, stage: int, feat_dim: int, categories: list[str]):
+def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_dim: int,
+                categories: list[str]):
     from pipeline.models.toy_models import resolve_model
     from trainer.model import Proxy3DModel
 
-    if stage == 1:
+    stage = scfg.stage
+    if stage == 1 and not scfg.init_from:
         base = resolve_model(cfg.model, workflow.out)
         model = Proxy3DModel.build(base, feat_dim=feat_dim, num_obj_tokens=cfg.num_obj_tokens,
                                    categories=categories, height_bins=cfg.height_bins,
                                    height_range=cfg.height_range, fourier_dim=cfg.fourier_dim,
                                    glyph_folder=cfg.glyph_folder)
     else:
-        previous = stage_dir(cfg, stage - 1) / "model"
+        previous = Path(scfg.init_from) if scfg.init_from else stage_dir(cfg, stage - 1) / "model"
         if not (previous / "p3d_config.json").exists():
-            raise ValueError(f"stage {stage} starts from stage {stage - 1}, but {previous} has no finished "
-                             f"export; run --stage {stage - 1} first")
+            raise ValueError(f"stage {stage} starts from {previous}, which has no finished export; "
+                             f"run --stage {stage - 1} first (or set init_from)")
         model = Proxy3DModel.from_pretrained(previous)
         model.ensure_categories(categories)
     if model.cfg.feat_dim != feat_dim:
@@ -155,7 +157,7 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     np.random.seed(cfg.seed)
 
     first = next(iter_scenes(shard_dir, shuffle=False))
-    model = _load_model(wf, cfg, stage, int(first["feat"].shape[1]), categories_in(shard_dir))
+    model = _load_model(wf, cfg, scfg, int(first["feat"].shape[1]), categories_in(shard_dir))
     trainable = model.set_trainable(scfg.trainable, cfg.lora_rank)
     model.lm.config.use_cache = False
     if cfg.gradient_checkpointing:
