@@ -115,8 +115,8 @@ def main() -> None:
                     continue
                 p = ClusterParams(budget=args.budget, space=space, grouping=grouping)
                 t, mem = _measure(lambda: cluster_scene(*arrays, params=p), 1)
-                label = f"  ablation space={space} grouping={grouping}"
-                print(f"{label:>22} {'':>6} | {t * 1e3:8.1f} {1 / t:8.2f} {mem:8.1f} |")
+                label = f"{space}{'' if grouping else ', no grouping'}"
+                print(f"{'  ablation ' + label:<29} | {t * 1e3:8.1f} {1 / t:8.2f} {mem:8.1f} |")
             del scene, arrays
 
 

@@ -16,7 +16,7 @@ class ClusterConfig(BaseModel):
     space: Literal["xyz", "xyz+feat"] = "xyz"
     feat_weight: float = Field(1.0, ge=0, description="weight of whitened features in xyz+feat space")
     per_object: int | None = Field(None, ge=1, description="N proxies per object (captioning ablation)")
-    unlabeled_cell: float = Field(1.0, gt=0, description="metres; voxel cell grouping unlabeled patches")
+    unlabeled_cell: float = Field(2.0, gt=0, description="metres; voxel cell grouping unlabeled patches")
     unlabeled_min_size: int = Field(8, ge=1, description="unlabeled cells below this join the nearest cell")
     bfs_neighbors: int = Field(6, ge=1)
     seed: int = 0

@@ -33,7 +33,7 @@ class ClusterParams:
     space: Literal["xyz", "xyz+feat"] = "xyz"
     feat_weight: float = 1.0
     per_object: int | None = None
-    unlabeled_cell: float = 1.0
+    unlabeled_cell: float = 2.0
     unlabeled_min_size: int = 8
     bfs_neighbors: int = 6
     seed: int = 0
