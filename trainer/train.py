@@ -129,8 +129,12 @@ def _load_state(tag_dir: Path) -> dict:
 
 # ------------------------------------------------------------------ the stage
 def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = None, *,
-          resume: bool = False) -> Path:
-    """Run one stage; returns the exported model folder (stage<N>/model)."""
+          resume: bool = False, stop_after: int | None = None) -> Path | None:
+    """Run one stage; returns the exported model folder (stage<N>/model).
+
+    `stop_after` ends the process's work after that many optimizer steps without exporting (returns
+    None), as a preemption would: tests use it to check that `resume` continues exactly.
+    """
     env.setup_environment()
     import deepspeed
     import torch
@@ -159,6 +163,7 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     first = next(iter_scenes(shard_dir, shuffle=False))
     model = _load_model(wf, cfg, scfg, int(first["feat"].shape[1]), categories_in(shard_dir))
     trainable = model.set_trainable(scfg.trainable, cfg.lora_rank)
+    num_trainable = sum(p.numel() for p in trainable)  # before ZeRO-3 partitions them
     model.lm.config.use_cache = False
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model.lm, {"use_reentrant": False})
@@ -200,12 +205,15 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
 
     writer = None
     if rank == 0:
+        if not resume:
+            (out_dir / "train_log.jsonl").unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tb"))
         log.info("stage %d: %s, %d rank(s), %d batches/epoch, %d optimizer steps, trainable %s (%.2fM params)",
                  stage, cfg.deepspeed, world, batches_per_epoch, total_opt, scfg.trainable,
-                 sum(p.numel() for p in trainable) / 1e6)
+                 num_trainable / 1e6)
 
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
     while micro < total_micro:
@@ -226,11 +234,15 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
                 elapsed = time.perf_counter() - window_start
                 lr = engine.get_lr()[0]
                 mean_loss = sum(window_loss) / len(window_loss)
+                tokens_per_s = window_tokens * world / max(elapsed, 1e-9)
                 log.info("stage %d step %d/%d epoch %d loss %.4f lr %.2e tokens/s %.0f", stage, opt_step,
-                         total_opt, epoch, mean_loss, lr, window_tokens * world / max(elapsed, 1e-9))
+                         total_opt, epoch, mean_loss, lr, tokens_per_s)
+                with (out_dir / "train_log.jsonl").open("a") as f:
+                    f.write(json.dumps({"step": opt_step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                                        "tokens_per_s": tokens_per_s}) + "\n")
                 writer.add_scalar("train/loss", mean_loss, opt_step)
                 writer.add_scalar("train/lr", lr, opt_step)
-                writer.add_scalar("train/tokens_per_s", window_tokens * world / max(elapsed, 1e-9), opt_step)
+                writer.add_scalar("train/tokens_per_s", tokens_per_s, opt_step)
                 window_loss, window_tokens, window_start = [], 0, time.perf_counter()
             if boundary and (opt_step % cfg.save_every == 0 or micro == total_micro):
                 epoch_done = in_epoch == batches_per_epoch
@@ -239,7 +251,7 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
                 _save_state(ckpt_dir / tag, {"micro_step": micro, "epoch": epoch + epoch_done,
                                              "step_in_epoch": 0 if epoch_done else in_epoch, "stage": stage})
                 dist.barrier()
-            if micro >= total_micro:
+            if micro >= total_micro or (stop_after is not None and boundary and opt_step >= stop_after):
                 break
         else:
             epoch, in_epoch = epoch + 1, 0
@@ -248,6 +260,9 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
 
     if writer:
         writer.close()
+    if micro < total_micro:  # stopped early on request: the checkpoint is the result
+        dist.barrier()
+        return None
     if engine.zero_optimization_partition_weights():
         state = engine._zero3_consolidated_16bit_state_dict()
     else:

@@ -1,0 +1,192 @@
+"""The Proxy3D model wrapper on a tiny random-weight Qwen2.5-VL: positions, identifiers, decoding, export."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.models.toy_models import build_toy_qwen
+from trainer.data import Collator, iter_scenes, scene_inputs
+from trainer.model import Proxy3DModel
+from trainer.stages import Example, build_examples
+from trainer.synthetic import CATEGORIES, write_synthetic
+
+NUM_OBJ = 32
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_toy_qwen(tmp_path_factory.mktemp("qwen") / "qwen", ["What is a chair?", "How many lamps?"])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("syn"), num_scenes=4, dim=128)
+
+
+@pytest.fixture(scope="module")
+def model(base):
+    torch.manual_seed(0)
+    return Proxy3DModel.build(str(base), feat_dim=128, num_obj_tokens=NUM_OBJ, categories=list(CATEGORIES),
+                              height_bins=16, height_range=(-0.5, 3.5), fourier_dim=16).eval()
+
+
+def _scene(data):
+    return next(iter_scenes(data[0], shuffle=False))
+
+
+def _batch(model, scene, question="What is <OBJ001>?", answer="chair", mode="proxy", **kw):
+    col = Collator(model.tokenizer, model.cfg, model.category_ids, **kw)
+    ex = Example(scene["scene_id"], "object_name", question, answer)
+    return col([(ex, scene_inputs(scene, mode, NUM_OBJ))], with_answer=bool(answer))
+
+
+def test_obj_tokens_are_single_tokens_tied_to_identifiers(model):
+    tok = model.tokenizer
+    ids = tok("What is <OBJ012>?", add_special_tokens=False)["input_ids"]
+    assert model.cfg.obj_token_ids[12] in ids
+    assert tok.decode([model.cfg.obj_token_ids[12]]) == "<OBJ012>"
+    batch = {"input_ids": torch.tensor([[model.cfg.obj_token_ids[12]]]), "scene_mask": torch.zeros(1, 0, dtype=bool),
+             "scene_ident": torch.zeros(1, 0, dtype=torch.long), "scene_sem": torch.zeros(1, 0, dtype=torch.long),
+             "scene_xyz": torch.zeros(1, 0, 3)}
+    with torch.no_grad():
+        emb = model.input_embeddings(batch)[0, 0]
+    assert torch.equal(emb, model.identifiers.weight[12])
+    # The glyph tables are distinct per identifier (whitened), at the scale of text embeddings.
+    w = model.identifiers.weight.detach()
+    cos = torch.nn.functional.cosine_similarity(w[:, None], w[None], dim=-1)
+    assert cos.fill_diagonal_(0).abs().max() < 0.9
+    assert w.pow(2).mean().sqrt() == pytest.approx(model.embed_rms, rel=0.05)
+
+
+def test_horizontal_shift_changes_only_fourier_term_vertical_only_rotary_ids(model, data):
+    scene = _scene(data)
+    moved = dict(scene, xyz=scene["xyz"] + np.array([1.5, -0.7, 0.0], np.float32))
+    raised = dict(scene, xyz=scene["xyz"] + np.array([0.0, 0.0, 1.0], np.float32))
+    b0, b_moved, b_raised = (_batch(model, s) for s in (scene, moved, raised))
+    with torch.no_grad():
+        e0, e_moved, e_raised = (model.input_embeddings(b) for b in (b0, b_moved, b_raised))
+        f0 = model.fourier(b0["scene_xyz"][..., :2])
+        f_moved = model.fourier(b_moved["scene_xyz"][..., :2])
+    slots = b0["input_ids"][0] == model.cfg.scene_token_id
+    # Horizontal shift: same rotary ids, embeddings differ by exactly the Fourier term.
+    assert torch.equal(b0["position_ids"], b_moved["position_ids"])
+    assert not torch.allclose(e0[0, slots], e_moved[0, slots])
+    torch.testing.assert_close(e_moved[0, slots] - e0[0, slots], (f_moved - f0)[0], atol=1e-5, rtol=1e-4)
+    assert torch.equal(e0[0, ~slots], e_moved[0, ~slots])
+    # Raising: same embeddings, different rotary ids on the scene tokens only.
+    torch.testing.assert_close(e0, e_raised)
+    pos0, pos_r = b0["position_ids"][:, 0], b_raised["position_ids"][:, 0]
+    assert not torch.equal(pos0[:, slots], pos_r[:, slots])
+    assert torch.equal(pos0[:, ~slots], pos_r[:, ~slots])
+    # Height is on the height/width rows; the temporal row holds the scene start for all proxies.
+    assert torch.equal(pos_r[1, slots], pos_r[2, slots]) and pos_r[0, slots].unique().numel() == 1
+
+
+def test_identifier_added_to_its_segments_proxies(model, data):
+    scene = _scene(data)
+    b = _batch(model, scene)
+    with torch.no_grad():
+        vec = model.scene_vectors(b)[0]
+        base_vec = model.projector(b["scene_feat"][0]) + model.fourier(b["scene_xyz"][0, :, :2])
+    seg = torch.from_numpy(scene["segment"].astype(np.int64))
+    torch.testing.assert_close(vec - base_vec, model.identifiers.weight[seg].detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_loss_only_on_response_tokens(model, data):
+    b = _batch(model, _scene(data), answer="chair")
+    lab = b["labels"][0]
+    resp = lab[lab != -100].tolist()
+    assert resp == model.tokenizer("chair", add_special_tokens=False)["input_ids"] + [model.cfg.chat_end_id]
+    n_scene = int((b["input_ids"][0] == model.cfg.scene_token_id).sum())
+    assert n_scene == len(_scene(data)["xyz"])
+
+
+def test_greedy_generation_with_cache_matches_full_recompute(model, data):
+    scenes = list(iter_scenes(data[0], shuffle=False))[:2]
+    col = Collator(model.tokenizer, model.cfg, model.category_ids, padding_side="left")
+    items = [(Example(s["scene_id"], "qa", q, ""), scene_inputs(s, "proxy", NUM_OBJ))
+             for s, q in zip(scenes, ["What is <OBJ001>?", "How many chairs are in the room?"])]
+    batch = col(items, with_answer=False)
+    fast = model.generate(batch, max_new_tokens=4)
+    for b, (ex, inputs) in enumerate(items):  # unbatched, no cache: recompute the whole sequence each step
+        single = col([(ex, inputs)], with_answer=False)
+        ids, out = single["input_ids"], []
+        pos, mask = single["position_ids"], single["attention_mask"]
+        for _ in range(len(fast[b])):
+            with torch.no_grad():
+                logits = model.lm(inputs_embeds=model.input_embeddings(dict(single, input_ids=ids)),
+                                  attention_mask=mask, position_ids=pos).logits
+            nxt = int(logits[0, -1].argmax())
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], 1)
+            pos = torch.cat([pos, pos[:, :, -1:] + 1], 2)
+        assert out == fast[b]
+
+
+def test_export_reload_same_outputs_with_lora_merged(model, data, tmp_path, base):
+    torch.manual_seed(1)
+    m = Proxy3DModel.build(str(base), feat_dim=128, num_obj_tokens=NUM_OBJ, categories=list(CATEGORIES),
+                           height_bins=16, height_range=(-0.5, 3.5), fourier_dim=16)
+    m.set_trainable(["lora", "projector"], lora_rank=4)
+    with torch.no_grad():  # make the adapters non-trivial, as after training
+        for n, p in m.named_parameters():
+            if "lora_b" in n:
+                p.normal_(std=0.05)
+    m.eval()
+    b = _batch(m, _scene(data))
+    with torch.no_grad():
+        before = m(b).logits
+    folder = m.export(tmp_path / "exported")
+    assert (folder / "p3d_config.json").exists() and (folder / "model.safetensors").exists()
+    loaded = Proxy3DModel.from_pretrained(folder).eval()
+    assert not loaded.lora_enabled
+    with torch.no_grad():
+        after = loaded(b).logits
+    torch.testing.assert_close(before, after, atol=1e-4, rtol=1e-4)
+
+
+def test_stage_builders_name_objects_and_relations(data):
+    scene = _scene(data)
+    segs = scene["segments"]
+    rng = random.Random(0)
+    s1 = build_examples(1, scene["scene_id"], segs, [], NUM_OBJ, rng)
+    names = {ex.question: ex.answer for ex in s1 if ex.task == "object_name"}
+    assert names == {f"What is <OBJ{s['id']:03d}>?": s["category"] for s in segs}
+    for ex in s1:
+        if ex.task == "object_id":
+            cat = ex.question.removeprefix("Which object is the ").rstrip("?")
+            assert ex.answer.split() == [f"<OBJ{s['id']:03d}>" for s in segs if s["category"] == cat]
+    s2 = build_examples(2, scene["scene_id"], segs, [], NUM_OBJ, rng)
+    where = [ex for ex in s2 if ex.task == "object_position"]
+    assert len(where) == len(segs)
+    s3 = build_examples(3, scene["scene_id"], segs, [], NUM_OBJ, rng)
+    for ex in s3:
+        if ex.task == "distance":
+            a, b = (int(t) for t in __import__("re").findall(r"<OBJ(\d+)>", ex.question))
+            d = np.linalg.norm(np.subtract(segs[a]["box"]["center"], segs[b]["box"]["center"]))
+            assert float(ex.answer) == pytest.approx(d, abs=0.051)
+
+
+def test_record_mapping_through_labels(data):
+    from schemas.record import Record
+    from trainer.stages import record_example
+
+    segs = [{"id": 0, "label": 7, "merged_labels": [9], "category": "chair", "box": {}},
+            {"id": 1, "label": -1, "category": None, "box": {}},
+            {"id": 2, "label": 3, "category": "lamp", "box": {}}]
+    rec = Record(id="r", scene_id="s", task="distance", source="toy", question="How far apart are <OBJ> and <OBJ>?",
+                 answers=["1.0"], target_ids=[3, 9])
+    ex = record_example(rec, segs, NUM_OBJ)
+    assert ex.question == "How far apart are <OBJ002> and <OBJ000>?" and ex.answer == "1.0"
+    grd = Record(id="g", scene_id="s", task="multi_grounding", source="toy", question="Find all sofas.",
+                 answer_type="objects", target_ids=[])
+    assert record_example(grd, segs, NUM_OBJ).answer == "none"
+    missing = Record(id="m", scene_id="s", task="grounding", source="toy", question="Find the bed.",
+                     answer_type="objects", target_ids=[42])
+    assert record_example(missing, segs, NUM_OBJ) is None  # not trainable: its target has no segment
+    assert record_example(missing, segs, NUM_OBJ, with_answer=False) is not None  # still answerable
