@@ -86,7 +86,10 @@ def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors raises its own error types
             raise ValueError(f"cannot read safetensors file {weights}: {err}") from err
     try:
-        data = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            data = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            data = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle-free loader: anything but tensors is refused
         raise ValueError(f"cannot read checkpoint {weights} with weights_only=True: {err}") from err
     for wrapper in ("model", "state_dict"):
