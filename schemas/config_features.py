@@ -38,8 +38,15 @@ class SegmenterConfig(BaseModel):
     model: str = SAM2_DEFAULT
     revision: str | None = None
     points_per_side: int = Field(16, ge=2)
+    points_per_batch: int = Field(64, ge=1, description="point prompts per mask-decoder call")
+    pred_iou_thresh: float = Field(0.7, ge=0, le=1, description="drop masks whose predicted IoU is lower")
+    stability_thresh: float = Field(0.9, ge=0, le=1, description="drop masks less stable than this")
+    nms_iou: float = Field(0.7, gt=0, le=1, description="mask IoU above which the weaker mask is dropped")
     min_mask_area: float = Field(0.002, ge=0, description="fraction of the image")
-    merge: Literal["overlap3d", "video"] = "overlap3d"
+    # Cross-frame identity: per-frame masks merged by the overlap of their 3D points (mask_merge.py).
+    merge: Literal["overlap3d"] = "overlap3d"
+    merge_voxel: float = Field(0.05, gt=0, description="voxel size (geometry units, metres) for 3D overlap")
+    merge_min_overlap: float = Field(0.3, gt=0, le=1, description="shared voxels / smaller mask's voxels")
 
 
 class FeaturesConfig(BaseModel):

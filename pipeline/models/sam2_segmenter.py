@@ -1,0 +1,214 @@
+"""Segmenter backend `sam2`: SAM 2 automatic masks per frame, then one id per object across frames.
+
+transformers' `Sam2Model` runs directly: its processor and the `mask-generation` pipeline need
+torchvision, which this stack cannot install, so preprocessing is ours (resize to the model's
+square input, rescale, ImageNet mean/std from the checkpoint's preprocessor config when present).
+Automatic masks follow SAM's recipe: a regular grid of single-point prompts, the best of the three
+multimask outputs by predicted IoU, filters on predicted IoU, stability and area, then greedy
+mask NMS. Across frames, masks are merged by the overlap of their 3D points (mask_merge.py).
+
+Legend: F frames, H x W pixels, S x S model input, N prompts, M masks, s x s low-res mask logits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.models.mask_merge import merge_frames_3d, paint_masks
+from pipeline.models.protocols import SensorFrames
+from schemas.store import ModelRef
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STABILITY_OFFSET = 1.0  # logit margin of SAM's stability score
+
+
+def point_grid(points_per_side: int) -> np.ndarray:
+    """N x 2 (x, y) in [0, 1]: cell centres of a points_per_side^2 grid, as SAM's generator."""
+    offsets = (np.arange(points_per_side) + 0.5) / points_per_side
+    xs, ys = np.meshgrid(offsets, offsets)
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+def mask_nms(masks_MHW: np.ndarray, scores_M: np.ndarray, iou_thresh: float) -> np.ndarray:
+    """Indices kept by greedy NMS on mask IoU, best score first."""
+    order = np.argsort(-scores_M, kind="stable")
+    flat = masks_MHW.reshape(len(masks_MHW), -1).astype(np.float32)
+    areas = flat.sum(axis=1)
+    keep: list[int] = []
+    for i in order:
+        if keep:
+            inter = flat[keep] @ flat[i]
+            iou = inter / np.maximum(areas[keep] + areas[i] - inter, 1)
+            if np.any(iou > iou_thresh):
+                continue
+        keep.append(int(i))
+    return np.array(keep, dtype=np.int64)
+
+
+class SAM2Segmenter:
+    def __init__(self, model: str, revision: str | None = None, device: str = "cpu",
+                 points_per_side: int = 16, points_per_batch: int = 64, pred_iou_thresh: float = 0.7,
+                 stability_thresh: float = 0.9, min_mask_area: float = 0.002, nms_iou: float = 0.7,
+                 merge_voxel: float = 0.05, merge_min_overlap: float = 0.3, trained: bool = True):
+        import torch
+        from transformers import Sam2Model
+
+        self.net = Sam2Model.from_pretrained(model, revision=revision).to(device).eval()
+        self.device = device
+        self.input_size = int(self.net.config.prompt_encoder_config.image_size)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        try:
+            from transformers.utils import cached_file
+
+            pre = cached_file(model, "preprocessor_config.json", revision=revision,
+                              _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            pre = None
+        if pre:
+            data = json.loads(Path(pre).read_text())
+            mean, std = data.get("image_mean", mean), data.get("image_std", std)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.points_per_side, self.points_per_batch = points_per_side, points_per_batch
+        self.pred_iou_thresh, self.stability_thresh = pred_iou_thresh, stability_thresh
+        self.min_mask_area, self.nms_iou = min_mask_area, nms_iou
+        self.merge_voxel, self.merge_min_overlap = merge_voxel, merge_min_overlap
+        self.ref = ModelRef(kind="sam2", model=model, revision=revision, trained=trained)
+
+    def preprocess(self, images_FHW3: np.ndarray):
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(images_FHW3)).permute(0, 3, 1, 2).float() / 255.0
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        return ((x - self.mean) / self.std).to(self.device)
+
+    def frame_masks(self, image_HW3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Automatic masks of one frame: bool M x H x W and their scores (predicted IoU)."""
+        import torch
+        import torch.nn.functional as F
+
+        height, width = image_HW3.shape[:2]
+        grid_N2 = torch.from_numpy(point_grid(self.points_per_side) * self.input_size).float()
+        masks, scores = [], []
+        with torch.inference_mode():
+            embeddings = self.net.get_image_embeddings(self.preprocess(image_HW3[None]))
+            for start in range(0, len(grid_N2), self.points_per_batch):
+                pts = grid_N2[start:start + self.points_per_batch].to(self.device)
+                out = self.net(image_embeddings=embeddings, input_points=pts[None, :, None, :],
+                               input_labels=torch.ones(1, len(pts), 1, dtype=torch.long, device=self.device),
+                               multimask_output=True)
+                iou_N3 = out.iou_scores[0].float()
+                best_N = iou_N3.argmax(dim=1)
+                logits_Nss = out.pred_masks[0, torch.arange(len(pts)), best_N].float()
+                score_N = iou_N3[torch.arange(len(pts)), best_N]
+                logits_NHW = F.interpolate(logits_Nss[:, None], size=(height, width), mode="bilinear",
+                                           align_corners=False)[:, 0]
+                hi = (logits_NHW > STABILITY_OFFSET).flatten(1).sum(1).float()
+                lo = (logits_NHW > -STABILITY_OFFSET).flatten(1).sum(1).float()
+                stability_N = hi / lo.clamp(min=1)
+                binary_NHW = logits_NHW > 0
+                area_N = binary_NHW.flatten(1).sum(1).float() / (height * width)
+                keep = (score_N >= self.pred_iou_thresh) & (stability_N >= self.stability_thresh) \
+                    & (area_N >= max(self.min_mask_area, 1.0 / (height * width)))
+                masks.append(binary_NHW[keep].cpu().numpy())
+                scores.append(score_N[keep].cpu().numpy())
+        masks_MHW = np.concatenate(masks) if masks else np.zeros((0, height, width), bool)
+        scores_M = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        if len(masks_MHW) == 0:
+            return masks_MHW, scores_M
+        keep = mask_nms(masks_MHW, scores_M, self.nms_iou)
+        return masks_MHW[keep], scores_M[keep]
+
+    def frame_labels(self, images_FHW3: np.ndarray) -> np.ndarray:
+        """Per-frame label maps (ids not shared across frames), int32 F x H x W, -1 = none."""
+        labels = []
+        for image_HW3 in images_FHW3:
+            masks_MHW, _ = self.frame_masks(image_HW3)
+            labels.append(paint_masks(masks_MHW) if len(masks_MHW)
+                          else np.full(image_HW3.shape[:2], -1, np.int32))
+        return np.stack(labels)
+
+    def segment(self, images_FHW3: np.ndarray, sensor: SensorFrames,
+                xyz_FHW3: np.ndarray | None = None) -> np.ndarray:
+        if xyz_FHW3 is None:
+            raise ValueError(f"scene {sensor.scene_id}: segmenter 'sam2' merges masks across frames by "
+                             "their 3D points and needs the geometry's point maps")
+        return merge_frames_3d(self.frame_labels(images_FHW3), xyz_FHW3, self.merge_voxel,
+                               self.merge_min_overlap)
+
+
+TOY_SAM2 = "toy:sam2"
+TOY_MARKER = "p3d_toy.json"
+
+
+def tiny_sam2_config(image_size: int = 128):
+    """A ~0.4M-parameter SAM 2 for tests and the toy workflow. Hiera puts a global-attention block
+    inside stages 1-2, never first in a stage (a first block that pools queries cannot be global)."""
+    from transformers import (Sam2Config, Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2PromptEncoderConfig,
+                              Sam2VisionConfig)
+
+    s = image_size
+    backbone = Sam2HieraDetConfig(image_size=[s, s], hidden_size=16, num_attention_heads=1,
+                                  blocks_per_stage=[1, 2, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
+                                  num_attention_heads_per_stage=[1, 1, 2, 2], window_size_per_stage=[4, 4, 4, 4],
+                                  global_attention_blocks=[2, 4], window_positional_embedding_background_size=[4, 4])
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
+                              backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+                              fpn_hidden_size=32)
+    return Sam2Config(vision_config=vision,
+                      prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=s, patch_size=16,
+                                                                    mask_input_channels=4),
+                      mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2,
+                                                                iou_head_hidden_dim=32))
+
+
+def build_toy_sam2(folder: str | Path, seed: int = 0) -> Path:
+    """Save a random-weight tiny SAM 2 with `save_pretrained` (temp folder, then rename)."""
+    import os
+    import shutil
+    import uuid
+
+    import torch
+    from transformers import Sam2Model
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    model = Sam2Model(tiny_sam2_config()).eval()
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        model.save_pretrained(tmp)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(
+            {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}))
+        (tmp / TOY_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_segmenter(config, data_root, device: str = "cpu") -> SAM2Segmenter:
+    """Factory for the registry: `config` is a `schemas.config_features.SegmenterConfig`.
+    `toy:sam2` is built under `<data_root>/models/sam2` on first use."""
+    model = config.model
+    if model == TOY_SAM2:
+        folder = Path(data_root) / "models" / "sam2"
+        if not (folder / TOY_MARKER).exists():
+            build_toy_sam2(folder)
+        model = str(folder)
+    segmenter = SAM2Segmenter(model, revision=config.revision, device=device,
+                              points_per_side=config.points_per_side, points_per_batch=config.points_per_batch,
+                              pred_iou_thresh=config.pred_iou_thresh, stability_thresh=config.stability_thresh,
+                              min_mask_area=config.min_mask_area, nms_iou=config.nms_iou,
+                              merge_voxel=config.merge_voxel, merge_min_overlap=config.merge_min_overlap,
+                              trained=not (Path(model) / TOY_MARKER).exists())
+    segmenter.ref = segmenter.ref.model_copy(update={"model": config.model})
+    return segmenter
