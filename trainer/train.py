@@ -194,13 +194,14 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
 
     micro, epoch, in_epoch = 0, 0, 0
     if resume and (ckpt_dir / "latest").exists():
-        load_path, _ = engine.load_checkpoint(str(ckpt_dir))
+        tag = (ckpt_dir / "latest").read_text().strip()
+        load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         if load_path is None:
-            raise ValueError(f"{ckpt_dir}: could not load the latest checkpoint")
-        state = _load_state(Path(load_path))
+            raise ValueError(f"{ckpt_dir}: could not load checkpoint {tag}")
+        state = _load_state(ckpt_dir / tag)
         micro, epoch, in_epoch = state["micro_step"], state["epoch"], state["step_in_epoch"]
         if rank == 0:
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", load_path, micro // scfg.grad_accum,
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_dir / tag, micro // scfg.grad_accum,
                      epoch, in_epoch)
 
     writer = None
