@@ -60,7 +60,8 @@ class RunReport:
     failed: dict[str, str] = field(default_factory=dict)
     seconds_per_step: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
-    setup_seconds: float = 0.0
+    setup_seconds: float = 0.0  # model loading (the slowest actor's, under Ray)
+    startup_seconds: float = 0.0  # executor start-up (ray.init), not model loading
     path: Path | None = None
 
     @property
@@ -142,7 +143,9 @@ def _init_ray(num_cpus: int | None):
 
 def _run_ray(todo: list[str], cfg: FeaturesConfig, out, data_root, provider,
              report: RunReport) -> list[SceneOutcome]:
+    start = time.perf_counter()
     ray = _init_ray(num_cpus=max(cfg.num_actors, 1))
+    report.startup_seconds = time.perf_counter() - start
     gpus = cfg.gpus_per_actor if ray.cluster_resources().get("GPU", 0) > 0 else 0
     remote_cls = ray.remote(FeatureWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=1,
                                                    max_task_retries=0)
@@ -189,6 +192,7 @@ def _write_report(out: str | Path, report: RunReport, cfg: FeaturesConfig, start
         "failed": [{"scene_id": s, "reason": r} for s, r in report.failed.items()],
         "wall_seconds": report.wall_seconds,
         "setup_seconds": report.setup_seconds,
+        "startup_seconds": report.startup_seconds,
         "seconds_per_step": report.seconds_per_step,
         "config": cfg.model_dump(mode="json"),
     }

@@ -58,15 +58,19 @@ def patchify(label_FHW: np.ndarray, xyz_FHW3: np.ndarray, conf_FHW: np.ndarray,
     counts_PL = np.bincount(flat, minlength=num_patches * num_labels).reshape(num_patches, num_labels)
     winner_P = counts_PL.argmax(axis=1)
 
-    xyz_PQ3 = _to_patches(xyz_FHW3.astype(np.float64), patch).reshape(num_patches, patch * patch, 3)
-    conf_PQ = _to_patches(conf_FHW.astype(np.float64), patch).reshape(num_patches, patch * patch)
-    member_PQ = (compact_PQ == winner_P[:, None]) & np.isfinite(xyz_PQ3).all(axis=2)
-    num_members_P = member_PQ.sum(axis=1)
-    safe_P = np.maximum(num_members_P, 1)
-    xyz_P3 = np.where(member_PQ[..., None], xyz_PQ3, 0.0).sum(axis=1) / safe_P[:, None]
-    xyz_P3[num_members_P == 0] = np.nan
-    conf_P = np.where(member_PQ, conf_PQ, 0.0).sum(axis=1) / safe_P
+    # Sums over each patch's member pixels, on the F x h x p x w x p view (no copies of the point map).
+    winner_Fhw = winner_P.reshape(num_frames, h, w)
+    winner_FHW = np.repeat(np.repeat(winner_Fhw, patch, axis=1), patch, axis=2)
+    xyz_view = xyz_FHW3.reshape(num_frames, h, patch, w, patch, 3)
+    member_FHW = (compact_FHW == winner_FHW) & np.isfinite(xyz_FHW3).all(axis=-1)
+    member_view = member_FHW.reshape(num_frames, h, patch, w, patch)
+    num_members_Fhw = member_view.sum(axis=(2, 4))
+    safe_Fhw = np.maximum(num_members_Fhw, 1)
+    xyz_sum_Fhw3 = np.where(member_view[..., None], xyz_view, 0).sum(axis=(2, 4), dtype=np.float64)
+    xyz_Fhw3 = xyz_sum_Fhw3 / safe_Fhw[..., None]
+    xyz_Fhw3[num_members_Fhw == 0] = np.nan
+    conf_view = conf_FHW.reshape(num_frames, h, patch, w, patch)
+    conf_Fhw = np.where(member_view, conf_view, 0).sum(axis=(2, 4), dtype=np.float64) / safe_Fhw
 
     label_Fhw = uniq_L[winner_P].reshape(num_frames, h, w).astype(np.int32)
-    return label_Fhw, xyz_P3.reshape(num_frames, h, w, 3).astype(np.float32), \
-        conf_P.reshape(num_frames, h, w).astype(np.float32)
+    return label_Fhw, xyz_Fhw3.astype(np.float32), conf_Fhw.astype(np.float32)
