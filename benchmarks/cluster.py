@@ -34,8 +34,16 @@ def _rss_kib(field: str) -> int:
 
 def _measure(fn, repeats: int) -> tuple[float, float]:
     """(median seconds, peak MiB above the resident set at the start)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        libc = None
     times, peak = [], 0.0
     for _ in range(repeats):
+        if libc is not None:
+            libc.malloc_trim(0)  # hand freed heap back, else reused pages hide the new peak
         try:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         except OSError:

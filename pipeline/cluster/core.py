@@ -171,7 +171,7 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
     groups, alloc_G = _allocate(groups, xyz_V3, params, notes)
     if num_valid < params.budget:
         notes.append(f"{num_valid} valid triplets < budget {params.budget}: every triplet is a proxy")
-    feat_VD = feat_ND[idx_valid]
+    feat_VD = feat_ND[idx_valid] if params.space == "xyz+feat" else None
     space_VC = _distance_space(xyz_V3, feat_VD, params, feat_mean_D, feat_std_D)
 
     # Cluster each group; proxies are numbered group by group, in FPS order within a group.
@@ -189,7 +189,8 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
         proxy_group += [g] * k
     num_proxies = len(proxy_group)
     used = proxy_V >= 0
-    feat_KD = segment_mean(feat_VD[used], proxy_V[used], num_proxies)
+    # Means straight from the full feature map (rows named), so it is never gathered or copied.
+    feat_KD = segment_mean(feat_ND, proxy_V[used], num_proxies, rows_N=idx_valid[used])
     xyz_K3 = segment_mean(xyz_V3[used], proxy_V[used], num_proxies)
     proxy_group_K = np.asarray(proxy_group, dtype=np.int64)
 
