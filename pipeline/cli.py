@@ -36,6 +36,18 @@ def schema(name: str = typer.Argument(..., help="manifest | object | store | pro
     typer.echo(json.dumps(SCHEMAS[name].model_json_schema(), indent=2))
 
 
+@app.command()
+def demo(
+    workflow: str = typer.Option("workflows/toy.yaml", help="workflow YAML"),
+    skip_ablations: bool = typer.Option(False, help="only the main chain, no ablation variants"),
+) -> None:
+    """The whole chain (toy world -> features -> cluster -> train 1-4 -> predict -> eval), then the
+    ablations; writes <runs>/<name>/report.md."""
+    from pipeline.demo import run_demo
+
+    run_demo(workflow, skip_ablations=skip_ablations)
+
+
 def _register_all() -> None:
     from pipeline.cluster import cli as cluster_cli
     from pipeline.eval import cli as eval_cli

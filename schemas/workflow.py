@@ -38,6 +38,26 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
 
 
+class AblationConfig(BaseModel):
+    """The paper's ablations in miniature, run by `p3d demo` after the main chain."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    budgets: list[int] = Field(default_factory=lambda: [64, 128, 256], description="proxy budgets to compare")
+    grouping_budget: int | None = Field(None, description="budget of the grouping vs --no-grouping pair "
+                                                          "(default: cluster.proxies)")
+    tasks: list[str] = Field(default_factory=lambda: ["object_name", "counting", "grounding"],
+                             description="tasks each variant trains on (stage 4) and is scored on")
+    epochs: float = Field(10.0, gt=0, description="stage-4 epochs of each variant, from the stage-3 model")
+
+
+class DemoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    runs: str = Field("runs", description="report goes to <runs>/<name>/report.md")
+    viz_scenes: int = Field(2, ge=0, description="val scenes drawn into the report")
+    ablations: AblationConfig = AblationConfig()
+
+
 class Workflow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -47,6 +67,7 @@ class Workflow(BaseModel):
     cluster: ClusterConfig = ClusterConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    demo: DemoConfig = DemoConfig()
 
 
 def _line_of(text: str, loc: tuple) -> int | None:

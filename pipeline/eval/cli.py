@@ -47,6 +47,7 @@ def evaluate_cmd(
     records: Path = typer.Option(..., "--records", help="annotation records JSONL"),
     json_out: Path | None = typer.Option(None, "--json", help="write every number and per-sample scores here"),
     boxes: Path | None = typer.Option(None, "--boxes", help="scene objects (for id -> box lookup and grounding chance)"),
+    split: str | None = typer.Option(None, "--split", help="score only records of this split (default: all)"),
 ) -> None:
     """Score predictions against records; prints one table with chance levels beside each number."""
     from pipeline.eval.evaluate import evaluate, format_table, write_json
@@ -54,7 +55,10 @@ def evaluate_cmd(
     from schemas.record import load_records
 
     scene_objects = load_scene_objects(boxes) if boxes else None
-    results = evaluate(load_records(records), load_predictions(pred), task, scene_objects)
+    chosen = [r for r in load_records(records) if split is None or r.split == split]
+    if not chosen:
+        raise typer.BadParameter(f"{records}: no records of split {split!r}", param_hint="--split")
+    results = evaluate(chosen, load_predictions(pred), task, scene_objects)
     typer.echo(format_table(results))
     if json_out:
         write_json(results, json_out)

@@ -1,0 +1,195 @@
+"""`p3d demo`: the whole chain on one workflow, then a report with the metric and ablation tables.
+
+toy world -> features -> cluster -> train stages 1-4 -> predict (held-out split) -> eval -> viz,
+then the paper's ablations in miniature: semantic grouping versus `--no-grouping`, and proxy
+budgets. Every step runs the same command a user would type (`p3d ...`, `python trainer/run.py`),
+as a child process whose output streams to the console and to `<runs>/<name>/logs/<step>.log`, so
+the demo proves the commands, not a private shortcut. Steps whose outputs exist are skipped by the
+stages themselves (resume), so a second `make demo` only redoes what changed.
+
+Each ablation variant is a derived workflow file (`<runs>/<name>/ablations/<variant>.yaml`): its own
+proxy set, and a stage-4 run from the main stage-3 model on the same tasks and epochs, so the
+variants differ only in the clustering.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from schemas.workflow import Workflow, load_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]
+    seconds: float = 0.0
+
+
+@dataclass
+class DemoRun:
+    workflow_path: Path
+    workflow: Workflow
+    run_dir: Path
+    steps: list[Step] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def run(self, name: str, argv: list[str]) -> None:
+        """Run one step as a child process, streaming its output; stop the demo if it fails."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{len(self.steps):02d}-{name.replace(' ', '_').replace('/', '_')}.log"
+        elapsed = time.time() - self.started
+        print(f"\n=== [{len(self.steps) + 1}] {name}  (demo at {elapsed:.0f}s)\n$ {' '.join(argv)}", flush=True)
+        t0 = time.time()
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    cwd=ROOT, env=_child_env(), bufsize=1)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+            code = proc.wait()
+        step = Step(name, argv, time.time() - t0)
+        self.steps.append(step)
+        if code != 0:
+            raise SystemExit(f"demo step '{name}' failed (exit {code}); log: {log_path}")
+        print(f"=== {name}: done in {step.seconds:.1f}s", flush=True)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _p3d(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def _train(stage: int, workflow: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "trainer" / "run.py"), "--stage", str(stage), "--workflow", str(workflow)]
+
+
+def _records_path(wf: Workflow) -> Path:
+    if wf.train.records:
+        return Path(wf.train.records)
+    return Path(wf.out) / "annotations.jsonl"
+
+
+def _val_scenes(wf: Workflow, limit: int) -> list[str]:
+    scenes: list[str] = []
+    for line in _records_path(wf).read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("split") == wf.eval.split and rec["scene_id"] not in scenes:
+            scenes.append(rec["scene_id"])
+    return scenes[:limit]
+
+
+def _write_workflow(wf: Workflow, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(wf.model_dump(mode="json"), sort_keys=False))
+    load_workflow(path)  # the derived file must validate like a hand-written one
+    return path
+
+
+def _filtered_records(wf: Workflow, tasks: list[str], path: Path) -> Path:
+    lines = [ln for ln in _records_path(wf).read_text().splitlines() if json.loads(ln)["task"] in tasks]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _predict_and_eval(demo: DemoRun, label: str, wf_path: Path, wf: Workflow, records: Path,
+                      out_dir: Path) -> dict:
+    checkpoint = Path(wf.train.out) / "stage4" / "model"
+    preds, scores = out_dir / "predictions.jsonl", out_dir / "eval.json"
+    demo.run(f"predict {label}", _p3d("predict", "--checkpoint", str(checkpoint),
+                                      "--shards", str(Path(wf.out) / "proxies" / wf.train.proxies),
+                                      "--records", str(records), "--out", str(preds),
+                                      "--split", wf.eval.split, "--batch-size", str(wf.eval.batch_size),
+                                      "--max-new-tokens", str(wf.eval.max_new_tokens)))
+    demo.run(f"eval {label}", _p3d("eval", "--task", "all", "--pred", str(preds), "--records", str(records),
+                                   "--json", str(scores), "--boxes", str(Path(wf.source.path)),
+                                   "--split", wf.eval.split))
+    return json.loads(scores.read_text())
+
+
+def _ablation_variants(wf: Workflow) -> list[tuple[str, dict]]:
+    ab = wf.demo.ablations
+    pair_budget = ab.grouping_budget or wf.cluster.proxies
+    variants = [(f"grouping-k{pair_budget}", {"proxies": pair_budget, "grouping": True}),
+                (f"no-grouping-k{pair_budget}", {"proxies": pair_budget, "grouping": False})]
+    for k in ab.budgets:
+        if k != pair_budget:
+            variants.append((f"grouping-k{k}", {"proxies": k, "grouping": True}))
+    return variants
+
+
+def run_ablations(demo: DemoRun, stage3_model: Path) -> dict[str, dict]:
+    wf = demo.workflow
+    ab = wf.demo.ablations
+    ab_dir = demo.run_dir / "ablations"
+    records = _filtered_records(wf, ab.tasks, ab_dir / "records.jsonl")
+    results: dict[str, dict] = {}
+    for name, change in _ablation_variants(wf):
+        cluster = wf.cluster.model_copy(update={"name": f"ablation-{name}", **change})
+        stage4 = {"stage": 4, "trainable": ["projector", "position", "identifiers", "language_model"],
+                  "epochs": ab.epochs, "init_from": str(stage3_model), "records": str(records)}
+        listed = wf.train.stage(4)
+        if listed is not None:
+            stage4 = listed.model_copy(update={k: stage4[k] for k in ("epochs", "init_from", "records")}).model_dump()
+        train = wf.train.model_copy(update={"proxies": cluster.name, "out": str(ab_dir / name / "train"),
+                                            "records": str(records),
+                                            "stages": [s.model_dump() for s in wf.train.stages if s.stage != 4]
+                                            + [stage4]})
+        variant = Workflow.model_validate({**wf.model_dump(), "name": f"{wf.name}-{name}",
+                                           "cluster": cluster.model_dump(), "train": train.model_dump()})
+        path = _write_workflow(variant, ab_dir / f"{name}.yaml")
+        demo.run(f"cluster {name}", _p3d("cluster", "--workflow", str(path)))
+        demo.run(f"train stage 4 {name}", _train(4, path))
+        results[name] = _predict_and_eval(demo, name, path, variant, records, ab_dir / name)
+    return results
+
+
+def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
+    workflow_path = Path(workflow_path)
+    wf = load_workflow(workflow_path)
+    run_dir = Path(wf.demo.runs) / wf.name
+    demo = DemoRun(workflow_path, wf, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if wf.source.kind == "toy":
+        demo.run("toy world", _p3d("toy", "--workflow", str(workflow_path)))
+    demo.run("features", _p3d("features", "--workflow", str(workflow_path)))
+    demo.run("stats", _p3d("stats", "--workflow", str(workflow_path)))
+    demo.run("cluster", _p3d("cluster", "--workflow", str(workflow_path)))
+    for stage in (1, 2, 3, 4):
+        demo.run(f"train stage {stage}", _train(stage, workflow_path))
+    main = _predict_and_eval(demo, "main", workflow_path, wf, _records_path(wf), run_dir / "main")
+    pictures = []
+    for scene_id in _val_scenes(wf, wf.demo.viz_scenes):
+        png = run_dir / "viz" / f"{scene_id}.png"
+        demo.run(f"viz {scene_id}", _p3d("viz", scene_id, "--workflow", str(workflow_path), "--png", str(png)))
+        pictures.append(png)
+    ablations = {}
+    if wf.demo.ablations.enabled and not skip_ablations:
+        ablations = run_ablations(demo, Path(wf.train.out) / "stage3" / "model")
+    from pipeline.report import write_report
+
+    report = write_report(demo, main, ablations, pictures)
+    print(f"\nreport: {report}  (whole demo {time.time() - demo.started:.0f}s)")
+    return report
