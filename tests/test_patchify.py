@@ -105,3 +105,41 @@ def test_nearest_resize_keeps_ids_and_picks_centres():
     down = nearest_resize(up, (3, 4))
     np.testing.assert_array_equal(down, ids)
     assert set(np.unique(nearest_resize(ids, (5, 7)))) <= set(range(12))
+
+
+def _naive(label, xyz, conf, patch):
+    """Patch by patch, the definition read literally."""
+    num_frames, height, width = label.shape
+    h, w = height // patch, width // patch
+    out_label = np.zeros((num_frames, h, w), np.int32)
+    out_xyz = np.full((num_frames, h, w, 3), np.nan)
+    out_conf = np.zeros((num_frames, h, w))
+    for f in range(num_frames):
+        for y in range(h):
+            for x in range(w):
+                lab = label[f, y * patch:(y + 1) * patch, x * patch:(x + 1) * patch].ravel()
+                pts = xyz[f, y * patch:(y + 1) * patch, x * patch:(x + 1) * patch].reshape(-1, 3)
+                cf = conf[f, y * patch:(y + 1) * patch, x * patch:(x + 1) * patch].ravel()
+                ids, counts = np.unique(lab, return_counts=True)
+                winner = ids[np.argmax(counts)]  # np.unique sorts: ties go to the smaller id
+                members = (lab == winner) & np.isfinite(pts).all(axis=1)
+                out_label[f, y, x] = winner
+                if members.any():
+                    out_xyz[f, y, x] = pts[members].mean(axis=0)
+                    out_conf[f, y, x] = cf[members].mean()
+    return out_label, out_xyz, out_conf
+
+
+def test_matches_the_literal_definition_on_random_maps():
+    rng = np.random.default_rng(7)
+    for trial in range(5):
+        patch = int(rng.integers(1, 5))
+        label = rng.integers(-1, 4, size=(2, 3 * patch, 4 * patch)).astype(np.int32)
+        xyz = rng.normal(size=(*label.shape, 3)).astype(np.float32)
+        xyz[rng.random(label.shape) < 0.3] = np.nan
+        conf = rng.random(label.shape).astype(np.float32)
+        got = patchify(label, xyz, conf, patch)
+        want = _naive(label, xyz, conf, patch)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-5, atol=1e-6)
