@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from pipeline.models.qwen_encoder import QwenVisionEncoder  # noqa: E402
-from pipeline.models.toy_models import build_toy_qwen  # noqa: E402
+from pipeline.models.qwen_encoder import QwenVisionEncoder
+from pipeline.models.toy_models import build_toy_qwen
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ class InMemoryScenes:
     scenes: dict[str, Scene]
 
     @classmethod
-    def of(cls, scenes: list[Scene]) -> "InMemoryScenes":
+    def of(cls, scenes: list[Scene]) -> InMemoryScenes:
         return cls({s.scene_id: s for s in scenes})
 
     def scene_ids(self) -> list[str]:

@@ -23,8 +23,16 @@ import numpy as np
 
 import pipeline
 from pipeline.features.patchify import nearest_resize, patchify
-from pipeline.models.protocols import (ENCODERS, GEOMETRIES, SEGMENTERS, Encoder, Geometry, Segmenter,
-                                       SensorFrames, resolve_factory)
+from pipeline.models.protocols import (
+    ENCODERS,
+    GEOMETRIES,
+    SEGMENTERS,
+    Encoder,
+    Geometry,
+    Segmenter,
+    SensorFrames,
+    resolve_factory,
+)
 from pipeline.models.rgbd import scale_intrinsics
 from pipeline.sources.base import Scene, uniform_indices
 from schemas.config_features import FeaturesConfig
@@ -147,7 +155,7 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         scale_method=geo.scale_method,
         objects=[o.model_dump(mode="json") for o in scene.objects],
         pipeline_version=pipeline.__version__,
-        num_labels=int(len(np.unique(label_Fhw[label_Fhw >= 0]))),
+        num_labels=len(np.unique(label_Fhw[label_Fhw >= 0])),
         valid_fraction=float(np.isfinite(xyz_Fhw3[..., 0]).mean()),
     )
     arrays = {

@@ -10,8 +10,9 @@ Legend: F frames, H x W pixels at the encoder's input size, h x w token grid, D 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -47,14 +48,14 @@ class Encoder(Protocol):
 class Geometry(Protocol):
     ref: ModelRef
 
-    def predict(self, images_FHW3: np.ndarray, sensor: "SensorFrames") -> GeometryOutput: ...
+    def predict(self, images_FHW3: np.ndarray, sensor: SensorFrames) -> GeometryOutput: ...
 
 
 @runtime_checkable
 class Segmenter(Protocol):
     ref: ModelRef
 
-    def segment(self, images_FHW3: np.ndarray, sensor: "SensorFrames",
+    def segment(self, images_FHW3: np.ndarray, sensor: SensorFrames,
                 xyz_FHW3: np.ndarray | None = None) -> np.ndarray: ...  # int32 F x H x W, -1 = none
 
 

@@ -85,7 +85,8 @@ class QwenVisionEncoder:
         import torch
         from transformers import AutoConfig
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-            Qwen2_5_VisionTransformerPretrainedModel)
+            Qwen2_5_VisionTransformerPretrainedModel,
+        )
 
         config = AutoConfig.from_pretrained(model, revision=revision)
         if getattr(config, "model_type", None) != "qwen2_5_vl":

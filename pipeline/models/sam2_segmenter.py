@@ -150,8 +150,13 @@ TOY_MARKER = "p3d_toy.json"
 def tiny_sam2_config(image_size: int = 128):
     """A ~0.4M-parameter SAM 2 for tests and the toy workflow. Hiera puts a global-attention block
     inside stages 1-2, never first in a stage (a first block that pools queries cannot be global)."""
-    from transformers import (Sam2Config, Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2PromptEncoderConfig,
-                              Sam2VisionConfig)
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
 
     s = image_size
     backbone = Sam2HieraDetConfig(image_size=[s, s], hidden_size=16, num_attention_heads=1,
