@@ -152,6 +152,16 @@ def test_segment_mean_is_the_mean_of_members():
     assert np.allclose(segment_mean(values, index, 40), expected, atol=1e-5)
 
 
+def test_segment_mean_fast_half_path_equals_float32_path():
+    rng = np.random.default_rng(6)
+    values = rng.standard_normal((700, 1000)).astype(np.float16)
+    index = np.arange(700) % 97
+    rows = rng.permutation(700)
+    fast = segment_mean(values, index, 97, rows_N=rows)
+    plain = segment_mean(values.astype(np.float32), index, 97, rows_N=rows)
+    assert np.array_equal(fast, plain)
+
+
 # ---------------------------------------------------------------- BFS
 
 def test_bfs_line_in_order_from_nearest_origin():
@@ -276,3 +286,29 @@ def test_per_object_gives_each_object_n_proxies(scene):
 def test_bad_shapes_raise_value_error():
     with pytest.raises(ValueError, match="leading shape"):
         cluster_scene(np.zeros((10, 4)), np.zeros((9, 3)), np.zeros(10, np.int32), 5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), num=st.integers(5, 400), budget=st.integers(1, 120),
+       num_labels=st.integers(0, 30), nan_rate=st.floats(0, 0.5))
+def test_cluster_scene_properties_on_random_scenes(seed, num, budget, num_labels, nan_rate):
+    rng = np.random.default_rng(seed)
+    xyz = rng.uniform(-2, 4, (num, 3)).astype(np.float32)
+    xyz[rng.uniform(size=num) < nan_rate] = np.nan
+    label = rng.integers(-1, num_labels, num).astype(np.int32) if num_labels else np.full(num, -1, np.int32)
+    feat = rng.standard_normal((num, 6)).astype(np.float16)
+    valid = np.isfinite(xyz).all(1)
+    if not valid.any():
+        with pytest.raises(ValueError):
+            cluster_scene(feat, xyz, label, budget)
+        return
+    result = cluster_scene(feat, xyz, label, budget)
+    assert result.num_proxies == min(budget, int(valid.sum()))
+    assert np.isfinite(result.xyz_K3).all() and np.isfinite(result.feat_KD).all()
+    assert (np.diff(result.segment_K) >= 0).all()
+    assert np.bincount(result.segment_K).tolist() == [s.proxies for s in result.segments]
+    assert all(1 <= s.proxies <= s.size for s in result.segments)
+    # Proxy positions lie inside their segment's box (means of member points).
+    for k, seg_id in enumerate(result.segment_K):
+        seg = result.segments[seg_id]
+        assert (result.xyz_K3[k] >= seg.box_min - 1e-5).all() and (result.xyz_K3[k] <= seg.box_max + 1e-5).all()

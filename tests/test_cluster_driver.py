@@ -163,3 +163,20 @@ def test_ray_driver_matches_sequential(store, ray_runtime):
     run_cluster(store, _config(name="seq"))
     for shard in ("shard-000000.tar", "shard-000001.tar"):
         assert (proxies_dir(store, "ray") / shard).read_bytes() == (proxies_dir(store, "seq") / shard).read_bytes()
+
+
+def test_workflow_section_and_flag_overrides(store, tmp_path):
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"name: t\nout: {store}\nsource:\n  kind: toy\n  path: {tmp_path}\n"
+                  "cluster:\n  name: wf\n  proxies: 30\n  scenes_per_shard: 1\n  executor: local\n")
+    leftover = proxies_dir(store, "wf") / ".shard-000000.tar.tmp-1"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"partial")
+    result = CliRunner().invoke(app, ["cluster", "--workflow", str(wf), "--proxies", "20"])
+    assert result.exit_code == 0, result.output
+    root = proxies_dir(store, "wf")
+    assert sorted(p.name for p in root.glob("*.tar")) == [f"shard-00000{i}.tar" for i in range(3)]
+    assert not leftover.exists()
+    assert load_scene_proxies(store, "wf", "scene02")["meta"].budget == 20
+    config = json.loads((root / "config.json").read_text())["config"]
+    assert config["proxies"] == 20 and config["scenes_per_shard"] == 1

@@ -194,6 +194,8 @@ def run_cluster(out: str | Path, config: ClusterConfig, scenes: list[str] | None
     for stale in root.glob("shard-*.tar") if root.exists() else []:
         if stale.name not in plan:  # left by an earlier run over more scenes
             stale.unlink()
+    for partial in root.glob(".shard-*.tar.tmp-*") if root.exists() else []:
+        partial.unlink()  # a killed run's unfinished tar; never a valid shard
 
     pending_scenes = [s for planned in todo.values() for s in planned]
     executor = config.executor
