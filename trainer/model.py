@@ -133,14 +133,9 @@ class Proxy3DModel(nn.Module):
         model.load_state_dict(load_file(folder / P3D_MODULES), strict=False)
         return model.to(dtype)
 
-    @property
-    def embed_rms(self) -> float:
-        return float(self.lm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
-
     def _init_glyph_tables(self) -> None:
-        rms = self.embed_rms
         table_MH = objects.glyph_table(self.lm, self.image_processor,
-                                       [objects.draw_identifier(i) for i in range(self.cfg.num_obj_tokens)], rms)
+                                       [objects.draw_identifier(i) for i in range(self.cfg.num_obj_tokens)])
         with torch.no_grad():
             self.identifiers.weight.copy_(table_MH)
             # Output rows of <OBJxxx> start from the same vectors, so predicting one is reading it back.
@@ -150,7 +145,7 @@ class Proxy3DModel(nn.Module):
     def _set_semantic(self, categories: list[str]) -> None:
         names = [objects.UNKNOWN_CATEGORY, *categories]
         images = objects.category_images(names, self.cfg.glyph_folder)
-        table_CH = objects.glyph_table(self.lm, self.image_processor, images, self.embed_rms)
+        table_CH = objects.glyph_table(self.lm, self.image_processor, images)
         self.semantic = nn.Embedding(len(names), self.cfg.hidden_size).to(table_CH.device)
         with torch.no_grad():
             self.semantic.weight.copy_(table_CH)

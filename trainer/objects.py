@@ -8,8 +8,9 @@ encoder (`model.model.visual`); a category's semantic embedding from one symbol 
 Why the glyph vectors are centred, whitened and rescaled: a vision tower maps all drawn numbers to
 nearly the same direction (cosine ~0.99 on a random tower, still high on a real one), since most of
 an image is white background. Removing the shared mean and whitening across the table keeps exactly
-what tells one identifier from another; rescaling to the RMS of the token embedding table makes them
-enter the language model at the scale of text.
+what tells one identifier from another; rescaling back to the RMS of the raw encoder outputs keeps
+them at the scale of vision tokens, i.e. of the proxy features they are added to (the identifier must
+not drown in the feature, nor the other way round).
 
 Legend: M identifiers, C categories, H hidden size, N images, T tokens of one image.
 """
@@ -21,8 +22,6 @@ import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 OBJ_TOKEN_RE = re.compile(r"<OBJ(\d{3,})>")
 UNKNOWN_CATEGORY = "?"
@@ -130,9 +129,10 @@ def rescale_rows(vec_NH, target_rms: float):
     return vec_NH / rms_N1 * target_rms
 
 
-def glyph_table(model, image_processor, images: Sequence, target_rms: float):
+def glyph_table(model, image_processor, images: Sequence):
     """Encode, whiten and rescale a set of glyph images into an N x H table (float32)."""
     raw_NH = encode_images(model, image_processor, images)
+    target_rms = float(raw_NH.pow(2).mean().sqrt())
     if len(images) > 2:
         raw_NH = whiten(raw_NH)
     return rescale_rows(raw_NH, target_rms)
@@ -155,7 +155,3 @@ def labels_to_segments(segments: Sequence[dict]) -> dict[int, int]:
 
 def category_index(categories: Sequence[str]) -> dict[str, int]:
     return {c: i for i, c in enumerate(categories)}
-
-
-def as_numpy_table(table) -> np.ndarray:
-    return table.detach().float().cpu().numpy()

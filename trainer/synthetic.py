@@ -17,6 +17,7 @@ from schemas.proxy import INDEX_FILE, SHARD_PATTERN, ProxyMeta, SegmentInfo
 from schemas.record import Record, write_records
 
 CATEGORIES = ("chair", "table", "lamp", "sofa", "bed", "plant")
+FEATURE_RMS = 0.05
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -28,7 +29,8 @@ def _npy(array: np.ndarray) -> bytes:
 def make_scene(scene_id: str, rng: np.random.Generator, dim: int, proxies_per_object: int = 8,
                num_objects: tuple[int, int] = (3, 7)):
     """One scene: (sample members dict, list of (instance id, category, box min, box max))."""
-    prototypes = np.random.default_rng(1234).normal(size=(len(CATEGORIES), dim)).astype(np.float32)
+    # Scale of a vision tower's outputs (~0.05 RMS for the toy Qwen2.5-VL), like the real features.
+    prototypes = FEATURE_RMS * np.random.default_rng(1234).normal(size=(len(CATEGORIES), dim)).astype(np.float32)
     n = int(rng.integers(*num_objects))
     objects = []
     for inst in range(n):
@@ -40,7 +42,7 @@ def make_scene(scene_id: str, rng: np.random.Generator, dim: int, proxies_per_ob
     feats, xyzs, segs, infos = [], [], [], []
     for seg_id, (inst, name, cat, lo, hi) in enumerate(objects):
         xyz = rng.uniform(lo, hi, size=(proxies_per_object, 3)).astype(np.float32)
-        feats.append(prototypes[cat] + 0.1 * rng.normal(size=(proxies_per_object, dim)))
+        feats.append(prototypes[cat] + 0.3 * FEATURE_RMS * rng.normal(size=(proxies_per_object, dim)))
         xyzs.append(xyz)
         segs.append(np.full(proxies_per_object, seg_id, np.int32))
         infos.append(SegmentInfo(id=seg_id, label=inst, category=name, size=proxies_per_object * 4,
