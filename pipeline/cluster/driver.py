@@ -125,8 +125,17 @@ def _load_stats(out: str, config: ClusterConfig) -> dict | None:
 
 def _iter_results(out, scene_ids, params, params_record, stats, executor: str, num_workers: int):
     if executor == "local":
-        for scene_id in scene_ids:
-            yield cluster_one(out, scene_id, params, params_record, stats)
+        import faiss
+
+        # One FAISS thread here as in the Ray tasks: BLAS blocking can differ with the thread
+        # count, and a near-tie could then flip, so both executors give byte-identical shards.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            for scene_id in scene_ids:
+                yield cluster_one(out, scene_id, params, params_record, stats)
+        finally:
+            faiss.omp_set_num_threads(threads)
         return
     import ray
 
