@@ -252,11 +252,73 @@ def test_deterministic_and_seeded(scene):
     assert not np.array_equal(a.xyz_K3, c.xyz_K3)
 
 
-def test_no_grouping_is_one_segment_over_the_whole_scene(scene):
+def _blobs(rng, sizes, spacing=10.0, extent=1.0):
+    """Well-separated labelled cubes of points (object o at x = o * spacing), features = [xyz, label]."""
+    xyz = np.concatenate([rng.uniform(0, extent, (n, 3)) + [o * spacing, 0, 0] for o, n in enumerate(sizes)])
+    label = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
+    feat = np.concatenate([xyz, label[:, None]], axis=1).astype(np.float32)
+    return feat, xyz.astype(np.float32), label
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(30, 300), min_size=1, max_size=8),
+       spare=st.integers(0, 10))
+def test_no_grouping_every_separated_object_gets_its_segment(seed, sizes, spare):
+    rng = np.random.default_rng(seed)
+    feat, xyz, label = _blobs(rng, sizes)
+    budget = 2 * len(sizes) + spare
+    result = cluster_scene(feat, xyz, label, params=ClusterParams(budget=budget, grouping=False, seed=seed))
+    assert result.num_proxies == budget
+    # Contiguous segments in BFS order, as in grouping mode.
+    assert (np.diff(result.segment_K) >= 0).all()
+    assert np.bincount(result.segment_K).tolist() == [s.proxies for s in result.segments]
+    assert sum(s.size for s in result.segments) == len(xyz)
+    for o in range(len(sizes)):
+        (seg,) = [s for s in result.segments if s.label == o]
+        centroid = xyz[label == o].mean(0)
+        assert (seg.box_min <= centroid).all() and (centroid <= seg.box_max).all()
+        assert seg.size == sizes[o] and seg.merged_labels == []
+    # Features are still the means of each proxy's members: here [xyz, label] of pure proxies.
+    assert np.allclose(result.feat_KD[:, :3], result.xyz_K3, atol=1e-5)
+    labels_K = [result.segments[s].label for s in result.segment_K]
+    assert np.allclose(result.feat_KD[:, 3], labels_K, atol=1e-5)
+    assert any(f"0 of {len(sizes)} labelled instances got no segment" in n for n in result.notes)
+
+
+def test_no_grouping_can_absorb_a_small_object_and_says_so():
+    rng = np.random.default_rng(0)
+    big = rng.uniform(0, 2, (2000, 3))
+    tiny = rng.uniform(0, 0.1, (6, 3)) + [2.0, 0.95, 0.95]  # on the big cube's face, away from its corners
+    xyz = np.concatenate([big, tiny]).astype(np.float32)
+    label = np.r_[np.zeros(2000), np.ones(6)].astype(np.int32)
+    feat = np.concatenate([xyz, label[:, None]], axis=1)
+    result = cluster_scene(feat, xyz, label, params=ClusterParams(budget=4, grouping=False))
+    assert result.num_proxies == 4 and [s.label for s in result.segments] == [0]
+    assert result.segments[0].merged_labels == [1]  # still referenced, through the big object
+    assert result.merges == [{"labels": [1], "into": [0]}]
+    assert any("1 of 2 labelled instances got no segment of their own" in n for n in result.notes)
+    # With grouping, the same budget gives the tiny object a segment of its own.
+    grouped = cluster_scene(feat, xyz, label, params=ClusterParams(budget=4))
+    assert sorted(s.label for s in grouped.segments) == [0, 1]
+
+
+def test_no_grouping_on_a_room_keeps_the_invariants(scene):
     result = cluster_scene(scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw,
                            params=ClusterParams(budget=120, grouping=False))
-    assert result.num_proxies == 120 and len(result.segments) == 1
-    assert result.segments[0].label == -1 and (result.segment_K == 0).all()
+    assert result.num_proxies == 120 and len(result.segments) > 1
+    assert (np.diff(result.segment_K) >= 0).all()
+    assert np.bincount(result.segment_K).tolist() == [s.proxies for s in result.segments]
+    assert sum(s.size for s in result.segments) == result.num_valid
+    for k, seg_id in enumerate(result.segment_K):
+        seg = result.segments[seg_id]
+        assert (seg.box_min - 1e-5 <= result.xyz_K3[k]).all()
+        assert (result.xyz_K3[k] <= seg.box_max + 1e-5).all()
+    # Each labelled instance is a segment's label or merged into one, and one segment per label.
+    valid = np.isfinite(scene.xyz_Fhw3).all(-1)
+    labels = set(np.unique(scene.label_Fhw[valid]).tolist()) - {-1}
+    own = [s.label for s in result.segments if s.label >= 0]
+    assert len(own) == len(set(own))
+    assert labels == set(own) | {m for s in result.segments for m in s.merged_labels}
 
 
 def test_feature_space_changes_assignment_and_keeps_invariants(scene):

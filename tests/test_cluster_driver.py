@@ -180,3 +180,12 @@ def test_workflow_section_and_flag_overrides(store, tmp_path):
     assert load_scene_proxies(store, "wf", "scene02")["meta"].budget == 20
     config = json.loads((root / "config.json").read_text())["config"]
     assert config["proxies"] == 20 and config["scenes_per_shard"] == 1
+
+
+def test_no_grouping_params_record_names_its_segments_and_grouping_record_is_unchanged():
+    from pipeline.cluster.core import ClusterParams
+    from pipeline.cluster.driver import CLUSTER_VERSION, _params_record
+
+    assert _params_record(ClusterParams(grouping=False), None)["segments_from"] == "proxy majority labels"
+    grouped = _params_record(ClusterParams(), None)
+    assert "segments_from" not in grouped and grouped["version"] == CLUSTER_VERSION

@@ -46,7 +46,8 @@ def cluster(
     proxies: Optional[int] = typer.Option(None, "--proxies", "-k", help="proxy budget K per scene"),
     min_per_group: Optional[int] = typer.Option(None, "--min-per-group"),
     grouping: Optional[bool] = typer.Option(None, "--grouping/--no-grouping",
-                                            help="--no-grouping: plain clustering over the whole scene"),
+                                            help="--no-grouping: clustering over the whole scene, ignoring "
+                                                 "labels; segments from proxies' majority labels"),
     space: Optional[str] = typer.Option(None, "--space", help="xyz | xyz+feat"),
     per_object: Optional[int] = typer.Option(None, "--per-object", help="N proxies per object"),
     seed: Optional[int] = typer.Option(None, "--seed"),

@@ -6,6 +6,11 @@ minimum; allocate proxies; FPS + FAISS nearest-center assignment inside each gro
 distance space; average features and points per proxy; order segments by BFS and keep each
 segment's proxies contiguous, in FPS order.
 
+Without grouping (the ablation) FPS + k-NN runs over the whole scene, ignoring labels, so proxies may
+straddle objects; segments are then formed afterwards from the proxies' majority labels, so objects
+stay referenceable the same way, and an object that is no proxy's majority is absorbed like a
+budget merge.
+
 Legend: N triplets (valid ones after filtering), D feature dims, C distance-space dims,
 K proxies, S segments.
 """
@@ -127,6 +132,42 @@ def _allocate_subset(sizes: np.ndarray, budget: int, minimum: int) -> np.ndarray
     return allocate_proxies(sizes, budget, minimum)
 
 
+def _segments_from_proxy_labels(label_V: np.ndarray, proxy_V: np.ndarray, xyz_K3: np.ndarray,
+                                params: ClusterParams, notes: list[str]) -> tuple[Groups, np.ndarray]:
+    """No-grouping ablation: segments of whole proxies, (groups over triplets, group of each proxy).
+
+    A proxy takes the majority label of its members (ties: the smallest label, -1 included).
+    Proxies sharing a label form a segment; unlabeled proxies are grouped by the voxel cell of
+    their position, as unlabeled patches are in grouping mode. A labelled instance that is no
+    proxy's majority is absorbed into the segment holding most of its triplets (a merge, so the
+    trainer still refers to it through that segment, as after a budget merge)."""
+    num_proxies = len(xyz_K3)
+    labels_L, label_V_L = np.unique(label_V, return_inverse=True)
+    num_labels = len(labels_L)
+    counts_KL = np.bincount(proxy_V * num_labels + label_V_L,
+                            minlength=num_proxies * num_labels).reshape(num_proxies, num_labels)
+    majority_K = labels_L[np.argmax(counts_KL, axis=1)]
+    # Every member sits at its proxy's position, so a group is always a union of whole proxies.
+    groups = group_by_label(xyz_K3[proxy_V], majority_K[proxy_V], params.unlabeled_cell,
+                            params.unlabeled_min_size)
+    proxy_group_K = np.empty(num_proxies, dtype=np.int64)
+    proxy_group_K[proxy_V] = groups.group_N
+    counts_GL = np.bincount(groups.group_N * num_labels + label_V_L,
+                            minlength=groups.num_groups * num_labels).reshape(-1, num_labels)
+    absorbed = [int(i) for i in np.flatnonzero((labels_L != NO_LABEL) & ~np.isin(labels_L, majority_K))]
+    for i in absorbed:
+        g = int(np.argmax(counts_GL[:, i]))
+        groups.merges.append({"labels": [int(labels_L[i])], "into": sorted(groups.label_sizes[g])})
+        groups.label_sizes[g][int(labels_L[i])] = int(counts_GL[g, i])
+    # An unlabeled cell that absorbs an instance takes its label, as in grouping mode.
+    own = {groups.primary_label(g) for g in range(groups.num_groups)}
+    lost = [int(labels_L[i]) for i in absorbed if labels_L[i] not in own]
+    notes.append(f"no grouping: segments are proxies sharing their members' majority label; "
+                 f"{len(lost)} of {int((labels_L != NO_LABEL).sum())} labelled instances got no "
+                 f"segment of their own (absorbed into a neighbour, see merges): {lost}")
+    return groups, proxy_group_K
+
+
 def cluster_scene(feat: np.ndarray, xyz: np.ndarray, label: np.ndarray, budget: int | None = None,
                   params: ClusterParams | None = None, *, feat_mean_D: np.ndarray | None = None,
                   feat_std_D: np.ndarray | None = None, scene_id: str = "") -> SceneProxies:
@@ -161,7 +202,7 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
         raise ValueError(f"{where}no valid triplets (every point is NaN)")
     notes: list[str] = []
     xyz_V3 = xyz_N3[idx_valid].astype(np.float32)
-    label_V = label_N[idx_valid] if params.grouping else np.full(num_valid, NO_LABEL, np.int32)
+    label_V = label_N[idx_valid]
     if params.grouping:
         groups = group_by_label(xyz_V3, label_V, params.unlabeled_cell, params.unlabeled_min_size)
     else:
@@ -193,6 +234,11 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
     feat_KD = segment_mean(feat_ND, proxy_V[used], num_proxies, rows_N=idx_valid[used])
     xyz_K3 = segment_mean(xyz_V3[used], proxy_V[used], num_proxies)
     proxy_group_K = np.asarray(proxy_group, dtype=np.int64)
+    if not params.grouping:
+        groups, proxy_group_K = _segments_from_proxy_labels(label_V, proxy_V, xyz_K3, params, notes)
+        alloc_G = np.bincount(proxy_group_K, minlength=groups.num_groups)
+        members = np.argsort(groups.group_N, kind="stable")
+        bounds = np.r_[0, np.cumsum(groups.sizes())]
 
     # Segments are the groups that received proxies; their centers drive the BFS.
     seg_groups = [g for g in range(groups.num_groups) if alloc_G[g] > 0]

@@ -60,6 +60,8 @@ def params_from_config(config: ClusterConfig) -> ClusterParams:
 
 def _params_record(params: ClusterParams, stats: dict | None) -> dict:
     record = {**asdict(params), "version": CLUSTER_VERSION}
+    if not params.grouping:  # changed in place: shards made before, one whole-scene segment, are stale
+        record["segments_from"] = "proxy majority labels"
     if stats is not None:  # whitening stats change the output, so they are part of its identity
         digest = hashlib.sha256(json.dumps([stats["feat_mean"], stats["feat_std"]]).encode()).hexdigest()
         record["whitening_stats_sha256"] = digest[:16]
