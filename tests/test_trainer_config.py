@@ -1,0 +1,52 @@
+"""Trainer configuration: DeepSpeed JSONs, default stage recipes, the learning-rate schedule, run.py flags."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas.config_train import StageConfig, TrainConfig
+from trainer.recipes import stage_config
+from trainer.train import CONFIG_DIR, deepspeed_config, lr_lambda
+
+
+@pytest.mark.parametrize("name,stage", [("zero2", 2), ("zero3", 3), ("zero3_offload", 3)])
+def test_deepspeed_configs_fill_batch_and_precision(name, stage):
+    raw = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    assert raw["zero_optimization"]["stage"] == stage
+    cpu = deepspeed_config(name, micro_batch=3, grad_accum=4, world_size=2, on_gpu=False)
+    assert cpu["train_batch_size"] == 24 and cpu["train_micro_batch_size_per_gpu"] == 3
+    assert cpu["bf16"] == {"enabled": False}
+    assert deepspeed_config(name, 1, 1, 1, on_gpu=True)["bf16"] == {"enabled": True}
+    if "offload_optimizer" in raw["zero_optimization"]:
+        assert cpu["zero_optimization"]["offload_optimizer"]["pin_memory"] is False
+        assert cpu["zero_force_ds_cpu_optimizer"] is False
+
+
+def test_schedule_warms_up_then_decays_to_floor():
+    fn = lr_lambda(total_steps=100, warmup_steps=10)
+    warm = [fn(s) for s in range(10)]
+    assert warm == sorted(warm) and warm[0] < 0.2 and fn(10) == pytest.approx(1.0)
+    decay = [fn(s) for s in range(10, 101)]
+    assert decay == sorted(decay, reverse=True)
+    assert fn(100) == pytest.approx(0.1)
+
+
+def test_recipes_listed_stage_wins_and_toy_defaults_train_the_language_model():
+    toy = TrainConfig(model="toy:qwen2_5_vl")
+    assert "language_model" in stage_config(toy, 1).trainable
+    assert "lora" in stage_config(TrainConfig(), 4).trainable
+    listed = TrainConfig(model="toy:qwen2_5_vl", stages=[StageConfig(stage=2, trainable=["position"], lr=0.1)])
+    assert stage_config(listed, 2).trainable == ["position"] and stage_config(listed, 2).lr == 0.1
+    with pytest.raises(ValueError, match="1-4"):
+        stage_config(toy, 5)
+    with pytest.raises(ValueError, match="listed 2 times"):
+        TrainConfig(stages=[StageConfig(stage=1, trainable=["projector"])] * 2).stage(1)
+
+
+def test_run_py_accepts_the_launcher_flag():
+    from trainer.run import parse_args
+
+    args = parse_args(["--stage", "2", "--workflow", "w.yaml", "--local_rank=1", "--resume"])
+    assert args.stage == 2 and args.local_rank == 1 and args.resume
