@@ -124,7 +124,7 @@ def main() -> None:
     p.add_argument("--image", type=int, nargs=2, default=(336, 448), metavar=("H", "W"))
     p.add_argument("--proxies", type=int, default=700)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
