@@ -142,3 +142,18 @@ def test_zero3_two_processes_drive_loss_down(setup):
     model = Proxy3DModel.from_pretrained(root / "z3/stage1/model")
     assert model.identifiers.weight.shape == (32, 128)
     assert model.lm.lm_head.weight.shape[0] == len(model.tokenizer)
+
+
+def test_held_out_scenes_never_reach_any_stage(setup):
+    from schemas.record import load_records
+    from trainer.loader import StageStream
+    from trainer.train import training_records
+
+    _, _, shards, records = setup
+    by_scene, held_out = training_records(records, required=True)
+    val_scenes = {r.scene_id for r in load_records(records) if r.split == "val"}
+    assert held_out == val_scenes and val_scenes and not (set(by_scene) & val_scenes)
+    for stage in (1, 2, 3, 4):
+        stream = StageStream(shards, stage, by_scene, 32, 4, exclude_scenes=held_out)
+        seen = {ex.scene_id for ex, _ in stream.items(0)}
+        assert seen and not (seen & val_scenes), stage

@@ -27,7 +27,7 @@ import torch
 
 from schemas.proxy import INDEX_FILE
 from trainer.positions import quantize_height, rope_position_ids
-from trainer.stages import STAGE_MODES, Example
+from trainer.stages import Example
 
 IGNORE = -100
 
@@ -174,7 +174,3 @@ class Collator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
                 "position_ids": position_ids, "scene_mask": scene_mask, "scene_xyz": scene_xyz,
                 "scene_ident": scene_ident, "scene_sem": scene_sem, "scene_feat": scene_feat}
-
-
-def stage_mode(stage: int) -> str:
-    return STAGE_MODES[stage]

@@ -24,8 +24,9 @@ Item = tuple[Example, dict]
 class StageStream:
     def __init__(self, shard_dir: str | Path, stage: int, records_by_scene: dict[str, list[Record]],
                  num_obj_tokens: int, batch_size: int, *, seed: int = 0, shuffle_scenes: int = 16,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, exclude_scenes: frozenset[str] = frozenset()):
         self.shard_dir, self.stage, self.records_by_scene = shard_dir, stage, records_by_scene
+        self.exclude_scenes = exclude_scenes
         self.num_obj_tokens, self.batch_size, self.seed = num_obj_tokens, batch_size, seed
         self.shuffle_scenes, self.rank, self.world_size = shuffle_scenes, rank, world_size
         self.mode = STAGE_MODES[stage]
@@ -46,6 +47,8 @@ class StageStream:
         scenes = iter_scenes(self.shard_dir, rank=self.rank, world_size=self.world_size, epoch=epoch,
                              seed=self.seed)
         for scene in scenes:
+            if scene["scene_id"] in self.exclude_scenes:
+                continue
             buffer += self._examples(scene, epoch)
             scenes_in_buffer += 1
             if scenes_in_buffer == self.shuffle_scenes:

@@ -21,7 +21,6 @@ C categories.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import uuid
@@ -35,7 +34,6 @@ from trainer import objects
 from trainer.lora import add_lora, lora_scalings, merge_lora_state_dict
 from trainer.positions import FourierXY
 
-log = logging.getLogger(__name__)
 P3D_CONFIG = "p3d_config.json"
 P3D_MODULES = "p3d_modules.safetensors"
 

@@ -138,11 +138,6 @@ def glyph_table(model, image_processor, images: Sequence):
     return rescale_rows(raw_NH, target_rms)
 
 
-def segment_tokens(num_segments: int, num_identifiers: int) -> list[str | None]:
-    """Token of each segment id; None beyond the identifier vocabulary (it cannot be referenced)."""
-    return [obj_token(i) if i < num_identifiers else None for i in range(num_segments)]
-
-
 def labels_to_segments(segments: Sequence[dict]) -> dict[int, int]:
     """Instance id (store label, or a label merged into a segment) -> segment id."""
     out: dict[int, int] = {}
@@ -151,7 +146,3 @@ def labels_to_segments(segments: Sequence[dict]) -> dict[int, int]:
             if label >= 0:
                 out.setdefault(int(label), int(seg["id"]))
     return out
-
-
-def category_index(categories: Sequence[str]) -> dict[str, int]:
-    return {c: i for i, c in enumerate(categories)}

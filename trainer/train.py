@@ -69,6 +69,27 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return fn
 
 
+def training_records(path: Path, required: bool) -> tuple[dict[str, list], frozenset[str]]:
+    """Train-split records by scene, and the held-out scenes (records, but none of them train).
+
+    Stages 1-3 need no records, but they must not see held-out scenes either: their questions
+    ("What is <OBJ003>?") are the evaluation's questions about the same objects.
+    """
+    by_scene: dict[str, list] = defaultdict(list)
+    if not path.exists():
+        if required:
+            raise ValueError(f"{path}: records file not found (stage 4 trains on records)")
+        log.warning("%s not found: no scene is held out of stages 1-3", path)
+        return by_scene, frozenset()
+    other: set[str] = set()
+    for rec in load_records(path):
+        if rec.split in (None, "train"):
+            by_scene[rec.scene_id].append(rec)
+        else:
+            other.add(rec.scene_id)
+    return by_scene, frozenset(other - set(by_scene))
+
+
 def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_dim: int,
                 categories: list[str]):
     from pipeline.models.toy_models import resolve_model
@@ -168,13 +189,13 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model.lm, {"use_reentrant": False})
 
-    records_by_scene: dict[str, list] = defaultdict(list)
-    if stage == 4:
-        for rec in load_records(records_path(wf, cfg, scfg)):
-            if rec.split in (None, "train"):
-                records_by_scene[rec.scene_id].append(rec)
-    stream = StageStream(shard_dir, stage, records_by_scene, cfg.num_obj_tokens, scfg.batch_size,
-                         seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank, world_size=world)
+    records_by_scene, held_out = training_records(records_path(wf, cfg, scfg), required=stage == 4)
+    if rank == 0 and held_out:
+        log.info("stage %d: %d held-out scenes (only val/test records) are left out of training", stage,
+                 len(held_out))
+    stream = StageStream(shard_dir, stage, records_by_scene if stage == 4 else {}, cfg.num_obj_tokens,
+                         scfg.batch_size, seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank,
+                         world_size=world, exclude_scenes=held_out)
     local = torch.tensor([stream.local_batches_per_epoch()])
     dist.all_reduce(local, op=dist.ReduceOp.MAX)
     batches_per_epoch = int(local)
