@@ -16,11 +16,14 @@ PRETRAINED = {
     3: dict(trainable=["position", "lora"], epochs=1, lr=1e-4, batch_size=4),
     4: dict(trainable=["projector", "position", "lora"], epochs=1, lr=5e-5, batch_size=4),
 }
+# Measured on the default toy world (8 scenes, 128 proxies, 2 cores): ~3.5 min for the four stages,
+# training records fitted (>= 0.96 on every task but captions). Epochs count passes over the scenes:
+# with more scenes, lower them to keep the same number of steps.
 TOY = {
-    1: dict(trainable=["identifiers", "language_model"], epochs=8, lr=1e-3, batch_size=8, warmup_ratio=0.05),
-    2: dict(trainable=["position", "language_model"], epochs=4, lr=1e-3, batch_size=8, warmup_ratio=0.05),
-    3: dict(trainable=["position", "language_model"], epochs=4, lr=1e-3, batch_size=8, warmup_ratio=0.05),
-    4: dict(trainable=["projector", "position", "identifiers", "language_model"], epochs=30, lr=5e-4,
+    1: dict(trainable=["identifiers", "language_model"], epochs=40, lr=1e-3, batch_size=8, warmup_ratio=0.05),
+    2: dict(trainable=["position", "language_model"], epochs=20, lr=1e-3, batch_size=8, warmup_ratio=0.05),
+    3: dict(trainable=["position", "language_model"], epochs=20, lr=1e-3, batch_size=8, warmup_ratio=0.05),
+    4: dict(trainable=["projector", "position", "identifiers", "language_model"], epochs=60, lr=1e-3,
             batch_size=8, warmup_ratio=0.05),
 }
 
