@@ -146,3 +146,21 @@ def test_cli_exits_nonzero_naming_a_corrupt_frame(tmp_path):
     assert store.list_scenes(out) == ["toy0000"]
     run = json.loads(sorted((out / "features" / "_runs").glob("*.json"))[-1].read_text())
     assert run["done"] == ["toy0000"] and run["failed"][0]["scene_id"] == "toy0001"
+
+
+def test_complete_scene_made_with_another_config_is_redone(scenes, data_root, tmp_path):
+    """Resume skips a complete group only when it was made with the same feature config."""
+    from pipeline.features.stage import config_hash
+
+    good, _ = scenes
+    provider = InMemoryScenes.of(good[:1])
+    scene_id = good[0].scene_id
+    first = run_features(CFG, tmp_path, data_root, provider, executor="local")
+    assert first.done == [scene_id]
+    assert store.open_group(tmp_path, scene_id).attrs["config_hash"] == config_hash(CFG)
+    again = run_features(CFG, tmp_path, data_root, provider, executor="local")
+    assert again.skipped == [scene_id] and not again.done
+    smaller = CFG.model_copy(update={"image_size": (56, 84)})
+    redone = run_features(smaller, tmp_path, data_root, provider, executor="local")
+    assert redone.done == [scene_id]
+    assert store.read_scene(tmp_path, scene_id).attrs.grid == [2, 3]

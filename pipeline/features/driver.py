@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from pipeline.features import store
+from pipeline.features.stage import config_hash
 from pipeline.sources.base import Scene
 from schemas.config_features import FeaturesConfig
 from schemas.store import RUNS_DIR
@@ -219,11 +220,15 @@ def run_features(cfg: FeaturesConfig, out: str | Path, data_root: str | Path, pr
         log.info("removed %d unfinished groups: %s", len(removed), ", ".join(sorted(removed)[:10]))
     report = RunReport(executor=executor)
     todo = []
+    wanted_hash = config_hash(cfg)
     for scene_id in ids:
         if not overwrite and store.is_complete(out, scene_id):
-            report.skipped.append(scene_id)
-        else:
-            todo.append(scene_id)
+            made_with = store.open_group(out, scene_id).attrs.get("config_hash")
+            if made_with == wanted_hash:
+                report.skipped.append(scene_id)
+                continue
+            log.info("scene %s: made with another feature config (%s), redoing", scene_id, made_with)
+        todo.append(scene_id)
     if todo:
         runner = {"local": _run_local, "ray": _run_ray}[executor]
         for outcome in runner(todo, cfg, out, data_root, provider, report):

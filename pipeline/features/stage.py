@@ -157,6 +157,7 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         pipeline_version=pipeline.__version__,
         num_labels=len(np.unique(label_Fhw[label_Fhw >= 0])),
         valid_fraction=float(np.isfinite(xyz_Fhw3[..., 0]).mean()),
+        config_hash=config_hash(cfg),
     )
     arrays = {
         "feat": feat_FhwD.astype(np.float16),
@@ -167,3 +168,10 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         "intrinsics": geo.intrinsics_F33.astype(np.float32),
     }
     return SceneResult(arrays=arrays, attrs=attrs, seconds=seconds)
+
+
+def config_hash(cfg) -> str:
+    """Fingerprint of the feature config: a complete group made under another config is redone."""
+    import hashlib
+
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
