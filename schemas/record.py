@@ -8,7 +8,6 @@ an object is written `<OBJ012>` by its segment id in the proxy shard (see traine
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -16,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.errors import SchemaError, describe
+from schemas.io import write_jsonl_atomic
 from schemas.manifest import Box3D
 
 # Task names. Benchmarks map onto these; `p3d eval --task` picks the metric by task.
@@ -92,15 +92,4 @@ def iter_records(path: str | Path) -> Iterator[Record]:
 
 def write_records(records: Iterable[Record], path: str | Path) -> int:
     """Write atomically (temp + rename); returns the number of records."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    n = 0
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(r.model_dump_json(exclude_defaults=True) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n
+    return write_jsonl_atomic(records, path, exclude_defaults=True)

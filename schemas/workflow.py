@@ -88,10 +88,8 @@ def _line_of(text: str, loc: tuple) -> int | None:
             if nxt is None:
                 return node.start_mark.line + 1
             node = nxt[1]
-            line = nxt[0].start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
-            line = node.start_mark.line + 1
         else:
             break
     return node.start_mark.line + 1

@@ -14,7 +14,6 @@ An empty list means "predicted no object" (Multi3DRefer zero-target); a missing 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.errors import SchemaError, describe
+from schemas.io import write_jsonl_atomic
 from schemas.manifest import Box3D, ObjectInfo
 
 OBJ_TOKEN = re.compile(r"<OBJ(\d{3,})>")
@@ -68,18 +68,7 @@ def load_predictions(path: str | Path) -> dict[str, Prediction]:
 
 def write_predictions(preds: Iterable[Prediction], path: str | Path) -> int:
     """Atomic write (temp + rename); returns the number of lines."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    n = 0
-    with tmp.open("w") as f:
-        for p in preds:
-            f.write(p.model_dump_json(exclude_none=True) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n
+    return write_jsonl_atomic(preds, path, exclude_none=True)
 
 
 def load_scene_objects(path: str | Path) -> dict[str, list[ObjectInfo]]:

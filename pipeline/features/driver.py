@@ -16,7 +16,6 @@ worker) is recorded with its reason and the run goes on. Every run writes
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from pipeline.features import store
 from pipeline.features.stage import config_hash
 from pipeline.sources.base import Scene
 from schemas.config_features import FeaturesConfig
+from schemas.io import write_json_atomic
 from schemas.store import RUNS_DIR
 
 log = logging.getLogger(__name__)
@@ -197,13 +197,7 @@ def _write_report(out: str | Path, report: RunReport, cfg: FeaturesConfig, start
         "seconds_per_step": report.seconds_per_step,
         "config": cfg.model_dump(mode="json"),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, payload)
 
 
 def run_features(cfg: FeaturesConfig, out: str | Path, data_root: str | Path, provider: SceneProvider,

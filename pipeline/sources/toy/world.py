@@ -31,6 +31,7 @@ from pipeline.sources.toy.annotate import generate_records
 from pipeline.sources.toy.layout import ToyLayout, camera_path, intrinsics_for, sample_layout
 from pipeline.sources.toy.render import BoxScene, Rendered, render
 from pipeline.sources.toy.shapes import CATEGORY_NAMES
+from schemas.io import write_json_atomic
 from schemas.manifest import ObjectInfo, SceneManifest
 from schemas.record import Record, write_records
 from schemas.workflow import ToyWorldConfig
@@ -122,12 +123,7 @@ def _write_matrix(path: Path, m: np.ndarray) -> None:
 
 
 def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def objects_of(layout: ToyLayout) -> list[ObjectInfo]:
