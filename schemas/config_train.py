@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1, description="console/TensorBoard log every N optimizer steps")
     glyph_folder: str | None = Field(None, description="category symbol images <category>.png; default drawn")
     shuffle_scenes: int = Field(16, ge=1, description="scenes whose examples are shuffled together")
+    shuffle_identifiers: bool = Field(True, description="training only: a fresh random <OBJxxx> assignment "
+                                                        "per scene and epoch, so identifiers stay names the model "
+                                                        "looks up rather than memorizes per scene")
     seed: int = 0
     stages: list[StageConfig] = Field(default_factory=list,
                                       description="per-stage recipes; a missing stage uses trainer.recipes")
