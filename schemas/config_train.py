@@ -42,7 +42,7 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1, description="console/TensorBoard log every N optimizer steps")
     glyph_folder: str | None = Field(None, description="category symbol images <category>.png; default drawn")
     shuffle_scenes: int = Field(16, ge=1, description="scenes whose examples are shuffled together")
-    shuffle_identifiers: bool = Field(True, description="training only: a fresh random <OBJxxx> assignment "
+    shuffle_identifiers: bool = Field(False, description="training only: a fresh random <OBJxxx> assignment "
                                                         "per scene and epoch, so identifiers stay names the model "
                                                         "looks up rather than memorizes per scene")
     seed: int = 0
