@@ -43,3 +43,22 @@ def write_jsonl_atomic(models: Iterable[BaseModel], path: str | Path, **dump_opt
             f.write(m.model_dump_json(**dump_options) + "\n")
             n += 1
     return n
+
+
+@contextmanager
+def atomic_dir(folder: str | Path):
+    """Yield a temporary sibling folder to fill; it replaces `folder` only if the block finishes."""
+    import shutil
+    import uuid
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

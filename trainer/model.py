@@ -21,15 +21,13 @@ C categories.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from schemas.io import atomic_dir
 from trainer import objects
 from trainer.lora import add_lora, lora_scalings, merge_lora_state_dict
 from trainer.positions import FourierXY
@@ -253,9 +251,7 @@ class Proxy3DModel(nn.Module):
             lm_state = merge_lora_state_dict(lm_state, lora_scalings(self.lm.model.language_model,
                                                                      "model.language_model."))
         p3d_state = {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith("lm.")}
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            tmp.mkdir(parents=True)
+        with atomic_dir(out_dir) as tmp:
             self.lm.save_pretrained(tmp, state_dict=lm_state)
             self.tokenizer.save_pretrained(tmp)
             self.image_processor.save_pretrained(tmp)
@@ -263,11 +259,6 @@ class Proxy3DModel(nn.Module):
             if extra:
                 (tmp / "p3d_train.json").write_text(json.dumps(extra, indent=2, default=str))
             (tmp / P3D_CONFIG).write_text(self.cfg.model_dump_json(indent=2))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return out_dir
 
 

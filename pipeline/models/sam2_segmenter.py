@@ -175,28 +175,19 @@ def tiny_sam2_config(image_size: int = 128):
 
 def build_toy_sam2(folder: str | Path, seed: int = 0) -> Path:
     """Save a random-weight tiny SAM 2 with `save_pretrained` (temp folder, then rename)."""
-    import os
-    import shutil
-    import uuid
-
     import torch
     from transformers import Sam2Model
+
+    from schemas.io import atomic_dir
 
     folder = Path(folder)
     torch.manual_seed(seed)
     model = Sam2Model(tiny_sam2_config()).eval()
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(
             {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}))
         (tmp / TOY_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -10,11 +10,10 @@ small byte-level BPE tokenizer trained on the given texts, and saves both under
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
+
+from schemas.io import atomic_dir
 
 TOY_PREFIX = "toy:"
 TOY_MARKER = "p3d_toy.json"
@@ -66,8 +65,7 @@ def train_toy_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
 def build_toy_qwen(out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0) -> Path:
     """Build, save and return the folder of a tiny random-weight Qwen2.5-VL with its tokenizer."""
     import torch
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2VLImageProcessorPil)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
     out_dir = Path(out_dir)
     tokenizer = train_toy_tokenizer(texts)
@@ -87,19 +85,12 @@ def build_toy_qwen(out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=1024 * 28 * 28)
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
         (tmp / TOY_MARKER).write_text(json.dumps({"trained": False, "seed": seed,
                                                    "note": "random-weight toy model built by p3d"}))
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
