@@ -153,12 +153,11 @@ def run_ablations(demo: DemoRun, stage3_model: Path) -> dict[str, dict]:
         listed = wf.train.stage(4)
         if listed is not None:
             stage4 = listed.model_copy(update={k: stage4[k] for k in ("epochs", "init_from", "records")}).model_dump()
-        train = wf.train.model_copy(update={"proxies": cluster.name, "out": str(ab_dir / name / "train"),
-                                            "records": str(records),
-                                            "stages": [s.model_dump() for s in wf.train.stages if s.stage != 4]
-                                            + [stage4]})
+        train = {**wf.train.model_dump(), "proxies": cluster.name, "out": str(ab_dir / name / "train"),
+                 "records": str(records),
+                 "stages": [s.model_dump() for s in wf.train.stages if s.stage != 4] + [stage4]}
         variant = Workflow.model_validate({**wf.model_dump(), "name": f"{wf.name}-{name}",
-                                           "cluster": cluster.model_dump(), "train": train.model_dump()})
+                                           "cluster": cluster.model_dump(), "train": train})
         path = _write_workflow(variant, ab_dir / f"{name}.yaml")
         demo.run(f"cluster {name}", _p3d("cluster", "--workflow", str(path)))
         demo.run(f"train stage 4 {name}", _train(4, path))
