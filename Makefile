@@ -5,10 +5,8 @@ BIN := $(VENV)/bin
 SCENES ?= toy
 WORKFLOW ?= workflows/$(SCENES).yaml
 STAGE ?= 4
-# DeepSpeed on a CPU-only machine: its CPU accelerator over gloo (see trainer/run.py).
-export DS_ACCELERATOR ?= $(shell $(PYTHON) -c "import shutil,subprocess;print('cuda' if shutil.which('nvidia-smi') and subprocess.run(['nvidia-smi'],capture_output=True).returncode==0 else 'cpu')" 2>/dev/null || echo cpu)
+# DeepSpeed's CPU accelerator, rendezvous variables and extension cache are set by trainer/env.py.
 export RAY_USAGE_STATS_ENABLED := 0
-export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
 .PHONY: setup test test-fast demo toy features cluster train lint clean
 
@@ -42,7 +40,8 @@ train: $(BIN)/p3d  ## make train STAGE=1..4
 	$(BIN)/python trainer/run.py --stage $(STAGE) --workflow $(WORKFLOW)
 
 lint: $(BIN)/p3d
-	$(BIN)/python -m ruff check pipeline trainer schemas tests benchmarks || $(BIN)/pip install -q ruff && $(BIN)/python -m ruff check pipeline trainer schemas tests benchmarks
+	$(BIN)/pip install -q ruff
+	$(BIN)/python -m ruff check --select F pipeline trainer schemas tests benchmarks
 
 clean:
 	rm -rf data runs .pytest_cache

@@ -125,7 +125,7 @@ def main() -> None:
                 t, mem = _measure(lambda: cluster_scene(*arrays, params=p), 1)
                 label = f"{space}{'' if grouping else ', no grouping'}"
                 print(f"{'  ablation ' + label:<29} | {t * 1e3:8.1f} {1 / t:8.2f} {mem:8.1f} |")
-            del scene, arrays
+            scene = arrays = None  # free this scene before building the next one
 
 
 if __name__ == "__main__":

@@ -86,9 +86,8 @@ def _train(stage: int, workflow: Path) -> list[str]:
 
 
 def _records_path(wf: Workflow) -> Path:
-    if wf.train.records:
-        return Path(wf.train.records)
-    return Path(wf.out) / "annotations.jsonl"
+    """The records scored by the demo: the eval section's, else the ones training reads."""
+    return Path(wf.eval.records or wf.train.records or Path(wf.out) / "annotations.jsonl")
 
 
 def _val_scenes(wf: Workflow, limit: int) -> list[str]:
