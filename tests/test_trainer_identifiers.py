@@ -45,3 +45,45 @@ def test_renaming_is_seeded_and_varies_between_seeds():
     np.testing.assert_array_equal(a[0][1]["ident"], b[0][1]["ident"])
     assert [e.question for e, _ in a] == [e.question for e, _ in b]
     assert not np.array_equal(a[0][1]["ident"], c[0][1]["ident"])
+
+
+# ---------------------------------------------------------------- identifiers name instance segments
+def _segments(labels):
+    return [{"id": i, "label": lab, "category": "chair" if lab >= 0 else None,
+             "box": {"center": [float(i), 0.0, 0.5], "size": [1.0, 1.0, 1.0]}} for i, lab in enumerate(labels)]
+
+
+def test_identifiers_are_dense_in_bfs_order_and_skip_background():
+    from trainer.objects import identifier_array, segment_identifiers
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        labels = [int(x) for x in rng.choice([-1, 1, 2, 3, 4, 5, 6, 7], size=int(rng.integers(1, 30)))]
+        m = int(rng.integers(1, 8))
+        ident = segment_identifiers(_segments(labels), m)
+        instance_segments = [i for i, lab in enumerate(labels) if lab >= 0]
+        assert list(ident) == instance_segments[:m]  # BFS order, instances only, the first M
+        assert list(ident.values()) == list(range(len(ident)))  # dense: 0, 1, 2, ...
+        arr = identifier_array(_segments(labels), m)
+        assert arr.shape == (len(labels),)
+        assert all(arr[s] == ident.get(s, -1) for s in range(len(labels)))
+
+
+def test_answer_tokens_round_trip_to_the_target_instances():
+    """record -> `<OBJxxx>` answer -> predict's parsing gives back exactly the record's targets."""
+    from schemas.record import Record
+    from trainer.predict import answer_objects
+    from trainer.stages import record_example
+
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        labels = [int(x) for x in rng.permutation(np.arange(-3, 12))]
+        labels = [lab if lab >= 0 else -1 for lab in labels]
+        segs = _segments(labels)
+        targets = [int(t) for t in rng.choice([lab for lab in labels if lab >= 0], size=3, replace=False)]
+        rec = Record(id="r", scene_id="s", task="multi_grounding", source="toy", question="Find them.",
+                     answer_type="objects", target_ids=targets)
+        ex = record_example(rec, segs, 64)
+        got = answer_objects(ex.answer, segs, True, 64)
+        assert sorted(got["instance_ids"]) == sorted(targets)
+        assert sorted(got["object_ids"]) == ex.meta["object_ids"]

@@ -187,7 +187,9 @@ def test_record_mapping_through_labels(data):
     rec = Record(id="r", scene_id="s", task="distance", source="toy", question="How far apart are <OBJ> and <OBJ>?",
                  answers=["1.0"], target_ids=[3, 9])
     ex = record_example(rec, segs, NUM_OBJ)
-    assert ex.question == "How far apart are <OBJ002> and <OBJ000>?" and ex.answer == "1.0"
+    # Segment 1 is background (label -1): it gets no identifier, so segment 2 is <OBJ001>.
+    assert ex.question == "How far apart are <OBJ001> and <OBJ000>?" and ex.answer == "1.0"
+    assert ex.meta["object_ids"] == [0, 2]
     grd = Record(id="g", scene_id="s", task="multi_grounding", source="toy", question="Find all sofas.",
                  answer_type="objects", target_ids=[])
     assert record_example(grd, segs, NUM_OBJ).answer == "none"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from schemas.proxy import INDEX_FILE
+from trainer.objects import identifier_array
 from trainer.positions import quantize_height, rope_position_ids
 from trainer.stages import Example
 
@@ -97,15 +98,16 @@ def categories_in(shard_dir: str | Path) -> list[str]:
 def scene_inputs(scene: dict, mode: str, num_obj_tokens: int) -> dict:
     """The scene as model inputs: per token xyz, identifier (-1 none), category name, features."""
     segments = scene["segments"]
+    ident_of_S = identifier_array(segments, num_obj_tokens)
     if mode == "fused":
         xyz_K3 = np.array([s["box"]["center"] for s in segments], np.float32).reshape(-1, 3)
-        ident_K = np.array([s["id"] if s["id"] < num_obj_tokens else -1 for s in segments], np.int64)
+        ident_K = np.array([ident_of_S[s["id"]] for s in segments], np.int64)
         return {"xyz": xyz_K3, "ident": ident_K, "categories": [s.get("category") for s in segments],
                 "feat": None}
     segment_K = scene["segment"].astype(np.int64)
-    if len(segment_K) and (segment_K.min() < 0 or segment_K.max() >= len(segments)):
+    if len(segment_K) and (segment_K.min() < 0 or segment_K.max() >= len(ident_of_S)):
         raise ValueError(f"scene {scene['scene_id']}: segment.npy indexes beyond segments.json")
-    return {"xyz": scene["xyz"].astype(np.float32), "ident": np.where(segment_K < num_obj_tokens, segment_K, -1),
+    return {"xyz": scene["xyz"].astype(np.float32), "ident": ident_of_S[segment_K],
             "categories": None, "feat": scene["feat"].astype(np.float32)}
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 log = logging.getLogger("p3d.predict")
 
 
-def answer_objects(text: str, segments: list[dict], expects_objects: bool) -> dict:
-    """Segment ids named in `text`, with their instance ids and boxes; {} when none is expected."""
-    from trainer.objects import object_ids_in_text
+def answer_objects(text: str, segments: list[dict], expects_objects: bool, num_obj_tokens: int) -> dict:
+    """Segment ids named in `text` (via their identifiers), with their instance ids and boxes; {}
+    when none is expected. An identifier that names no segment of the scene is dropped."""
+    from trainer.objects import object_ids_in_text, segment_identifiers
 
-    ids = [i for i in object_ids_in_text(text) if i < len(segments)]
+    segment_of = {ident: seg for seg, ident in segment_identifiers(segments, num_obj_tokens).items()}
+    ids = [segment_of[i] for i in object_ids_in_text(text) if i in segment_of]
     if not ids and not expects_objects:
         return {}
     by_id = {s["id"]: s for s in segments}
@@ -69,7 +71,8 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
         for (ex, _, rec, segments), ids in zip(pending, generated):
             text = clean_text(model.tokenizer.decode(ids, skip_special_tokens=False))
             predictions.append(Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text=text,
-                                          **answer_objects(text, segments, rec.answer_type == "objects")))
+                                          **answer_objects(text, segments, rec.answer_type == "objects",
+                                                            model.cfg.num_obj_tokens)))
         pending.clear()
 
     for scene in iter_scenes(shards, shuffle=False):

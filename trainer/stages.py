@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas.record import Record
-from trainer.objects import labels_to_segments, obj_token
+from trainer.objects import labels_to_segments, obj_token, segment_identifiers
 
 log = logging.getLogger(__name__)
 OBJ_PLACEHOLDER = "<OBJ>"
@@ -41,7 +41,9 @@ def _fmt(x: float) -> str:
 
 
 def _referenceable(segments: list[dict], num_obj_tokens: int) -> list[dict]:
-    return [s for s in segments if s["id"] < num_obj_tokens and s.get("category") and s["label"] >= 0]
+    """Segments with an identifier and a category, each with its identifier under "ident"."""
+    ident = segment_identifiers(segments, num_obj_tokens)
+    return [dict(s, ident=ident[s["id"]]) for s in segments if s["id"] in ident and s.get("category")]
 
 
 def _tokens(ids) -> str:
@@ -51,10 +53,10 @@ def _tokens(ids) -> str:
 def stage1_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rng: random.Random) -> list[Example]:
     """Naming both ways: `<OBJ012>` -> category, category -> its `<OBJxxx>` tokens."""
     objs = _referenceable(segments, num_obj_tokens)
-    out = [Example(scene_id, "object_name", f"What is {obj_token(s['id'])}?", s["category"]) for s in objs]
+    out = [Example(scene_id, "object_name", f"What is {obj_token(s['ident'])}?", s["category"]) for s in objs]
     by_cat: dict[str, list[int]] = defaultdict(list)
     for s in objs:
-        by_cat[s["category"]].append(s["id"])
+        by_cat[s["category"]].append(s["ident"])
     for cat, ids in sorted(by_cat.items()):
         out.append(Example(scene_id, "object_id", f"Which object is the {cat}?", _tokens(ids)))
     rng.shuffle(out)
@@ -65,7 +67,7 @@ def stage2_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
     """Coordinate alignment: where each object is and how big it is (metres, one decimal)."""
     out = []
     for s in _referenceable(segments, num_obj_tokens):
-        tok = obj_token(s["id"])
+        tok = obj_token(s["ident"])
         cx, cy, cz = s["box"]["center"]
         sx, sy, sz = s["box"]["size"]
         out.append(Example(scene_id, "object_position", f"Where is {tok}?", f"{_fmt(cx)} {_fmt(cy)} {_fmt(cz)}"))
@@ -86,13 +88,13 @@ def stage3_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
     dist_NN = np.linalg.norm(center_N3[:, None] - center_N3[None], axis=-1)
     out = []
     for i, s in enumerate(objs):
-        ti = obj_token(s["id"])
+        ti = obj_token(s["ident"])
         nearest = int(np.argsort(dist_NN[i])[1])
         out.append(Example(scene_id, "relative_distance", f"Which object is closest to {ti}?",
-                           obj_token(objs[nearest]["id"])))
+                           obj_token(objs[nearest]["ident"])))
         others = [j for j in range(len(objs)) if j != i]
         for j in rng.sample(others, min(pairs_per_object, len(others))):
-            tj = obj_token(objs[j]["id"])
+            tj = obj_token(objs[j]["ident"])
             kind = rng.randrange(3)
             if kind == 0:
                 out.append(Example(scene_id, "distance", f"How far apart are {ti} and {tj} in meters?",
@@ -111,23 +113,24 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
                    with_answer: bool = True) -> Example | None:
     """A record as a stage-4 example; None when a target is not in the scene's segments."""
     label_to_seg = labels_to_segments(segments)
+    ident_of_seg = segment_identifiers(segments, num_obj_tokens)
     seg_ids = [label_to_seg.get(t) for t in record.target_ids]
-    seg_ids = [s if s is not None and s < num_obj_tokens else None for s in seg_ids]
+    idents = [ident_of_seg.get(s) if s is not None else None for s in seg_ids]
     question = record.question
     placeholders = question.count(OBJ_PLACEHOLDER)
-    if placeholders > len(seg_ids):
+    if placeholders > len(idents):
         raise ValueError(f"record {record.id} (scene {record.scene_id}): {placeholders} {OBJ_PLACEHOLDER} "
-                         f"placeholders but {len(seg_ids)} target ids")
+                         f"placeholders but {len(idents)} target ids")
     # The question must name its objects; the answer's targets matter only when training on it.
-    if None in seg_ids[:placeholders] or (with_answer and None in seg_ids):
+    if None in idents[:placeholders] or (with_answer and None in idents):
         return None
-    for seg in seg_ids[:placeholders]:
-        question = question.replace(OBJ_PLACEHOLDER, obj_token(seg), 1)
+    for ident in idents[:placeholders]:
+        question = question.replace(OBJ_PLACEHOLDER, obj_token(ident), 1)
     if record.situation:
         question = f"{record.situation} {question}"
     if record.choices and not all(c in question for c in record.choices):
         question = f"{question} ({' / '.join(record.choices)})"
-    known = [i for i in seg_ids if i is not None]
+    known = [i for i in idents if i is not None]
     if record.answer_type == "objects":
         answer = _tokens(known) if known else NONE_ANSWER
     elif record.answers:
@@ -137,7 +140,7 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
     else:
         answer = ""
     return Example(record.scene_id, record.task, question, answer, record_id=record.id,
-                   meta={"object_ids": sorted(set(known))})
+                   meta={"object_ids": sorted({s for s, i in zip(seg_ids, idents) if i is not None})})
 
 
 def stage4_examples(scene_id: str, segments: list[dict], records: list[Record],

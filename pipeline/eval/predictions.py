@@ -2,11 +2,12 @@
 
 Contract (owned here, written by the trainer's `predict`):
 
-    {"id": "<record id>", "scene_id": "scene0000_00", "task": "grounding", "text": "<OBJ012>",
+    {"id": "<record id>", "scene_id": "scene0000_00", "task": "grounding", "text": "<OBJ004>",
      "object_ids": [12], "boxes": [{"center": [..], "size": [..]}], "instance_ids": [37]}
 
-`id`, `scene_id`, `task` and `text` are required; `object_ids` are segment ids parsed from the
-generated `<OBJxxx>` tokens, `instance_ids` the store labels of those segments (comparable with
+`id`, `scene_id`, `task` and `text` are required; `object_ids` are the segment ids that the
+generated `<OBJxxx>` tokens name (identifiers number a scene's instance segments in BFS order, see
+trainer/objects.py, so `<OBJ004>` is the fifth instance segment, here segment 12), `instance_ids` the store labels of those segments (comparable with
 `Record.target_ids`), `boxes` their axis-aligned boxes (comparable with `Record.target_boxes`).
 An empty list means "predicted no object" (Multi3DRefer zero-target); a missing field means "not given".
 """
@@ -39,7 +40,7 @@ class Prediction(BaseModel):
 
 
 def object_ids_in_text(text: str) -> list[int]:
-    """Segment ids named by `<OBJxxx>` tokens, in order of appearance, without repeats."""
+    """Identifier numbers of the `<OBJxxx>` tokens in `text`, in order of appearance, without repeats."""
     seen: dict[int, None] = {}
     for m in OBJ_TOKEN.finditer(text):
         seen.setdefault(int(m.group(1)), None)
