@@ -100,9 +100,13 @@ def scene_inputs(scene: dict, mode: str, num_obj_tokens: int) -> dict:
     segments = scene["segments"]
     ident_of_S = identifier_array(segments, num_obj_tokens)
     if mode == "fused":
-        xyz_K3 = np.array([s["box"]["center"] for s in segments], np.float32).reshape(-1, 3)
-        ident_K = np.array([ident_of_S[s["id"]] for s in segments], np.int64)
-        return {"xyz": xyz_K3, "ident": ident_K, "categories": [s.get("category") for s in segments],
+        # The simplified scene is one token per object (paper 3.2): segments without an identifier
+        # (background) would only add tokens to search through (toy world, stage 1 held-out naming:
+        # 0.30 with its ~22 background tokens, 0.88 without).
+        objs = [s for s in segments if ident_of_S[s["id"]] >= 0]
+        xyz_K3 = np.array([s["box"]["center"] for s in objs], np.float32).reshape(-1, 3)
+        ident_K = np.array([ident_of_S[s["id"]] for s in objs], np.int64)
+        return {"xyz": xyz_K3, "ident": ident_K, "categories": [s.get("category") for s in objs],
                 "feat": None}
     segment_K = scene["segment"].astype(np.int64)
     if len(segment_K) and (segment_K.min() < 0 or segment_K.max() >= len(ident_of_S)):
