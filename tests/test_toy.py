@@ -58,6 +58,18 @@ def test_categories_have_distinct_shapes_and_palettes():
     assert len(signatures) == len(CATEGORIES)
 
 
+def test_category_is_visible_in_colour():
+    """The random toy encoder sees colour, not shape: no colour is shared between categories, and
+    every shade of one category is further from every other category's shades than 30 (RGB)."""
+    names = [(c.name, colour) for c in CATEGORIES for colour, _ in c.palette]
+    assert len({colour for _, colour in names}) == len(names)
+    for a in CATEGORIES:
+        for b in CATEGORIES:
+            if a.name < b.name:
+                gap = min(np.linalg.norm(np.subtract(ra, rb)) for _, ra in a.palette for _, rb in b.palette)
+                assert gap > 30, (a.name, b.name, gap)
+
+
 def test_rotate_parts_quarter_turns():
     size = np.array([1.2, 0.5, 0.8])
     parts = CATEGORIES[2].build(*size)
