@@ -22,6 +22,11 @@ class StageConfig(BaseModel):
     records: str | None = Field(None, description="records file for stage 4 (defaults to the workflow's)")
     init_from: str | None = Field(None, description="exported p3d folder to start from instead of the "
                                                     "previous stage's (stage 1: instead of `model`)")
+    tasks: list[str] | None = Field(None, description="train only the examples of these tasks (stage 1-3: "
+                                    "the generated tasks, e.g. object_name; stage 4: record tasks); "
+                                    "default: all")
+    shuffle_identifiers: bool | None = Field(None, description="this stage's override of "
+                                             "train.shuffle_identifiers")
 
 
 class TrainConfig(BaseModel):

@@ -157,3 +157,19 @@ def test_held_out_scenes_never_reach_any_stage(setup):
         stream = StageStream(shards, stage, by_scene, 32, 4, exclude_scenes=held_out)
         seen = {ex.scene_id for ex, _ in stream.items(0)}
         assert seen and not (seen & val_scenes), stage
+
+
+def test_stage_tasks_filter_keeps_exactly_those_tasks(setup):
+    from trainer.loader import StageStream
+    from trainer.train import training_records
+
+    _, _, shards, records = setup
+    by_scene, held_out = training_records(records, required=True)
+    everything = Counter(ex.task for ex, _ in StageStream(shards, 1, {}, 32, 4, exclude_scenes=held_out).items(0))
+    assert set(everything) == {"object_name", "object_id"}
+    only = Counter(ex.task for ex, _ in StageStream(shards, 1, {}, 32, 4, exclude_scenes=held_out,
+                                                    tasks=["object_name"]).items(0))
+    assert only == Counter({"object_name": everything["object_name"]})
+    stage4 = Counter(ex.task for ex, _ in StageStream(shards, 4, by_scene, 32, 4, exclude_scenes=held_out,
+                                                      tasks=["grounding", "counting"]).items(0))
+    assert set(stage4) == {"grounding", "counting"}

@@ -35,8 +35,12 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
     identifier up among the scene tokens, and then fails on unseen scenes (measured on the toy world:
     train 1.0, held-out at chance). Fresh names per scene and epoch leave only the lookup to learn.
     """
-    perm = np.array(rng.sample(range(num_obj_tokens), num_obj_tokens), dtype=np.int64)
     ident = inputs["ident"]
+    # Permute among the names the scene uses (0..n-1: identifiers are dense, trainer.objects), so
+    # that names stay as frequent as without renaming; other names map to themselves.
+    used = max([int(ident.max(initial=-1)) + 1, *(_max_named(ex) + 1 for ex in examples)])
+    perm = np.arange(num_obj_tokens, dtype=np.int64)
+    perm[:used] = rng.sample(range(used), used)
     renamed = dict(inputs, ident=np.where(ident >= 0, perm[np.clip(ident, 0, None)], -1))
 
     def rename(text: str) -> str:
@@ -45,11 +49,16 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
     return [(replace(ex, question=rename(ex.question), answer=rename(ex.answer)), renamed) for ex in examples]
 
 
+def _max_named(ex: Example) -> int:
+    return max((int(m.group(1)) for m in OBJ_TOKEN_RE.finditer(ex.question + " " + ex.answer)), default=-1)
+
+
 class StageStream:
     def __init__(self, shard_dir: str | Path, stage: int, records_by_scene: dict[str, list[Record]],
                  num_obj_tokens: int, batch_size: int, *, seed: int = 0, shuffle_scenes: int = 16,
                  rank: int = 0, world_size: int = 1, exclude_scenes: frozenset[str] = frozenset(),
-                 shuffle_identifiers: bool = False):
+                 shuffle_identifiers: bool = False, tasks: list[str] | None = None):
+        self.tasks = frozenset(tasks) if tasks else None
         self.shard_dir, self.stage, self.records_by_scene = shard_dir, stage, records_by_scene
         self.shuffle_identifiers = shuffle_identifiers
         self.exclude_scenes = exclude_scenes
@@ -61,6 +70,8 @@ class StageStream:
         rng = random.Random(f"{self.seed}-{epoch}-{scene['scene_id']}")
         examples = build_examples(self.stage, scene["scene_id"], scene["segments"],
                                   self.records_by_scene.get(scene["scene_id"], []), self.num_obj_tokens, rng)
+        if self.tasks is not None:
+            examples = [ex for ex in examples if ex.task in self.tasks]
         if not examples:
             return []
         inputs = scene_inputs(scene, self.mode, self.num_obj_tokens)

@@ -195,8 +195,9 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
                  len(held_out))
     stream = StageStream(shard_dir, stage, records_by_scene if stage == 4 else {}, cfg.num_obj_tokens,
                          scfg.batch_size, seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank,
-                         world_size=world, exclude_scenes=held_out,
-                         shuffle_identifiers=cfg.shuffle_identifiers)
+                         world_size=world, exclude_scenes=held_out, tasks=scfg.tasks,
+                         shuffle_identifiers=(cfg.shuffle_identifiers if scfg.shuffle_identifiers is None
+                                              else scfg.shuffle_identifiers))
     local = torch.tensor([stream.local_batches_per_epoch()])
     dist.all_reduce(local, op=dist.ReduceOp.MAX)
     batches_per_epoch = int(local)
