@@ -197,3 +197,20 @@ def test_record_mapping_through_labels(data):
                      answer_type="objects", target_ids=[42])
     assert record_example(missing, segs, NUM_OBJ) is None  # not trainable: its target has no segment
     assert record_example(missing, segs, NUM_OBJ, with_answer=False) is not None  # still answerable
+
+
+def test_stages_2_and_3_replay_stage_1_naming():
+    """Stages 2-3 keep every stage-1 naming example (else a small model forgets how to name)."""
+    import random
+
+    from trainer.stages import build_examples
+
+    segs = [{"id": i, "label": i if i % 3 else -1, "category": ["chair", "lamp"][i % 2] if i % 3 else None,
+             "box": {"center": [float(i), 1.0, 0.5], "size": [0.5, 0.5, 1.0]}} for i in range(9)]
+    names = {(e.question, e.answer) for e in build_examples(1, "s", segs, [], NUM_OBJ, random.Random(0))
+             if e.task == "object_name"}
+    assert len(names) == 6  # the six instance segments
+    for stage in (2, 3):
+        got = build_examples(stage, "s", segs, [], NUM_OBJ, random.Random(0))
+        assert {(e.question, e.answer) for e in got if e.task == "object_name"} == names, stage
+        assert any(e.task not in ("object_name", "object_id") for e in got), stage

@@ -30,10 +30,13 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
     """Rename the scene's objects with a random permutation of the identifiers, in the scene tokens
     and in every question and answer alike.
 
-    Identifiers are arbitrary names. With fixed names (the BFS position), a small model fits the
-    training scenes by memorizing (scene, identifier) -> answer instead of learning to look the
-    identifier up among the scene tokens, and then fails on unseen scenes (measured on the toy world:
-    train 1.0, held-out at chance). Fresh names per scene and epoch leave only the lookup to learn.
+    Identifiers are arbitrary names. With fixed names, a small model fits the training scenes by
+    memorizing (scene, identifier) -> answer instead of reading the scene tokens, and then fails on
+    unseen scenes. Fresh names per scene and epoch leave nothing to memorize. Measured on the toy
+    world (90 scenes, stage 4 on naming, grounding, counting): held-out naming 0.83 with fixed names
+    against 0.88 renamed, with training-scene naming at 1.00 against 0.95. Renaming from the first
+    step of stage 1 slows the lookup's emergence, which is why the toy workflow turns it on for
+    stage 4 only (`shuffle_identifiers` per stage).
     """
     ident = inputs["ident"]
     # Permute among the names the scene uses (0..n-1: identifiers are dense, trainer.objects), so
