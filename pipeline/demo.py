@@ -148,10 +148,12 @@ def run_ablations(demo: DemoRun, stage3_model: Path) -> dict[str, dict]:
     for name, change in _ablation_variants(wf):
         cluster = wf.cluster.model_copy(update={"name": f"ablation-{name}", **change})
         stage4 = {"stage": 4, "trainable": ["projector", "position", "identifiers", "language_model"],
-                  "epochs": ab.epochs, "init_from": str(stage3_model), "records": str(records)}
+                  "epochs": ab.epochs, "init_from": str(stage3_model), "records": str(records),
+                  "tasks": list(ab.tasks)}
         listed = wf.train.stage(4)
         if listed is not None:
-            stage4 = listed.model_copy(update={k: stage4[k] for k in ("epochs", "init_from", "records")}).model_dump()
+            stage4 = listed.model_copy(update={k: stage4[k] for k in ("epochs", "init_from", "records", "tasks")}
+                                       ).model_dump()
         train = {**wf.train.model_dump(), "proxies": cluster.name, "out": str(ab_dir / name / "train"),
                  "records": str(records),
                  "stages": [s.model_dump() for s in wf.train.stages if s.stage != 4] + [stage4]}

@@ -99,6 +99,10 @@ def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures
              + (" (random-weight toy models built by p3d, trained only here)." if wf.train.model.startswith("toy:")
                 else "."), "",
              "## Held-out metrics after stage 4", ""]
+    stage4 = wf.train.stage(4)
+    if stage4 is not None and stage4.tasks:
+        lines += [f"Stage 4 trained on the tasks {', '.join(stage4.tasks)}; the other tasks' rows show what "
+                  "stages 1-3 and those tasks carry over (no training of their own).", ""]
     lines += metric_table(main)
     if ablations:
         lines += ["", "## Ablations in miniature", "",

@@ -20,7 +20,10 @@ def test_learns_object_names_and_grounding_on_held_out_scenes(tmp_path):
     from trainer.train import train
 
     qwen = build_toy_qwen(tmp_path / "qwen", [f"What is {c}? Find the {c}." for c in CATEGORIES])
-    shards, records = write_synthetic(tmp_path / "data", num_scenes=60, dim=128, scenes_per_shard=10, val_every=5)
+    # Unlabeled background segments interleaved with the objects, as in the toy world: they get no
+    # identifier, so the objects' names stay dense (trainer/objects.py).
+    shards, records = write_synthetic(tmp_path / "data", num_scenes=60, dim=128, scenes_per_shard=10, val_every=5,
+                                      background_segments=6)
     common = {"lr": 1e-3, "batch_size": 8, "warmup_ratio": 0.05}
     wf = {"name": "syn", "out": str(tmp_path / "data"), "source": {"kind": "toy", "path": "unused"},
           "train": {"model": str(qwen), "proxies": "synthetic", "records": str(records), "out": str(tmp_path / "run"),

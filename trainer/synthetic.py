@@ -27,8 +27,11 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def make_scene(scene_id: str, rng: np.random.Generator, dim: int, proxies_per_object: int = 8,
-               num_objects: tuple[int, int] = (3, 7)):
-    """One scene: (sample members dict, list of (instance id, category, box min, box max))."""
+               num_objects: tuple[int, int] = (3, 7), background_segments: int = 0):
+    """One scene: (sample members dict, list of (instance id, category, box min, box max)).
+
+    `background_segments` adds unlabeled segments (label -1, no category, random features) like the
+    toy world's wall and floor cells, interleaved with the objects in the segment order."""
     # Scale of a vision tower's outputs (~0.05 RMS for the toy Qwen2.5-VL), like the real features.
     prototypes = FEATURE_RMS * np.random.default_rng(1234).normal(size=(len(CATEGORIES), dim)).astype(np.float32)
     n = int(rng.integers(*num_objects))
@@ -37,25 +40,30 @@ def make_scene(scene_id: str, rng: np.random.Generator, dim: int, proxies_per_ob
         cat = int(rng.integers(len(CATEGORIES)))
         lo = np.array([rng.uniform(0, 4), rng.uniform(0, 4), rng.uniform(0, 1.5)])
         objects.append((inst + 1, CATEGORIES[cat], cat, lo, lo + rng.uniform(0.3, 1.2, 3)))
+    background = []
+    for _ in range(background_segments):
+        lo = np.array([rng.uniform(0, 4), rng.uniform(0, 4), 0.0])
+        background.append((-1, None, -1, lo, lo + np.array([1.0, 1.0, 0.1])))
     # Segment order stands in for BFS: nearest box centre to the origin first.
-    objects.sort(key=lambda o: float(np.linalg.norm((o[3] + o[4]) / 2)))
+    segments = sorted(objects + background, key=lambda o: float(np.linalg.norm((o[3] + o[4]) / 2)))
     feats, xyzs, segs, infos = [], [], [], []
-    for seg_id, (inst, name, cat, lo, hi) in enumerate(objects):
+    for seg_id, (inst, name, cat, lo, hi) in enumerate(segments):
         xyz = rng.uniform(lo, hi, size=(proxies_per_object, 3)).astype(np.float32)
-        feats.append(prototypes[cat] + 0.3 * FEATURE_RMS * rng.normal(size=(proxies_per_object, dim)))
+        base = prototypes[cat] if cat >= 0 else FEATURE_RMS * rng.normal(size=dim)
+        feats.append(base + 0.3 * FEATURE_RMS * rng.normal(size=(proxies_per_object, dim)))
         xyzs.append(xyz)
         segs.append(np.full(proxies_per_object, seg_id, np.int32))
         infos.append(SegmentInfo(id=seg_id, label=inst, category=name, size=proxies_per_object * 4,
                                  proxies=proxies_per_object, center=((lo + hi) / 2).tolist(),
                                  box={"center": ((lo + hi) / 2).tolist(), "size": (hi - lo).tolist()},
                                  bfs_rank=seg_id).model_dump())
-    k = proxies_per_object * len(objects)
+    k = proxies_per_object * len(segments)
     meta = ProxyMeta(scene_id=scene_id, num_proxies=k, budget=k, dim=dim, num_valid_triplets=4 * k,
                      params={"synthetic": True}, source={"kind": "synthetic"}).model_dump()
     sample = {"__key__": scene_id, "feat.npy": _npy(np.concatenate(feats).astype(np.float16)),
               "xyz.npy": _npy(np.concatenate(xyzs)), "segment.npy": _npy(np.concatenate(segs)),
               "segments.json": json.dumps(infos).encode(), "meta.json": json.dumps(meta).encode()}
-    return sample, [(inst, name, lo, hi) for inst, name, _, lo, hi in objects]
+    return sample, [(inst, name, lo, hi) for inst, name, _, lo, hi in segments if inst >= 0]
 
 
 def scene_records(scene_id: str, objects, split: str) -> list[Record]:
@@ -78,7 +86,8 @@ def scene_records(scene_id: str, objects, split: str) -> list[Record]:
 
 
 def write_synthetic(out: str | Path, num_scenes: int = 6, dim: int = 128, scenes_per_shard: int = 2,
-                    proxies_per_object: int = 8, val_every: int = 3, seed: int = 0) -> tuple[Path, Path]:
+                    proxies_per_object: int = 8, val_every: int = 3, seed: int = 0,
+                    background_segments: int = 0) -> tuple[Path, Path]:
     """Write `<out>/proxies/synthetic/shard-*.tar` + index.json and `<out>/records.jsonl`."""
     import webdataset as wds
 
@@ -96,7 +105,8 @@ def write_synthetic(out: str | Path, num_scenes: int = 6, dim: int = 128, scenes
             name = SHARD_PATTERN % (i // scenes_per_shard)
             writer = wds.TarWriter(str(shard_dir / name))
         scene_id = f"scene{i:04d}"
-        sample, objects = make_scene(scene_id, rng, dim, proxies_per_object)
+        sample, objects = make_scene(scene_id, rng, dim, proxies_per_object,
+                                     background_segments=background_segments)
         writer.write(sample)
         index[scene_id] = name
         records += scene_records(scene_id, objects, "val" if val_every and i % val_every == val_every - 1
