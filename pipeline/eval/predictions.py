@@ -7,8 +7,9 @@ Contract (owned here, written by the trainer's `predict`):
 
 `id`, `scene_id`, `task` and `text` are required; `object_ids` are the segment ids that the
 generated `<OBJxxx>` tokens name (identifiers number a scene's instance segments in BFS order, see
-trainer/objects.py, so `<OBJ004>` is the fifth instance segment, here segment 12), `instance_ids` the store labels of those segments (comparable with
-`Record.target_ids`), `boxes` their axis-aligned boxes (comparable with `Record.target_boxes`).
+trainer/objects.py, so `<OBJ004>` is the fifth instance segment, here segment 12), `instance_ids`
+the store labels of those segments (comparable with `Record.target_ids`), `boxes` their
+axis-aligned boxes (comparable with `Record.target_boxes`).
 An empty list means "predicted no object" (Multi3DRefer zero-target); a missing field means "not given".
 """
 
