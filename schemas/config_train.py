@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Trainable = Literal["projector", "position", "identifiers", "language_model", "lora"]
 
@@ -27,6 +27,15 @@ class StageConfig(BaseModel):
                                     "default: all")
     shuffle_identifiers: bool | None = Field(None, description="this stage's override of "
                                              "train.shuffle_identifiers")
+    record_tasks: list[str] = Field(default_factory=list, description="stages 1-3: also train the records "
+                                    "of these tasks (e.g. counting), on the stage's simplified scene")
+
+    @model_validator(mode="after")
+    def _record_tasks_before_stage_4(self):
+        if self.record_tasks and self.stage == 4:
+            raise ValueError("record_tasks is for stages 1-3; stage 4 trains on records already "
+                             "(choose them with `tasks`)")
+        return self
 
 
 class TrainConfig(BaseModel):

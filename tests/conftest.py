@@ -13,6 +13,17 @@ SHARED = Path(os.environ.get("P3D_SHARED", ROOT.parent / "shared"))
 VGGT_REFERENCE = SHARED / "reference" / "vggt"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _module_environment():
+    """Each test module sees the environment it started with. In-process training sets DeepSpeed's
+    rendezvous variables (trainer.env) and keeps its store listening on MASTER_PORT; a later
+    module's subprocesses must not inherit that port (EADDRINUSE)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def vggt_reference() -> Path:
     if not (VGGT_REFERENCE / "config_A.json").exists():

@@ -48,6 +48,25 @@ def test_renaming_is_seeded_and_varies_between_seeds():
     assert not np.array_equal(a[0][1]["ident"], c[0][1]["ident"])
 
 
+def test_renamed_object_lists_stay_in_identifier_order():
+    # Object lists are written in identifier order; after renaming they must be again, or the first
+    # token of a several-object answer would be a coin toss the model cannot learn.
+    examples, inputs = _scene()
+    examples = [Example("s", "multi_grounding", "Find all chairs.", "<OBJ000> <OBJ002> <OBJ003>"),
+                Example("s", "relative_size", "Which is larger, <OBJ003> or <OBJ001>?", "<OBJ003>")]
+    orders = set()
+    for seed in range(30):
+        (multi, scene), (single, _) = permute_identifiers(examples, inputs, 64, random.Random(seed))
+        named = [int(t) for t in multi.answer.replace("<OBJ", " ").replace(">", " ").split()]
+        assert named == sorted(named) and multi.answer.count("<OBJ") == 3
+        expected = {int(scene["ident"][inputs["ident"] == old][0]) for old in (0, 2, 3)}
+        assert set(named) == expected
+        # A question keeps its own order (it is not a list): the answer names its first object.
+        assert object_ids_in_text(single.answer) == object_ids_in_text(single.question)[:1]
+        orders.add(tuple(object_ids_in_text(single.question)))
+    assert len(orders) > 1
+
+
 # ---------------------------------------------------------------- identifiers name instance segments
 def _segments(labels):
     return [{"id": i, "label": lab, "category": "chair" if lab >= 0 else None,

@@ -173,3 +173,24 @@ def test_stage_tasks_filter_keeps_exactly_those_tasks(setup):
     stage4 = Counter(ex.task for ex, _ in StageStream(shards, 4, by_scene, 32, 4, exclude_scenes=held_out,
                                                       tasks=["grounding", "counting"]).items(0))
     assert set(stage4) == {"grounding", "counting"}
+
+
+def test_record_tasks_join_stages_1_to_3_on_the_simplified_scene(setup):
+    from pydantic import ValidationError
+
+    from schemas.config_train import StageConfig
+    from trainer.loader import StageStream
+    from trainer.train import training_records
+
+    _, _, shards, records = setup
+    by_scene, held_out = training_records(records, required=True)
+    counted = Counter(r.task for recs in by_scene.values() for r in recs)
+    stream = StageStream(shards, 1, by_scene, 32, 4, exclude_scenes=held_out, tasks=["object_name"],
+                         record_tasks=["counting"])
+    items = list(stream.items(0))
+    tasks = Counter(ex.task for ex, _ in items)
+    assert set(tasks) == {"object_name", "counting"} and tasks["counting"] == counted["counting"] > 0
+    # The records are asked about the fused scene: one token per object, no proxy features.
+    assert all(scene["feat"] is None for ex, scene in items if ex.task == "counting")
+    with pytest.raises(ValidationError, match="record_tasks"):
+        StageConfig(stage=4, trainable=["projector"], record_tasks=["counting"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from trainer.objects import OBJ_TOKEN_RE, obj_token
 from trainer.stages import STAGE_MODES, Example, build_examples
 
 Item = tuple[Example, dict]
+OBJECT_LIST_RE = re.compile(r"<OBJ\d{3,}>( <OBJ\d{3,}>)*")
 
 
 def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: int,
@@ -49,7 +51,16 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
     def rename(text: str) -> str:
         return OBJ_TOKEN_RE.sub(lambda m: obj_token(int(perm[int(m.group(1))])), text)
 
-    return [(replace(ex, question=rename(ex.question), answer=rename(ex.answer)), renamed) for ex in examples]
+    def rename_answer(text: str) -> str:
+        # An answer that lists objects lists them in identifier order (trainer.stages); keep it so,
+        # else the order after renaming is random and the first token of a several-object answer
+        # cannot be predicted.
+        if OBJECT_LIST_RE.fullmatch(text):
+            return " ".join(obj_token(i) for i in sorted(int(perm[int(m)]) for m in re.findall(r"\d+", text)))
+        return rename(text)
+
+    return [(replace(ex, question=rename(ex.question), answer=rename_answer(ex.answer)), renamed)
+            for ex in examples]
 
 
 def _max_named(ex: Example) -> int:
@@ -60,8 +71,10 @@ class StageStream:
     def __init__(self, shard_dir: str | Path, stage: int, records_by_scene: dict[str, list[Record]],
                  num_obj_tokens: int, batch_size: int, *, seed: int = 0, shuffle_scenes: int = 16,
                  rank: int = 0, world_size: int = 1, exclude_scenes: frozenset[str] = frozenset(),
-                 shuffle_identifiers: bool = False, tasks: list[str] | None = None):
+                 shuffle_identifiers: bool = False, tasks: list[str] | None = None,
+                 record_tasks: list[str] | None = None):
         self.tasks = frozenset(tasks) if tasks else None
+        self.record_tasks = frozenset(record_tasks or ())
         self.shard_dir, self.stage, self.records_by_scene = shard_dir, stage, records_by_scene
         self.shuffle_identifiers = shuffle_identifiers
         self.exclude_scenes = exclude_scenes
@@ -72,9 +85,8 @@ class StageStream:
     def _examples(self, scene: dict, epoch: int) -> list[Item]:
         rng = random.Random(f"{self.seed}-{epoch}-{scene['scene_id']}")
         examples = build_examples(self.stage, scene["scene_id"], scene["segments"],
-                                  self.records_by_scene.get(scene["scene_id"], []), self.num_obj_tokens, rng)
-        if self.tasks is not None:
-            examples = [ex for ex in examples if ex.task in self.tasks]
+                                  self.records_by_scene.get(scene["scene_id"], []), self.num_obj_tokens, rng,
+                                  tasks=self.tasks, record_tasks=self.record_tasks)
         if not examples:
             return []
         inputs = scene_inputs(scene, self.mode, self.num_obj_tokens)

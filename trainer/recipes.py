@@ -16,18 +16,21 @@ PRETRAINED = {
     3: dict(trainable=["position", "lora"], epochs=1, lr=1e-4, batch_size=4),
     4: dict(trainable=["projector", "position", "lora"], epochs=1, lr=5e-5, batch_size=4),
 }
-# The toy workflow's recipe (workflows/toy.yaml lists the same, with the reasons): naming by
-# identifier alone first, stages 2-3 with naming replayed, stage 4 on the referencing tasks with
-# identifiers renamed per scene and epoch. Epochs count passes over the training scenes (72 in the
+# The toy workflow's recipe (workflows/toy.yaml lists the same, with the reasons): naming both ways
+# (identifier -> category, category -> identifiers) with identifiers renamed per scene and epoch,
+# long enough for the reverse lookup to appear; stages 2-3 with naming replayed; stage 4 on the
+# referencing tasks, renamed as well. Epochs count passes over the training scenes (72 in the
 # default toy world); with more scenes, lower them to keep the same number of steps.
 _TOY_COMMON = dict(lr=1e-3, batch_size=8, warmup_ratio=0.05)
 TOY = {
-    1: dict(_TOY_COMMON, trainable=["identifiers", "language_model"], tasks=["object_name"], epochs=12),
+    1: dict(_TOY_COMMON, trainable=["identifiers", "language_model"], tasks=["object_name", "object_id"],
+            epochs=50, shuffle_identifiers=True),
     2: dict(_TOY_COMMON, trainable=["position", "language_model"], epochs=2,
-            tasks=["object_position", "object_size", "object_name"]),
+            tasks=["object_position", "object_size", "object_name", "object_id"]),
     3: dict(_TOY_COMMON, trainable=["position", "language_model"], epochs=2,
-            tasks=["distance", "relative_direction", "relative_size", "relative_distance", "object_name"]),
-    4: dict(_TOY_COMMON, trainable=["projector", "position", "identifiers", "language_model"], epochs=10,
+            tasks=["distance", "relative_direction", "relative_size", "relative_distance", "object_name",
+                   "object_id"]),
+    4: dict(_TOY_COMMON, trainable=["projector", "position", "identifiers", "language_model"], epochs=8,
             tasks=["object_name", "object_id", "grounding", "multi_grounding", "counting"],
             shuffle_identifiers=True),
 }

@@ -165,7 +165,23 @@ def _mixed(own: list[Example], replay: list[Example], rng: random.Random) -> lis
 
 
 def build_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
-                   num_obj_tokens: int, rng: random.Random) -> list[Example]:
+                   num_obj_tokens: int, rng: random.Random, tasks: frozenset[str] | None = None,
+                   record_tasks: frozenset[str] = frozenset()) -> list[Example]:
+    """The stage's examples of one scene, only those of `tasks` when given; stages 1-3 add the
+    records of `record_tasks`, asked about the simplified scene (a record question refers to objects
+    by identifier, which the fused tokens carry as well as the proxies do)."""
+    examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng)
+    if tasks is not None:
+        examples = [ex for ex in examples if ex.task in tasks]
+    if stage < 4 and record_tasks:
+        extra = stage4_examples(scene_id, segments, [r for r in records if r.task in record_tasks],
+                                num_obj_tokens, rng)
+        examples = _mixed(examples, extra, rng)
+    return examples
+
+
+def _stage_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
+                    num_obj_tokens: int, rng: random.Random) -> list[Example]:
     if stage == 1:
         return stage1_examples(scene_id, segments, num_obj_tokens, rng)
     # Stages 2 and 3 replay stage 1's naming: without it a small language model forgets how to name

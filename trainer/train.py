@@ -189,13 +189,15 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model.lm, {"use_reentrant": False})
 
-    records_by_scene, held_out = training_records(records_path(wf, cfg, scfg), required=stage == 4)
+    records_by_scene, held_out = training_records(records_path(wf, cfg, scfg),
+                                                  required=stage == 4 or bool(scfg.record_tasks))
     if rank == 0 and held_out:
         log.info("stage %d: %d held-out scenes (only val/test records) are left out of training", stage,
                  len(held_out))
-    stream = StageStream(shard_dir, stage, records_by_scene if stage == 4 else {}, cfg.num_obj_tokens,
+    stream = StageStream(shard_dir, stage, records_by_scene, cfg.num_obj_tokens,
                          scfg.batch_size, seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank,
                          world_size=world, exclude_scenes=held_out, tasks=scfg.tasks,
+                         record_tasks=scfg.record_tasks,
                          shuffle_identifiers=(cfg.shuffle_identifiers if scfg.shuffle_identifiers is None
                                               else scfg.shuffle_identifiers))
     local = torch.tensor([stream.local_batches_per_epoch()])
