@@ -9,7 +9,9 @@ stages themselves (resume), so a second `make demo` only redoes what changed.
 
 Each ablation variant is a derived workflow file (`<runs>/<name>/ablations/<variant>.yaml`): its own
 proxy set, and a stage-4 run from the main stage-3 model on the same tasks and epochs, so the
-variants differ only in the clustering.
+variants differ only in the clustering. A variant that would repeat the main run exactly (same
+clustering, and the main stage 4 has the ablation's tasks and epochs) takes the main run's scores
+instead of training the same thing twice.
 """
 
 from __future__ import annotations
@@ -139,13 +141,26 @@ def _ablation_variants(wf: Workflow) -> list[tuple[str, dict]]:
     return variants
 
 
-def run_ablations(demo: DemoRun, stage3_model: Path) -> dict[str, dict]:
+def repeats_main_run(wf: Workflow, change: dict) -> bool:
+    """Would this variant train exactly what the main chain trained (module docstring)?"""
+    ab, main4 = wf.demo.ablations, wf.train.stage(4)
+    return (change["proxies"] == wf.cluster.proxies and change["grouping"] == wf.cluster.grouping
+            and main4 is not None and main4.init_from is None and main4.records is None
+            and main4.epochs == ab.epochs and main4.tasks is not None
+            and sorted(main4.tasks) == sorted(ab.tasks))
+
+
+def run_ablations(demo: DemoRun, stage3_model: Path, main_scores: dict | None = None) -> dict[str, dict]:
     wf = demo.workflow
     ab = wf.demo.ablations
     ab_dir = demo.run_dir / "ablations"
     records = _filtered_records(wf, ab.tasks, ab_dir / "records.jsonl")
     results: dict[str, dict] = {}
     for name, change in _ablation_variants(wf):
+        if main_scores is not None and repeats_main_run(wf, change):
+            print(f"\n=== ablation {name}: the main run (same clustering and stage 4); its scores")
+            results[name] = main_scores
+            continue
         cluster = wf.cluster.model_copy(update={"name": f"ablation-{name}", **change})
         stage4 = {"stage": 4, "trainable": ["projector", "position", "identifiers", "language_model"],
                   "epochs": ab.epochs, "init_from": str(stage3_model), "records": str(records),
@@ -187,7 +202,7 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
         pictures.append(png)
     ablations = {}
     if wf.demo.ablations.enabled and not skip_ablations:
-        ablations = run_ablations(demo, Path(wf.train.out) / "stage3" / "model")
+        ablations = run_ablations(demo, Path(wf.train.out) / "stage3" / "model", main)
     from pipeline.report import write_report
 
     report = write_report(demo, main, ablations, pictures)

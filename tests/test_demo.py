@@ -44,3 +44,23 @@ def test_demo_chain_writes_report_with_tables(tmp_path):
     assert len(pictures) == 1 and pictures[0].stat().st_size > 10_000
     for stage in (1, 2, 3, 4):
         assert (tmp_path / "train" / f"stage{stage}" / "model" / "p3d_config.json").exists()
+
+
+def test_only_the_variant_identical_to_the_main_run_reuses_its_scores():
+    from pipeline.demo import _ablation_variants, repeats_main_run
+
+    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
+    k = wf.cluster.proxies
+    reused = [name for name, change in _ablation_variants(wf) if repeats_main_run(wf, change)]
+    assert reused == [f"grouping-k{k}"]
+    # Anything that makes the variant's stage 4 differ from the main one means training it.
+    ab = wf.demo.ablations
+    for changed in (wf.model_copy(update={"demo": wf.demo.model_copy(update={
+                        "ablations": ab.model_copy(update={"epochs": ab.epochs + 1})})}),
+                    wf.model_copy(update={"demo": wf.demo.model_copy(update={
+                        "ablations": ab.model_copy(update={"tasks": ab.tasks[:-1]})})}),
+                    wf.model_copy(update={"cluster": wf.cluster.model_copy(update={"grouping": False})})):
+        assert not repeats_main_run(changed, {"proxies": k, "grouping": True})
+    shuffled = wf.model_copy(update={"demo": wf.demo.model_copy(update={
+        "ablations": ab.model_copy(update={"tasks": list(reversed(ab.tasks))})})})
+    assert repeats_main_run(shuffled, {"proxies": k, "grouping": True})

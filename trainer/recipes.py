@@ -30,7 +30,7 @@ TOY = {
     3: dict(_TOY_COMMON, trainable=["position", "language_model"], epochs=2,
             tasks=["distance", "relative_direction", "relative_size", "relative_distance", "object_name",
                    "object_id"]),
-    4: dict(_TOY_COMMON, trainable=["projector", "position", "identifiers", "language_model"], epochs=8,
+    4: dict(_TOY_COMMON, trainable=["projector", "position", "identifiers", "language_model"], epochs=6,
             tasks=["object_name", "object_id", "grounding", "multi_grounding", "counting"],
             shuffle_identifiers=True),
 }
