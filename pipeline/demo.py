@@ -159,7 +159,8 @@ def run_ablations(demo: DemoRun, stage3_model: Path, main_scores: dict | None = 
     for name, change in _ablation_variants(wf):
         if main_scores is not None and repeats_main_run(wf, change):
             print(f"\n=== ablation {name}: the main run (same clustering and stage 4); its scores")
-            results[name] = main_scores
+            results[name] = {**main_scores, "results": [r for r in main_scores["results"]
+                                                        if r["name"].split("/")[-1] in ab.tasks]}
             continue
         cluster = wf.cluster.model_copy(update={"name": f"ablation-{name}", **change})
         stage4 = {"stage": 4, "trainable": ["projector", "position", "identifiers", "language_model"],
