@@ -130,7 +130,7 @@ def _predict_and_eval(demo: DemoRun, label: str, wf_path: Path, wf: Workflow, re
     return json.loads(scores.read_text())
 
 
-def _ablation_variants(wf: Workflow) -> list[tuple[str, dict]]:
+def ablation_variants(wf: Workflow) -> list[tuple[str, dict]]:
     ab = wf.demo.ablations
     pair_budget = ab.grouping_budget or wf.cluster.proxies
     variants = [(f"grouping-k{pair_budget}", {"proxies": pair_budget, "grouping": True}),
@@ -156,7 +156,7 @@ def run_ablations(demo: DemoRun, stage3_model: Path, main_scores: dict | None = 
     ab_dir = demo.run_dir / "ablations"
     records = _filtered_records(wf, ab.tasks, ab_dir / "records.jsonl")
     results: dict[str, dict] = {}
-    for name, change in _ablation_variants(wf):
+    for name, change in ablation_variants(wf):
         if main_scores is not None and repeats_main_run(wf, change):
             print(f"\n=== ablation {name}: the main run (same clustering and stage 4); its scores")
             results[name] = {**main_scores, "results": [r for r in main_scores["results"]

@@ -105,14 +105,14 @@ def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures
                   "stages 1-3 and those tasks carry over (no training of their own).", ""]
     lines += metric_table(main)
     if ablations:
-        from pipeline.demo import _ablation_variants, repeats_main_run
+        from pipeline.demo import ablation_variants, repeats_main_run
 
         lines += ["", "## Ablations in miniature", "",
                   f"Each variant re-clusters the same triplets and trains stage 4 from the same stage-3 "
                   f"model for {wf.demo.ablations.epochs:g} epochs on the tasks "
                   f"{', '.join(wf.demo.ablations.tasks)}; scores on the held-out split"
                   + (" (the variant with the main run's clustering is the main run)."
-                     if any(repeats_main_run(wf, change) for _, change in _ablation_variants(wf)) else "."), ""]
+                     if any(repeats_main_run(wf, change) for _, change in ablation_variants(wf)) else "."), ""]
         lines += ablation_table(ablations)
         finding = grouping_finding(ablations)
         if finding:

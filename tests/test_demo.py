@@ -47,11 +47,11 @@ def test_demo_chain_writes_report_with_tables(tmp_path):
 
 
 def test_only_the_variant_identical_to_the_main_run_reuses_its_scores():
-    from pipeline.demo import _ablation_variants, repeats_main_run
+    from pipeline.demo import ablation_variants, repeats_main_run
 
     wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
     k = wf.cluster.proxies
-    reused = [name for name, change in _ablation_variants(wf) if repeats_main_run(wf, change)]
+    reused = [name for name, change in ablation_variants(wf) if repeats_main_run(wf, change)]
     assert reused == [f"grouping-k{k}"]
     # Anything that makes the variant's stage 4 differ from the main one means training it.
     ab = wf.demo.ablations

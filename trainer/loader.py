@@ -24,7 +24,7 @@ from trainer.objects import OBJ_TOKEN_RE, obj_token
 from trainer.stages import STAGE_MODES, Example, build_examples
 
 Item = tuple[Example, dict]
-OBJECT_LIST_RE = re.compile(r"<OBJ\d{3,}>( <OBJ\d{3,}>)*")
+OBJECT_LIST_RE = re.compile(rf"{OBJ_TOKEN_RE.pattern}( {OBJ_TOKEN_RE.pattern})*")
 
 
 def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: int,
@@ -56,7 +56,7 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
         # else the order after renaming is random and the first token of a several-object answer
         # cannot be predicted.
         if OBJECT_LIST_RE.fullmatch(text):
-            return " ".join(obj_token(i) for i in sorted(int(perm[int(m)]) for m in re.findall(r"\d+", text)))
+            return " ".join(obj_token(i) for i in sorted(int(perm[int(n)]) for n in OBJ_TOKEN_RE.findall(text)))
         return rename(text)
 
     return [(replace(ex, question=rename(ex.question), answer=rename_answer(ex.answer)), renamed)
