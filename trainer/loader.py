@@ -36,9 +36,9 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
     memorizing (scene, identifier) -> answer instead of reading the scene tokens, and then fails on
     unseen scenes. Fresh names per scene and epoch leave nothing to memorize. Measured on the toy
     world (90 scenes, stage 4 on naming, grounding, counting): held-out naming 0.83 with fixed names
-    against 0.88 renamed, with training-scene naming at 1.00 against 0.95. Renaming from the first
-    step of stage 1 slows the lookup's emergence, which is why the toy workflow turns it on for
-    stage 4 only (`shuffle_identifiers` per stage).
+    against 0.88 renamed, with training-scene naming at 1.00 against 0.95. The toy workflow renames
+    in stage 1 as well, where the category -> identifier lookup must be learned as a lookup
+    (`shuffle_identifiers` per stage; workflows/toy.yaml).
     """
     ident = inputs["ident"]
     # Permute among the names the scene uses (0..n-1: identifiers are dense, trainer.objects), so
