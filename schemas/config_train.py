@@ -59,6 +59,9 @@ class TrainConfig(BaseModel):
     shuffle_identifiers: bool = Field(False, description="training only: a fresh random <OBJxxx> assignment "
                                                         "per scene and epoch, so identifiers stay names the model "
                                                         "looks up rather than memorizes per scene")
+    count_by_listing: bool = Field(False, description="counting records with known target objects are "
+                                   "answered '<OBJ002> <OBJ005>: 2' (the objects, then the count); "
+                                   "`p3d predict` reads both forms")
     seed: int = 0
     stages: list[StageConfig] = Field(default_factory=list,
                                       description="per-stage recipes; a missing stage uses trainer.recipes")

@@ -256,6 +256,8 @@ def test_records_follow_the_geometry(world):
         elif r.task == "counting":
             cat = next(c.name for c in CATEGORIES if f"many {c.plural_name} " in r.question)
             assert int(r.answers[0]) == sum(o.category == cat for o in objs.values())
+            # The counted objects are the targets (what count_by_listing names before the count).
+            assert sorted(r.target_ids) == sorted(i for i, o in objs.items() if o.category == cat)
         elif r.task in ("object_id", "grounding", "multi_grounding"):
             assert r.answer_type == "objects"
             cats = {objs[i].category for i in r.target_ids}

@@ -67,6 +67,19 @@ def test_renamed_object_lists_stay_in_identifier_order():
     assert len(orders) > 1
 
 
+def test_a_listed_count_is_renamed_sorted_and_keeps_its_count():
+    examples, inputs = _scene()
+    examples = [Example("s", "counting", "How many chairs are in the room?", "<OBJ000> <OBJ002> <OBJ003>: 3"),
+                Example("s", "counting", "How many lamps are in the room?", "none: 0")]
+    for seed in range(30):
+        (listed, scene), (none, _) = permute_identifiers(examples, inputs, 64, random.Random(seed))
+        objects, count = listed.answer.split(": ")
+        named = object_ids_in_text(objects)
+        assert count == "3" and named == sorted(named) and len(named) == 3
+        assert set(named) == {int(scene["ident"][inputs["ident"] == old][0]) for old in (0, 2, 3)}
+        assert none.answer == "none: 0"
+
+
 # ---------------------------------------------------------------- identifiers name instance segments
 def _segments(labels):
     return [{"id": i, "label": lab, "category": "chair" if lab >= 0 else None,
@@ -107,3 +120,44 @@ def test_answer_tokens_round_trip_to_the_target_instances():
         got = answer_objects(ex.answer, segs, True, 64)
         assert sorted(got["instance_ids"]) == sorted(targets)
         assert sorted(got["object_ids"]) == ex.meta["object_ids"]
+
+
+def test_counting_by_listing_names_exactly_the_counted_objects():
+    """count_by_listing: the answer lists the targets, the count after them equals the list length,
+    and predict's parsing gives back the bare count and the counted instances."""
+    from schemas.record import Record
+    from trainer.predict import answer_objects, answer_parts
+    from trainer.stages import record_example, split_listed_answer
+
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        labels = [int(x) for x in rng.permutation(np.arange(-3, 12))]
+        labels = [lab if lab >= 0 else -1 for lab in labels]
+        segs = _segments(labels)
+        k = int(rng.integers(0, 4))
+        targets = [int(t) for t in rng.choice([lab for lab in labels if lab >= 0], size=k, replace=False)]
+        rec = Record(id="r", scene_id="s", task="counting", source="toy", question="How many chairs?",
+                     answers=[str(k)], answer_type="number", target_ids=targets)
+        assert record_example(rec, segs, 64).answer == str(k)  # off by default
+        ex = record_example(rec, segs, 64, count_by_listing=True)
+        listed, count = split_listed_answer(ex.answer)
+        assert count == str(k) and len(object_ids_in_text(listed)) == k
+        assert ex.answer.startswith("none: ") == (k == 0)
+        text, objects_text = answer_parts(ex.answer, "number")
+        assert text == str(k)
+        if k:
+            assert sorted(answer_objects(objects_text, segs, False, 64)["instance_ids"]) == sorted(targets)
+        # A count whose objects are unknown (no target ids) or disagree with it stays bare.
+        bare = Record(id="r", scene_id="s", task="counting", source="toy", question="How many chairs?",
+                      answers=[str(k + 1)], answer_type="number", target_ids=targets)
+        assert record_example(bare, segs, 64, count_by_listing=True).answer == str(k + 1)
+
+
+def test_answer_parts_leaves_other_answers_alone():
+    from trainer.predict import answer_parts
+
+    for text, kind in [("<OBJ003>", "objects"), ("none", "objects"), ("<OBJ001> <OBJ004>", "objects"),
+                       ("2", "number"), ("<OBJ002>", "open"), ("yes: it is", "open"), ("chair", "open")]:
+        assert answer_parts(text, kind) == (text, text)
+    assert answer_parts("none: 0", "number") == ("0", "")
+    assert answer_parts("<OBJ001> <OBJ004>: 2", "number") == ("2", "<OBJ001> <OBJ004>")

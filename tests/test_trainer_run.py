@@ -175,6 +175,27 @@ def test_stage_tasks_filter_keeps_exactly_those_tasks(setup):
     assert set(stage4) == {"grounding", "counting"}
 
 
+def test_count_by_listing_reaches_the_stream_from_the_workflow(setup):
+    from schemas.workflow import load_workflow
+    from trainer.recipes import stage_config
+    from trainer.stages import split_listed_answer
+    from trainer.train import resolve_train_config, stage_stream, training_records
+
+    root, qwen, shards, records = setup
+    by_scene, held_out = training_records(records, required=True)
+    stages = [{"stage": 4, "trainable": ["projector"], "tasks": ["counting"], "batch_size": 4}]
+    for listing in (False, True):
+        wf = load_workflow(_workflow(root, qwen, records, "listing", stages, count_by_listing=listing))
+        cfg = resolve_train_config(wf, None)
+        answers = [ex.answer for ex, _ in stage_stream(cfg, stage_config(cfg, 4), shards, by_scene, held_out).items(0)]
+        assert answers
+        for answer in answers:
+            listed, count = split_listed_answer(answer)
+            assert (answer != count) == listing, answer
+            if listing:  # the synthetic records' targets are exactly the counted objects
+                assert len(listed.split()) == int(count)
+
+
 def test_record_tasks_join_stages_1_to_3_on_the_simplified_scene(setup):
     from pydantic import ValidationError
 

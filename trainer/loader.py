@@ -21,7 +21,7 @@ import numpy as np
 from schemas.record import Record
 from trainer.data import iter_scenes, scene_inputs
 from trainer.objects import OBJ_TOKEN_RE, obj_token
-from trainer.stages import STAGE_MODES, Example, build_examples
+from trainer.stages import STAGE_MODES, Example, build_examples, split_listed_answer
 
 Item = tuple[Example, dict]
 OBJECT_LIST_RE = re.compile(rf"{OBJ_TOKEN_RE.pattern}( {OBJ_TOKEN_RE.pattern})*")
@@ -55,6 +55,9 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
         # An answer that lists objects lists them in identifier order (trainer.stages); keep it so,
         # else the order after renaming is random and the first token of a several-object answer
         # cannot be predicted.
+        listed, rest = split_listed_answer(text)
+        if listed:  # a listed count: the list first, then the count
+            return f"{rename_answer(listed)}: {rest}"
         if OBJECT_LIST_RE.fullmatch(text):
             return " ".join(obj_token(i) for i in sorted(int(perm[int(n)]) for n in OBJ_TOKEN_RE.findall(text)))
         return rename(text)
@@ -72,8 +75,9 @@ class StageStream:
                  num_obj_tokens: int, batch_size: int, *, seed: int = 0, shuffle_scenes: int = 16,
                  rank: int = 0, world_size: int = 1, exclude_scenes: frozenset[str] = frozenset(),
                  shuffle_identifiers: bool = False, tasks: list[str] | None = None,
-                 record_tasks: list[str] | None = None):
+                 record_tasks: list[str] | None = None, count_by_listing: bool = False):
         self.tasks = frozenset(tasks) if tasks else None
+        self.count_by_listing = count_by_listing
         self.record_tasks = frozenset(record_tasks or ())
         self.shard_dir, self.stage, self.records_by_scene = shard_dir, stage, records_by_scene
         self.shuffle_identifiers = shuffle_identifiers
@@ -86,7 +90,8 @@ class StageStream:
         rng = random.Random(f"{self.seed}-{epoch}-{scene['scene_id']}")
         examples = build_examples(self.stage, scene["scene_id"], scene["segments"],
                                   self.records_by_scene.get(scene["scene_id"], []), self.num_obj_tokens, rng,
-                                  tasks=self.tasks, record_tasks=self.record_tasks)
+                                  tasks=self.tasks, record_tasks=self.record_tasks,
+                                  count_by_listing=self.count_by_listing)
         if not examples:
             return []
         inputs = scene_inputs(scene, self.mode, self.num_obj_tokens)

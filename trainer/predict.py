@@ -30,6 +30,20 @@ def answer_objects(text: str, segments: list[dict], expects_objects: bool, num_o
             "boxes": [by_id[i]["box"] for i in ids]}
 
 
+def answer_parts(text: str, answer_type: str) -> tuple[str, str]:
+    """(the answer, the text that names its objects). A model trained with count_by_listing names
+    what it counts before the count ("<OBJ002> <OBJ005>: 2"): the answer is then the count, and the
+    named objects stay with the prediction as its objects."""
+    from trainer.stages import split_listed_answer
+
+    if answer_type == "objects":
+        return text, text
+    listed, answer = split_listed_answer(text)
+    if listed or answer != text:
+        return answer, listed
+    return text, text
+
+
 def clean_text(text: str) -> str:
     return text.replace("<|im_end|>", "").replace("<|endoftext|>", "").strip()
 
@@ -70,8 +84,9 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
             generated = model.generate(batch, max_new_tokens=max_new_tokens)
         for (ex, _, rec, segments), ids in zip(pending, generated):
             text = clean_text(model.tokenizer.decode(ids, skip_special_tokens=False))
+            text, objects_text = answer_parts(text, rec.answer_type)
             predictions.append(Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text=text,
-                                          **answer_objects(text, segments, rec.answer_type == "objects",
+                                          **answer_objects(objects_text, segments, rec.answer_type == "objects",
                                                             model.cfg.num_obj_tokens)))
         pending.clear()
 

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from schemas.record import Record
-from trainer.objects import labels_to_segments, obj_token, segment_identifiers
+from trainer.objects import OBJ_TOKEN_RE, labels_to_segments, obj_token, segment_identifiers
 
 log = logging.getLogger(__name__)
 OBJ_PLACEHOLDER = "<OBJ>"
 NONE_ANSWER = "none"
+# A counting answer that names what it counts first: "<OBJ002> <OBJ005>: 2", "none: 0".
+LISTED_ANSWER_RE = re.compile(rf"(?P<objects>{OBJ_TOKEN_RE.pattern}(?: {OBJ_TOKEN_RE.pattern})*|{NONE_ANSWER}): "
+                              rf"(?P<answer>.*)", re.DOTALL)
 STAGE_MODES = {1: "fused", 2: "fused", 3: "fused", 4: "proxy"}
 
 
@@ -109,9 +113,23 @@ def stage3_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
     return out
 
 
+def split_listed_answer(text: str) -> tuple[str, str]:
+    """("<OBJ002> <OBJ005>", "2") for a listed answer "<OBJ002> <OBJ005>: 2", ("", text) otherwise."""
+    m = LISTED_ANSWER_RE.fullmatch(text.strip())
+    if m is None:
+        return "", text
+    return ("" if m["objects"] == NONE_ANSWER else m["objects"]), m["answer"].strip()
+
+
 def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
-                   with_answer: bool = True) -> Example | None:
-    """A record as a stage-4 example; None when a target is not in the scene's segments."""
+                   with_answer: bool = True, count_by_listing: bool = False) -> Example | None:
+    """A record as a stage-4 example; None when a target is not in the scene's segments.
+
+    With `count_by_listing`, a counting record whose counted objects are known (its target ids)
+    is answered by naming them first, "<OBJ002> <OBJ005>: 2": the count is then the length of a list
+    the model has just written, and each item is a category -> object lookup it learns anyway for
+    grounding. Answering the bare number asks a small model to count in one step (toy world,
+    held-out counting EM 0.61 bare against 0.72 listed, where always "1" scores 0.59)."""
     label_to_seg = labels_to_segments(segments)
     ident_of_seg = segment_identifiers(segments, num_obj_tokens)
     seg_ids = [label_to_seg.get(t) for t in record.target_ids]
@@ -135,6 +153,8 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
         answer = _tokens(known) if known else NONE_ANSWER
     elif record.answers:
         answer = record.answers[0]
+        if count_by_listing and record.task == "counting" and with_answer:
+            answer = _listed_count(answer, known)
     elif with_answer:
         return None
     else:
@@ -143,11 +163,23 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
                    meta={"object_ids": sorted({s for s, i in zip(seg_ids, idents) if i is not None})})
 
 
+def _listed_count(count: str, idents: list[int]) -> str:
+    """The listed form of a count, or the bare count when its objects are unknown (a record with a
+    count but no target ids) or do not match it."""
+    try:
+        n = int(float(count))
+    except ValueError:
+        return count
+    if n != len(set(idents)):
+        return count
+    return f"{_tokens(idents) if idents else NONE_ANSWER}: {count}"
+
+
 def stage4_examples(scene_id: str, segments: list[dict], records: list[Record],
-                    num_obj_tokens: int, rng: random.Random) -> list[Example]:
+                    num_obj_tokens: int, rng: random.Random, count_by_listing: bool = False) -> list[Example]:
     out, skipped = [], 0
     for rec in records:
-        ex = record_example(rec, segments, num_obj_tokens)
+        ex = record_example(rec, segments, num_obj_tokens, count_by_listing=count_by_listing)
         if ex is None:
             skipped += 1
         else:
@@ -166,22 +198,23 @@ def _mixed(own: list[Example], replay: list[Example], rng: random.Random) -> lis
 
 def build_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
                    num_obj_tokens: int, rng: random.Random, tasks: frozenset[str] | None = None,
-                   record_tasks: frozenset[str] = frozenset()) -> list[Example]:
+                   record_tasks: frozenset[str] = frozenset(), count_by_listing: bool = False) -> list[Example]:
     """The stage's examples of one scene, only those of `tasks` when given; stages 1-3 add the
     records of `record_tasks`, asked about the simplified scene (a record question refers to objects
-    by identifier, which the fused tokens carry as well as the proxies do)."""
-    examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng)
+    by identifier, which the fused tokens carry as well as the proxies do). `count_by_listing`:
+    see `record_example`."""
+    examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng, count_by_listing)
     if tasks is not None:
         examples = [ex for ex in examples if ex.task in tasks]
     if stage < 4 and record_tasks:
         extra = stage4_examples(scene_id, segments, [r for r in records if r.task in record_tasks],
-                                num_obj_tokens, rng)
+                                num_obj_tokens, rng, count_by_listing)
         examples = _mixed(examples, extra, rng)
     return examples
 
 
 def _stage_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
-                    num_obj_tokens: int, rng: random.Random) -> list[Example]:
+                    num_obj_tokens: int, rng: random.Random, count_by_listing: bool) -> list[Example]:
     if stage == 1:
         return stage1_examples(scene_id, segments, num_obj_tokens, rng)
     # Stages 2 and 3 replay stage 1's naming: without it a small language model forgets how to name
@@ -194,5 +227,5 @@ def _stage_examples(stage: int, scene_id: str, segments: list[dict], records: li
         return _mixed(stage3_examples(scene_id, segments, num_obj_tokens, rng),
                       stage1_examples(scene_id, segments, num_obj_tokens, rng), rng)
     if stage == 4:
-        return stage4_examples(scene_id, segments, records, num_obj_tokens, rng)
+        return stage4_examples(scene_id, segments, records, num_obj_tokens, rng, count_by_listing)
     raise ValueError(f"unknown stage {stage}; stages are 1-4")

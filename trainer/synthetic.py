@@ -79,7 +79,7 @@ def scene_records(scene_id: str, objects, split: str) -> list[Record]:
         by_cat.setdefault(name, []).append(inst)
     for name in CATEGORIES:
         members = by_cat.get(name, [])
-        add("counting", f"How many {name}s are in the room?", [str(len(members))], [], answer_type="number")
+        add("counting", f"How many {name}s are in the room?", [str(len(members))], members, answer_type="number")
         if len(members) == 1:
             add("grounding", f"Find the {name}.", [], members, answer_type="objects")
     return recs

@@ -38,6 +38,19 @@ def resolve_train_config(workflow: Workflow, overrides: dict | None) -> TrainCon
     return TrainConfig.model_validate(data)
 
 
+def stage_stream(cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, records_by_scene: dict,
+                 held_out: frozenset[str], rank: int = 0, world: int = 1):
+    """The stage's example stream on this rank, as the workflow's train section configures it."""
+    from trainer.loader import StageStream
+
+    return StageStream(shard_dir, scfg.stage, records_by_scene, cfg.num_obj_tokens, scfg.batch_size,
+                       seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank, world_size=world,
+                       exclude_scenes=held_out, tasks=scfg.tasks, record_tasks=scfg.record_tasks,
+                       count_by_listing=cfg.count_by_listing,
+                       shuffle_identifiers=(cfg.shuffle_identifiers if scfg.shuffle_identifiers is None
+                                            else scfg.shuffle_identifiers))
+
+
 def stage_dir(cfg: TrainConfig, stage: int) -> Path:
     return Path(cfg.out) / f"stage{stage}"
 
@@ -162,7 +175,6 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     import torch.distributed as dist
 
     from trainer.data import Collator, categories_in, iter_scenes
-    from trainer.loader import StageStream
     from trainer.recipes import stage_config
 
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
@@ -194,12 +206,7 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     if rank == 0 and held_out:
         log.info("stage %d: %d held-out scenes (only val/test records) are left out of training", stage,
                  len(held_out))
-    stream = StageStream(shard_dir, stage, records_by_scene, cfg.num_obj_tokens,
-                         scfg.batch_size, seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank,
-                         world_size=world, exclude_scenes=held_out, tasks=scfg.tasks,
-                         record_tasks=scfg.record_tasks,
-                         shuffle_identifiers=(cfg.shuffle_identifiers if scfg.shuffle_identifiers is None
-                                              else scfg.shuffle_identifiers))
+    stream = stage_stream(cfg, scfg, shard_dir, records_by_scene, held_out, rank, world)
     local = torch.tensor([stream.local_batches_per_epoch()])
     dist.all_reduce(local, op=dist.ReduceOp.MAX)
     batches_per_epoch = int(local)

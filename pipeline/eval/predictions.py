@@ -11,12 +11,13 @@ trainer/objects.py, so `<OBJ004>` is the fifth instance segment, here segment 12
 the store labels of those segments (comparable with `Record.target_ids`), `boxes` their
 axis-aligned boxes (comparable with `Record.target_boxes`).
 An empty list means "predicted no object" (Multi3DRefer zero-target); a missing field means "not given".
+A model trained with count_by_listing answers a count as "<OBJ002> <OBJ005>: 2": `text` is then the
+count ("2") and the objects it named are in `object_ids` / `instance_ids` / `boxes`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,9 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.errors import SchemaError, describe
 from schemas.io import write_jsonl_atomic
 from schemas.manifest import Box3D, ObjectInfo
-
-OBJ_TOKEN = re.compile(r"<OBJ(\d{3,})>")
-
 
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -38,14 +36,6 @@ class Prediction(BaseModel):
     object_ids: list[int] | None = Field(None, description="segment ids predicted via <OBJxxx>")
     boxes: list[Box3D] | None = Field(None, description="boxes of the predicted objects")
     instance_ids: list[int] | None = Field(None, description="store labels of the predicted segments")
-
-
-def object_ids_in_text(text: str) -> list[int]:
-    """Identifier numbers of the `<OBJxxx>` tokens in `text`, in order of appearance, without repeats."""
-    seen: dict[int, None] = {}
-    for m in OBJ_TOKEN.finditer(text):
-        seen.setdefault(int(m.group(1)), None)
-    return list(seen)
 
 
 def load_predictions(path: str | Path) -> dict[str, Prediction]:

@@ -108,7 +108,8 @@ def generate_records(layout: ToyLayout, scene_id: str, split: str | None,
         out.add("caption", f"Describe {OBJ}.", [describe(o, objs)], [o])
 
     for cat, members in by_cat.items():
-        out.add("counting", f"How many {_plural(cat)} are in the room?", [str(len(members))],
+        # The counted objects are the targets, so that a trainer can name them before the count.
+        out.add("counting", f"How many {_plural(cat)} are in the room?", [str(len(members))], members,
                 answer_type="number")
         if len(members) == 1:
             out.add("object_id", f"Which object is the {cat}?", [], members, answer_type="objects")
