@@ -11,6 +11,7 @@ neighbours than about the code) plus wall seconds. Prints, asserts nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -45,12 +46,16 @@ def main() -> None:
         print(f"  {name:36s} {1000 * cpu / n:7.1f} ms CPU/frame  {1000 * wall / n:7.1f} ms wall/frame")
 
     world = cfg.model_copy(update={"num_scenes": 2, "frames": 12}) if args.quick else cfg
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        cpu, wall = _timed(lambda: build_toy_world(root, root / "scenes", world, progress=lambda _: None))
-        size_mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
-    print(f"world: {world.num_scenes} scenes x {world.frames} frames written in {cpu:.1f} s CPU, "
-          f"{wall:.1f} s wall, {size_mb:.1f} MiB  (rendering + JPEG/PNG encoding + records)")
+    # Baseline: one process; then the default pool (one worker per core). CPU is this process's only.
+    for label, workers in (("1 process (baseline)", 1), (f"{min(os.cpu_count() or 1, 8)} processes", None)):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            cpu, wall = _timed(lambda: build_toy_world(root, root / "scenes", world, progress=lambda _: None,
+                                                       workers=workers))
+            size_mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
+        print(f"world, {label}: {world.num_scenes} scenes x {world.frames} frames written in "
+              f"{wall:.1f} s wall ({cpu:.1f} s CPU in the parent), {size_mb:.1f} MiB  "
+              f"(rendering + JPEG/PNG encoding + records)")
 
 
 if __name__ == "__main__":

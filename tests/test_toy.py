@@ -36,6 +36,20 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
+def test_the_world_does_not_depend_on_the_number_of_workers(world, tmp_path):
+    # The fixture rendered with the default pool (one process per core); this one in-process.
+    result = CliRunner().invoke(app, ["toy", "--out", str(tmp_path), "--scenes", str(NUM_SCENES),
+                                      "--frames", str(NUM_FRAMES), "--seed", "0", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    pooled, single = files(world), files(tmp_path)
+    assert len(single) > NUM_SCENES * NUM_FRAMES and pooled.keys() == single.keys()
+    assert [k for k in pooled if pooled[k] != single[k]] == []
+
+
 def _objects(root: Path, scene_id: str) -> list[ObjectInfo]:
     return [ObjectInfo.model_validate(o)
             for o in json.loads((root / "scenes" / scene_id / "objects.json").read_text())]

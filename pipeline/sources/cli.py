@@ -13,6 +13,8 @@ def toy(
     frames: int = typer.Option(None, "--frames", min=1, help="frames per scene (default 48)"),
     seed: int = typer.Option(None, "--seed", help="world seed (default 0)"),
     workflow: Path = typer.Option(None, "--workflow", help="read source.toy; write to source.path"),
+    workers: int = typer.Option(None, "--workers", min=1, help="rendering processes (default: one per core, "
+                                                               "at most 8); the world does not depend on it"),
 ) -> None:
     """Render the procedural toy world with full ground truth (ScanNet exported-frame layout)."""
     from pipeline.sources.toy import build_toy_world
@@ -36,7 +38,7 @@ def toy(
     cfg = ToyWorldConfig.model_validate(cfg.model_dump())
     typer.echo(f"toy world: {cfg.num_scenes} scenes x {cfg.frames} frames, seed {cfg.seed}, "
                f"{cfg.image_size[0]}x{cfg.image_size[1]} -> {scenes_dir}")
-    summary = build_toy_world(root, scenes_dir, cfg, progress=typer.echo)
+    summary = build_toy_world(root, scenes_dir, cfg, progress=typer.echo, workers=workers)
     typer.echo(f"wrote {summary['num_scenes']} scenes and {summary['num_records']} records to {root} "
                f"in {summary['seconds']:.1f}s")
 
