@@ -62,3 +62,20 @@ def atomic_dir(folder: str | Path):
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_once(folder: str | Path, marker: str, build: Callable[[Path], Any]) -> Path:
+    """Return `folder`, calling `build(folder)` first unless `folder/marker` exists. Processes that
+    start together (Ray actors, DeepSpeed ranks) all ask for the same model folder: a lock beside it
+    lets the first one build while the others wait and then find it built, instead of each replacing
+    the folder while another is already reading it."""
+    from filelock import FileLock
+
+    folder = Path(folder)
+    if (folder / marker).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.with_name(f".{folder.name}.lock"))):
+        if not (folder / marker).exists():
+            build(folder)
+    return folder

@@ -196,10 +196,9 @@ def load_segmenter(config, data_root, device: str = "cpu") -> SAM2Segmenter:
     `toy:sam2` is built under `<data_root>/models/sam2` on first use."""
     model = config.model
     if model == TOY_SAM2:
-        folder = Path(data_root) / "models" / "sam2"
-        if not (folder / TOY_MARKER).exists():
-            build_toy_sam2(folder)
-        model = str(folder)
+        from schemas.io import build_once
+
+        model = str(build_once(Path(data_root) / "models" / "sam2", TOY_MARKER, build_toy_sam2))
     segmenter = SAM2Segmenter(model, revision=config.revision, device=device,
                               points_per_side=config.points_per_side, points_per_batch=config.points_per_batch,
                               pred_iou_thresh=config.pred_iou_thresh, stability_thresh=config.stability_thresh,

@@ -117,9 +117,10 @@ def resolve_model(model: str, data_root: str | Path) -> str:
     name = model[len(TOY_PREFIX):]
     if name != "qwen2_5_vl":
         raise ValueError(f"unknown toy model {model!r}; known: toy:qwen2_5_vl")
-    folder = toy_model_dir(model, data_root)
-    if not (folder / TOY_MARKER).exists():
-        build_toy_qwen(folder, _toy_texts(Path(data_root)))
+    from schemas.io import build_once
+
+    folder = build_once(toy_model_dir(model, data_root), TOY_MARKER,
+                        lambda out: build_toy_qwen(out, _toy_texts(Path(data_root))))
     return str(folder)
 
 
