@@ -140,6 +140,7 @@ def test_counting_by_listing_names_exactly_the_counted_objects():
                      answers=[str(k)], answer_type="number", target_ids=targets)
         assert record_example(rec, segs, 64).answer == str(k)  # off by default
         ex = record_example(rec, segs, 64, count_by_listing=True)
+        assert split_listed_answer(rec.answers[0]) is None
         listed, count = split_listed_answer(ex.answer)
         assert count == str(k) and len(object_ids_in_text(listed)) == k
         assert ex.answer.startswith("none: ") == (k == 0)

@@ -55,9 +55,9 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
         # An answer that lists objects lists them in identifier order (trainer.stages); keep it so,
         # else the order after renaming is random and the first token of a several-object answer
         # cannot be predicted.
-        listed, rest = split_listed_answer(text)
-        if listed:  # a listed count: the list first, then the count
-            return f"{rename_answer(listed)}: {rest}"
+        parts = split_listed_answer(text)
+        if parts is not None and parts[0]:  # a listed count: the list first, then the count
+            return f"{rename_answer(parts[0])}: {parts[1]}"
         if OBJECT_LIST_RE.fullmatch(text):
             return " ".join(obj_token(i) for i in sorted(int(perm[int(n)]) for n in OBJ_TOKEN_RE.findall(text)))
         return rename(text)

@@ -38,10 +38,11 @@ def answer_parts(text: str, answer_type: str) -> tuple[str, str]:
 
     if answer_type == "objects":
         return text, text
-    listed, answer = split_listed_answer(text)
-    if listed or answer != text:
-        return answer, listed
-    return text, text
+    parts = split_listed_answer(text)
+    if parts is None:
+        return text, text
+    listed, answer = parts
+    return answer, listed
 
 
 def clean_text(text: str) -> str:

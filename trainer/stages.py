@@ -113,11 +113,12 @@ def stage3_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
     return out
 
 
-def split_listed_answer(text: str) -> tuple[str, str]:
-    """("<OBJ002> <OBJ005>", "2") for a listed answer "<OBJ002> <OBJ005>: 2", ("", text) otherwise."""
+def split_listed_answer(text: str) -> tuple[str, str] | None:
+    """("<OBJ002> <OBJ005>", "2") for a listed answer "<OBJ002> <OBJ005>: 2", ("", "0") for
+    "none: 0", None for any other text."""
     m = LISTED_ANSWER_RE.fullmatch(text.strip())
     if m is None:
-        return "", text
+        return None
     return ("" if m["objects"] == NONE_ANSWER else m["objects"]), m["answer"].strip()
 
 
