@@ -12,6 +12,11 @@ proxy set, and a stage-4 run from the main stage-3 model on the same tasks and e
 variants differ only in the clustering. A variant that would repeat the main run exactly (same
 clustering, and the main stage 4 has the ablation's tasks and epochs) takes the main run's scores
 instead of training the same thing twice.
+
+After stage 3 the main stage 4 and the variants' stage 4s are independent, so they run side by
+side (`demo.jobs` at a time, the cores split among them; each console line then starts with its
+job's name). A tiny model gains little from a second intra-op thread (stage 4 on 2 cores: 1.25x
+the speed of 1 thread, measured), so two 1-thread jobs finish sooner than the same two in turn.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +44,7 @@ class Step:
     name: str
     argv: list[str]
     seconds: float = 0.0
+    started: float = 0.0  # seconds into the demo
 
 
 @dataclass
@@ -45,38 +54,82 @@ class DemoRun:
     run_dir: Path
     steps: list[Step] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _numbered: int = 0
 
     @property
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
 
-    def run(self, name: str, argv: list[str]) -> None:
-        """Run one step as a child process, streaming its output; stop the demo if it fails."""
+    @property
+    def wall_seconds(self) -> float:
+        return time.time() - self.started
+
+    def _say(self, text: str, job: str | None) -> None:
+        with self._lock:
+            if job is None:
+                sys.stdout.write(text)
+            else:
+                sys.stdout.write("".join(f"[{job}] {line}" for line in text.splitlines(keepends=True)))
+            sys.stdout.flush()
+
+    def run(self, name: str, argv: list[str], job: str | None = None, threads: int | None = None) -> None:
+        """Run one step as a child process, streaming its output; stop the demo if it fails.
+        A step of a job that runs beside others (`job`) prefixes its console lines with the job's
+        name, and its child uses `threads` intra-op threads."""
+        with self._lock:
+            self._numbered += 1
+            number = self._numbered
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{len(self.steps):02d}-{name.replace(' ', '_').replace('/', '_')}.log"
-        elapsed = time.time() - self.started
-        print(f"\n=== [{len(self.steps) + 1}] {name}  (demo at {elapsed:.0f}s)\n$ {' '.join(argv)}", flush=True)
+        log_path = self.log_dir / f"{number - 1:02d}-{name.replace(' ', '_').replace('/', '_')}.log"
         t0 = time.time()
+        self._say(f"\n=== [{number}] {name}  (demo at {t0 - self.started:.0f}s)\n$ {' '.join(argv)}\n", job)
         with log_path.open("w") as log:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    cwd=ROOT, env=_child_env(), bufsize=1)
+                                    cwd=ROOT, env=_child_env(threads), bufsize=1)
             assert proc.stdout is not None
             for line in proc.stdout:
-                sys.stdout.write(line)
+                self._say(line, job)
                 log.write(line)
             code = proc.wait()
-        step = Step(name, argv, time.time() - t0)
-        self.steps.append(step)
+        step = Step(name, argv, time.time() - t0, t0 - self.started)
+        with self._lock:
+            self.steps.append(step)
         if code != 0:
             raise SystemExit(f"demo step '{name}' failed (exit {code}); log: {log_path}")
-        print(f"=== {name}: done in {step.seconds:.1f}s", flush=True)
+        self._say(f"=== {name}: done in {step.seconds:.1f}s\n", job)
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(threads: int | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if threads is not None:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(threads)
     return env
+
+
+def run_side_by_side(demo: DemoRun, jobs: dict[str, Callable[[str | None, int | None], object]],
+                     workers: int | None = None) -> dict[str, object]:
+    """Run independent jobs `workers` at a time (default: one per core), the cores split among
+    them; each job is called with its console label and thread count. A failing job does not stop
+    the others; once all have ended, the failures are raised together."""
+    cores = os.cpu_count() or 1
+    workers = max(1, min(workers or cores, len(jobs)))
+    threads = max(1, cores // workers) if workers > 1 else None
+    results: dict[str, object] = {}
+    failures: list[str] = []
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(job, name if workers > 1 else None, threads): name for name, job in jobs.items()}
+        for future in as_completed(futures):
+            try:
+                results[futures[future]] = future.result()
+            except (Exception, SystemExit) as e:
+                failures.append(f"{futures[future]}: {e}")
+    if failures:
+        raise SystemExit("; ".join(failures))
+    return results
 
 
 def _p3d(*args: str) -> list[str]:
@@ -115,18 +168,20 @@ def _filtered_records(wf: Workflow, tasks: list[str], path: Path) -> Path:
     return path
 
 
-def _predict_and_eval(demo: DemoRun, label: str, wf_path: Path, wf: Workflow, records: Path,
-                      out_dir: Path) -> dict:
+def _stage4_and_scores(demo: DemoRun, label: str, wf_path: Path, wf: Workflow, records: Path,
+                       out_dir: Path, job: str | None = None, threads: int | None = None) -> dict:
+    """Stage 4 of a workflow, its predictions on the held-out split and their scores."""
+    demo.run("train stage 4" + ("" if label == "main" else f" {label}"), _train(4, wf_path), job, threads)
     checkpoint = Path(wf.train.out) / "stage4" / "model"
     preds, scores = out_dir / "predictions.jsonl", out_dir / "eval.json"
     demo.run(f"predict {label}", _p3d("predict", "--checkpoint", str(checkpoint),
                                       "--shards", str(Path(wf.out) / "proxies" / wf.train.proxies),
                                       "--records", str(records), "--out", str(preds),
                                       "--split", wf.eval.split, "--batch-size", str(wf.eval.batch_size),
-                                      "--max-new-tokens", str(wf.eval.max_new_tokens)))
+                                      "--max-new-tokens", str(wf.eval.max_new_tokens)), job, threads)
     demo.run(f"eval {label}", _p3d("eval", "--task", "all", "--pred", str(preds), "--records", str(records),
                                    "--json", str(scores), "--boxes", str(Path(wf.source.path)),
-                                   "--split", wf.eval.split))
+                                   "--split", wf.eval.split), job, threads)
     return json.loads(scores.read_text())
 
 
@@ -150,17 +205,29 @@ def repeats_main_run(wf: Workflow, change: dict) -> bool:
             and sorted(main4.tasks) == sorted(ab.tasks))
 
 
-def run_ablations(demo: DemoRun, stage3_model: Path, main_scores: dict | None = None) -> dict[str, dict]:
+@dataclass
+class Variant:
+    """One ablation variant, clustered and ready for its stage 4."""
+    name: str
+    workflow_path: Path
+    workflow: Workflow
+    records: Path
+    out_dir: Path
+
+
+def prepare_ablations(demo: DemoRun, stage3_model: Path) -> tuple[list[Variant], list[str]]:
+    """Write each variant's workflow and cluster it (one at a time: clustering is quick and spreads
+    over the cores itself). Returns the variants to train and the names of those that repeat the
+    main run."""
     wf = demo.workflow
     ab = wf.demo.ablations
     ab_dir = demo.run_dir / "ablations"
     records = _filtered_records(wf, ab.tasks, ab_dir / "records.jsonl")
-    results: dict[str, dict] = {}
+    variants: list[Variant] = []
+    repeats: list[str] = []
     for name, change in ablation_variants(wf):
-        if main_scores is not None and repeats_main_run(wf, change):
-            print(f"\n=== ablation {name}: the main run (same clustering and stage 4); its scores")
-            results[name] = {**main_scores, "results": [r for r in main_scores["results"]
-                                                        if r["name"].split("/")[-1] in ab.tasks]}
+        if repeats_main_run(wf, change):
+            repeats.append(name)
             continue
         cluster = wf.cluster.model_copy(update={"name": f"ablation-{name}", **change})
         stage4 = {"stage": 4, "trainable": ["projector", "position", "identifiers", "language_model"],
@@ -177,9 +244,8 @@ def run_ablations(demo: DemoRun, stage3_model: Path, main_scores: dict | None = 
                                            "cluster": cluster.model_dump(), "train": train})
         path = _write_workflow(variant, ab_dir / f"{name}.yaml")
         demo.run(f"cluster {name}", _p3d("cluster", "--workflow", str(path)))
-        demo.run(f"train stage 4 {name}", _train(4, path))
-        results[name] = _predict_and_eval(demo, name, path, variant, records, ab_dir / name)
-    return results
+        variants.append(Variant(name, path, variant, records, ab_dir / name))
+    return variants, repeats
 
 
 def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
@@ -193,19 +259,34 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
     demo.run("features", _p3d("features", "--workflow", str(workflow_path)))
     demo.run("stats", _p3d("stats", "--workflow", str(workflow_path)))
     demo.run("cluster", _p3d("cluster", "--workflow", str(workflow_path)))
-    for stage in (1, 2, 3, 4):
+    for stage in (1, 2, 3):
         demo.run(f"train stage {stage}", _train(stage, workflow_path))
-    main = _predict_and_eval(demo, "main", workflow_path, wf, _records_path(wf), run_dir / "main")
+    variants, repeats = [], []
+    if wf.demo.ablations.enabled and not skip_ablations:
+        variants, repeats = prepare_ablations(demo, Path(wf.train.out) / "stage3" / "model")
+    jobs: dict[str, Callable[[str | None, int | None], object]] = {
+        "main": lambda job, threads: _stage4_and_scores(demo, "main", workflow_path, wf, _records_path(wf),
+                                                        run_dir / "main", job, threads)}
+    for v in variants:
+        jobs[v.name] = lambda job, threads, v=v: _stage4_and_scores(demo, v.name, v.workflow_path, v.workflow,
+                                                                    v.records, v.out_dir, job, threads)
+    scores = run_side_by_side(demo, jobs, wf.demo.jobs)
+    main = scores["main"]
+    assert isinstance(main, dict)
+    ablations: dict[str, dict] = {}
+    tasks = wf.demo.ablations.tasks
+    for name, _ in ablation_variants(wf) if variants or repeats else []:
+        if name in repeats:  # the main run's scores on the ablation's tasks
+            ablations[name] = {**main, "results": [r for r in main["results"] if r["name"].split("/")[-1] in tasks]}
+        else:
+            ablations[name] = scores[name]  # type: ignore[assignment]
     pictures = []
     for scene_id in _val_scenes(wf, wf.demo.viz_scenes):
         png = run_dir / "viz" / f"{scene_id}.png"
         demo.run(f"viz {scene_id}", _p3d("viz", scene_id, "--workflow", str(workflow_path), "--png", str(png)))
         pictures.append(png)
-    ablations = {}
-    if wf.demo.ablations.enabled and not skip_ablations:
-        ablations = run_ablations(demo, Path(wf.train.out) / "stage3" / "model", main)
     from pipeline.report import write_report
 
     report = write_report(demo, main, ablations, pictures)
-    print(f"\nreport: {report}  (whole demo {time.time() - demo.started:.0f}s)")
+    print(f"\nreport: {report}  (whole demo {demo.wall_seconds:.0f}s)")
     return report

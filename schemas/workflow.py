@@ -55,6 +55,9 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     runs: str = Field("runs", description="report goes to <runs>/<name>/report.md")
     viz_scenes: int = Field(2, ge=0, description="val scenes drawn into the report")
+    jobs: int | None = Field(None, ge=1, description="after stage 3, the main stage 4 and each ablation "
+                                                     "variant run this many at a time, the cores split "
+                                                     "among them (default: one per core)")
     ablations: AblationConfig = AblationConfig()
 
 

@@ -3,6 +3,8 @@ smoke test of issue 7). Checks the artifacts every step must leave, not the lear
 the full demo's data and minutes of training)."""
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,58 @@ def test_only_the_variant_identical_to_the_main_run_reuses_its_scores():
     shuffled = wf.model_copy(update={"demo": wf.demo.model_copy(update={
         "ablations": ab.model_copy(update={"tasks": list(reversed(ab.tasks))})})})
     assert repeats_main_run(shuffled, {"proxies": k, "grouping": True})
+
+
+def _demo_run(tmp_path):
+    from pipeline.demo import DemoRun
+
+    wf_path = Path(__file__).parents[1] / "workflows" / "toy.yaml"
+    return DemoRun(wf_path, load_workflow(wf_path), tmp_path / "run")
+
+
+def _timed_child(out: Path, seconds: float) -> list[str]:
+    code = ("import os, sys, time; t0 = time.time(); time.sleep(float(sys.argv[2])); "
+            "open(sys.argv[1], 'w').write(f\"{t0} {time.time()} {os.environ.get('OMP_NUM_THREADS')}\"); "
+            "print('slept')")
+    return [sys.executable, "-c", code, str(out), str(seconds)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_side_by_side_jobs_overlap_only_when_asked_and_split_the_cores(tmp_path, capsys, workers):
+    from pipeline.demo import run_side_by_side
+
+    demo = _demo_run(tmp_path)
+
+    def job(name):
+        def run(label, threads):
+            demo.run(f"sleep {name}", _timed_child(tmp_path / name, 1.0), label, threads)
+            return name.upper()
+        return run
+
+    results = run_side_by_side(demo, {"a": job("a"), "b": job("b")}, workers=workers)
+    assert results == {"a": "A", "b": "B"}
+    (a0, a1, a_threads), (b0, b1, b_threads) = [(tmp_path / n).read_text().split() for n in "ab"]
+    overlap = min(float(a1), float(b1)) - max(float(a0), float(b0))
+    assert (overlap > 0) == (workers == 2)
+    expected = str(max(1, (os.cpu_count() or 1) // 2)) if workers == 2 else os.environ.get("OMP_NUM_THREADS", "None")
+    assert a_threads == b_threads == expected
+    out = capsys.readouterr().out
+    assert ("[a] slept" in out and "[b] slept" in out) == (workers == 2)
+    assert sorted(s.name for s in demo.steps) == ["sleep a", "sleep b"]
+    assert len(list((tmp_path / "run" / "logs").glob("*.log"))) == 2
+
+
+def test_a_failing_side_job_lets_the_others_finish_then_fails_the_demo(tmp_path):
+    from pipeline.demo import run_side_by_side
+
+    demo = _demo_run(tmp_path)
+
+    def fails(label, threads):
+        demo.run("broken", [sys.executable, "-c", "raise SystemExit(3)"], label, threads)
+
+    def slow(label, threads):
+        demo.run("slow", _timed_child(tmp_path / "slow", 1.0), label, threads)
+
+    with pytest.raises(SystemExit, match=r"broken.*exit 3"):
+        run_side_by_side(demo, {"broken": fails, "slow": slow}, workers=2)
+    assert (tmp_path / "slow").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,14 @@ def test_run_py_accepts_the_launcher_flag():
 
     args = parse_args(["--stage", "2", "--workflow", "w.yaml", "--local_rank=1", "--resume"])
     assert args.stage == 2 and args.local_rank == 1 and args.resume
+
+
+def test_the_toy_workflow_lists_the_toy_recipe():
+    """workflows/toy.yaml spells out trainer/recipes.py's TOY recipe (with the reasons); a change to one
+    alone would make `p3d demo` and a bare `trainer/run.py` on a toy model train different things."""
+    from schemas import load_workflow
+
+    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
+    bare = TrainConfig(model=wf.train.model)
+    for stage in (1, 2, 3, 4):
+        assert wf.train.stage(stage) == stage_config(bare, stage), f"stage {stage}"

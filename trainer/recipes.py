@@ -24,7 +24,8 @@ PRETRAINED = {
 _TOY_COMMON = dict(lr=1e-3, batch_size=8, warmup_ratio=0.05)
 TOY = {
     1: dict(_TOY_COMMON, trainable=["identifiers", "language_model"], tasks=["object_name", "object_id"],
-            epochs=50, shuffle_identifiers=True),
+            record_tasks=["object_name", "object_id", "multi_grounding"], epochs=50, batch_size=16,
+            shuffle_identifiers=True),
     2: dict(_TOY_COMMON, trainable=["position", "language_model"], epochs=2,
             tasks=["object_position", "object_size", "object_name", "object_id"]),
     3: dict(_TOY_COMMON, trainable=["position", "language_model"], epochs=2,
