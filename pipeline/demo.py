@@ -261,8 +261,9 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
     demo.run("cluster", _p3d("cluster", "--workflow", str(workflow_path)))
     for stage in (1, 2, 3):
         demo.run(f"train stage {stage}", _train(stage, workflow_path))
+    with_ablations = wf.demo.ablations.enabled and not skip_ablations
     variants, repeats = [], []
-    if wf.demo.ablations.enabled and not skip_ablations:
+    if with_ablations:
         variants, repeats = prepare_ablations(demo, Path(wf.train.out) / "stage3" / "model")
     jobs: dict[str, Callable[[str | None, int | None], object]] = {
         "main": lambda job, threads: _stage4_and_scores(demo, "main", workflow_path, wf, _records_path(wf),
@@ -275,7 +276,7 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
     assert isinstance(main, dict)
     ablations: dict[str, dict] = {}
     tasks = wf.demo.ablations.tasks
-    for name, _ in ablation_variants(wf) if variants or repeats else []:
+    for name, _ in ablation_variants(wf) if with_ablations else []:
         if name in repeats:  # the main run's scores on the ablation's tasks
             ablations[name] = {**main, "results": [r for r in main["results"] if r["name"].split("/")[-1] in tasks]}
         else:
