@@ -21,17 +21,17 @@ PRETRAINED = {
 # long enough for the reverse lookup to appear; stages 2-3 with naming replayed; stage 4 on the
 # referencing tasks, renamed as well. Epochs count passes over the training scenes (72 in the
 # default toy world); with more scenes, lower them to keep the same number of steps.
-_TOY_COMMON = dict(lr=1e-3, batch_size=8, warmup_ratio=0.05)
+_TOY_COMMON = dict(lr=1e-3, batch_size=16, warmup_ratio=0.05)
 TOY = {
     1: dict(_TOY_COMMON, trainable=["identifiers", "language_model"], tasks=["object_name", "object_id"],
-            record_tasks=["object_name", "object_id", "multi_grounding"], epochs=50, batch_size=16,
+            record_tasks=["object_name", "object_id", "multi_grounding"], epochs=50,
             shuffle_identifiers=True),
     2: dict(_TOY_COMMON, trainable=["position", "language_model"], epochs=2,
             tasks=["object_position", "object_size", "object_name", "object_id"]),
     3: dict(_TOY_COMMON, trainable=["position", "language_model"], epochs=2,
             tasks=["distance", "relative_direction", "relative_size", "relative_distance", "object_name",
                    "object_id"]),
-    4: dict(_TOY_COMMON, trainable=["projector", "position", "identifiers", "language_model"], epochs=6,
+    4: dict(_TOY_COMMON, trainable=["projector", "position", "identifiers", "language_model"], epochs=12,
             tasks=["object_name", "object_id", "grounding", "multi_grounding", "counting"],
             shuffle_identifiers=True),
 }
