@@ -215,34 +215,76 @@ class Variant:
     out_dir: Path
 
 
+ORACLE_BACKENDS = {"geometry": {"kind": "rgbd"}, "segmenter": {"kind": "instances"}}
+ORACLE_VARIANT = "oracle-rgbd+instances"
+
+
+def runs_oracle(wf: Workflow) -> bool:
+    """Does the demo add the oracle variant? Only when asked and when the main run is not already
+    on the oracle backends (sensor depth and poses, ground-truth instance masks)."""
+    return wf.demo.ablations.oracle and not (wf.features.geometry.kind == "rgbd"
+                                             and wf.features.segmenter.kind == "instances")
+
+
+def _oracle_changes(wf: Workflow) -> dict:
+    """The oracle variant's own data root and features: the same scenes through `rgbd` + `instances`.
+    A `toy:` model id resolves against the data root, so it is pinned to the main run's folder:
+    the oracle's features then come from the same vision tower as the main run's."""
+    from pipeline.models.toy_models import is_toy_id, toy_model_dir
+
+    def pinned(model: str) -> str:
+        return str(toy_model_dir(model, wf.out)) if is_toy_id(model) else model
+
+    features = wf.features.model_dump(mode="json")
+    features["encoder"]["model"] = pinned(wf.features.encoder.model)
+    for section, backend in ORACLE_BACKENDS.items():
+        features[section] = {**features[section], **backend}
+    return {"out": str(Path(wf.out) / "oracle"), "features": features, "model": pinned(wf.train.model)}
+
+
+def _variant_workflow(wf: Workflow, name: str, change: dict, stage3_model: Path, records: Path,
+                      ab_dir: Path, oracle: dict | None = None) -> Workflow:
+    ab = wf.demo.ablations
+    cluster = wf.cluster.model_copy(update={"name": f"ablation-{name}", **change})
+    stage4 = {"stage": 4, "trainable": ["projector", "position", "identifiers", "language_model"],
+              "epochs": ab.epochs, "init_from": str(stage3_model), "records": str(records),
+              "tasks": list(ab.tasks)}
+    listed = wf.train.stage(4)
+    if listed is not None:
+        stage4 = listed.model_copy(update={k: stage4[k] for k in ("epochs", "init_from", "records", "tasks")}
+                                   ).model_dump()
+    train = {**wf.train.model_dump(), "proxies": cluster.name, "out": str(ab_dir / name / "train"),
+             "records": str(records),
+             "stages": [s.model_dump() for s in wf.train.stages if s.stage != 4] + [stage4]}
+    data = {**wf.model_dump(), "name": f"{wf.name}-{name}", "cluster": cluster.model_dump(), "train": train}
+    if oracle is not None:
+        data.update(out=oracle["out"], features=oracle["features"])
+        train["model"] = oracle["model"]
+    return Workflow.model_validate(data)
+
+
 def prepare_ablations(demo: DemoRun, stage3_model: Path) -> tuple[list[Variant], list[str]]:
     """Write each variant's workflow and cluster it (one at a time: clustering is quick and spreads
-    over the cores itself). Returns the variants to train and the names of those that repeat the
-    main run."""
+    over the cores itself); the oracle variant first computes its own features. Returns the
+    variants to train and the names of those that repeat the main run."""
     wf = demo.workflow
     ab = wf.demo.ablations
     ab_dir = demo.run_dir / "ablations"
     records = _filtered_records(wf, ab.tasks, ab_dir / "records.jsonl")
     variants: list[Variant] = []
     repeats: list[str] = []
-    for name, change in ablation_variants(wf):
-        if repeats_main_run(wf, change):
+    planned = [(name, change, None) for name, change in ablation_variants(wf)]
+    if runs_oracle(wf):
+        main_clustering = {"proxies": wf.cluster.proxies, "grouping": wf.cluster.grouping}
+        planned.append((ORACLE_VARIANT, main_clustering, _oracle_changes(wf)))
+    for name, change, oracle in planned:
+        if oracle is None and repeats_main_run(wf, change):
             repeats.append(name)
             continue
-        cluster = wf.cluster.model_copy(update={"name": f"ablation-{name}", **change})
-        stage4 = {"stage": 4, "trainable": ["projector", "position", "identifiers", "language_model"],
-                  "epochs": ab.epochs, "init_from": str(stage3_model), "records": str(records),
-                  "tasks": list(ab.tasks)}
-        listed = wf.train.stage(4)
-        if listed is not None:
-            stage4 = listed.model_copy(update={k: stage4[k] for k in ("epochs", "init_from", "records", "tasks")}
-                                       ).model_dump()
-        train = {**wf.train.model_dump(), "proxies": cluster.name, "out": str(ab_dir / name / "train"),
-                 "records": str(records),
-                 "stages": [s.model_dump() for s in wf.train.stages if s.stage != 4] + [stage4]}
-        variant = Workflow.model_validate({**wf.model_dump(), "name": f"{wf.name}-{name}",
-                                           "cluster": cluster.model_dump(), "train": train})
+        variant = _variant_workflow(wf, name, change, stage3_model, records, ab_dir, oracle)
         path = _write_workflow(variant, ab_dir / f"{name}.yaml")
+        if oracle is not None:
+            demo.run(f"features {name}", _p3d("features", "--workflow", str(path)))
         demo.run(f"cluster {name}", _p3d("cluster", "--workflow", str(path)))
         variants.append(Variant(name, path, variant, records, ab_dir / name))
     return variants, repeats
@@ -276,7 +318,8 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
     assert isinstance(main, dict)
     ablations: dict[str, dict] = {}
     tasks = wf.demo.ablations.tasks
-    for name, _ in ablation_variants(wf) if with_ablations else []:
+    names = [name for name, _ in ablation_variants(wf)] + ([ORACLE_VARIANT] if runs_oracle(wf) else [])
+    for name in names if with_ablations else []:
         if name in repeats:  # the main run's scores on the ablation's tasks
             ablations[name] = {**main, "results": [r for r in main["results"] if r["name"].split("/")[-1] in tasks]}
         else:

@@ -49,6 +49,9 @@ class AblationConfig(BaseModel):
     tasks: list[str] = Field(default_factory=lambda: ["object_name", "counting", "grounding"],
                              description="tasks each variant trains on (stage 4) and is scored on")
     epochs: float = Field(10.0, gt=0, description="stage-4 epochs of each variant, from the stage-3 model")
+    oracle: bool = Field(True, description="add the oracle backends (geometry rgbd, segmenter instances) "
+                                           "as a variant with its own features and clusters, when the "
+                                           "main run uses others")
 
 
 class DemoConfig(BaseModel):

@@ -71,10 +71,12 @@ def read_rgb(scene_id: str, path: Path | None, data: bytes | None = None) -> np.
         raise SceneReadError(f"scene {scene_id}: corrupt or unreadable image {path}: {e}") from e
 
 
-def read_png_u16(scene_id: str, path: Path) -> np.ndarray:
-    """A single-channel PNG (8- or 16-bit) as integers."""
+def read_png_u16(scene_id: str, path: Path, data: bytes | None = None) -> np.ndarray:
+    """A single-channel PNG (8- or 16-bit) as integers; from `data` when given (`path` then names it)."""
+    import io
+
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             im.load()
             if im.mode not in ("I;16", "I;16B", "I", "L", "P"):
                 raise SceneReadError(f"scene {scene_id}: {path} is a {im.mode} image, expected one channel")

@@ -279,7 +279,30 @@ def scene_files(folder: Path, scene_id: str) -> dict[str, Path]:
         "ply": folder / f"{scene_id}_vh_clean_2.ply",
         "segs": folder / f"{scene_id}_vh_clean_2.0.010000.segs.json",
         "aggregation": folder / f"{scene_id}.aggregation.json",
+        "instances_zip": folder / f"{scene_id}_2d-instance-filt.zip",
     }
+
+
+def read_instance_zip(scene_id: str, path: Path, frame_numbers, size_hw: tuple[int, int]) -> np.ndarray:
+    """The sampled frames' masks from ScanNet's `<scene>_2d-instance-filt.zip` (`instance-filt/<n>.png`,
+    instance id + 1, 0 = none), read without unpacking the archive; int32 F x H x W, -1 = none."""
+    import zipfile
+
+    from pipeline.sources.frames import instances_from_png, read_png_u16
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {Path(n).stem: n for n in zf.namelist() if n.endswith(".png") and Path(n).stem.isdigit()}
+            masks = []
+            for n in frame_numbers:
+                member = names.get(str(int(n)))
+                if member is None:
+                    raise SceneReadError(f"scene {scene_id}: {path} has no instance mask for frame {int(n)}")
+                masks.append(instances_from_png(read_png_u16(scene_id, Path(f"{path}#{member}"),
+                                                             zf.read(member)), size_hw))
+    except (zipfile.BadZipFile, OSError) as e:
+        raise SceneReadError(f"scene {scene_id}: corrupt or unreadable {path}: {e}") from e
+    return np.stack(masks).astype(np.int32)
 
 
 def read_gt_objects(scene_id: str, folder: Path, align_44: np.ndarray) -> list[ObjectInfo]:
@@ -301,7 +324,8 @@ def read_gt_objects(scene_id: str, folder: Path, align_44: np.ndarray) -> list[O
 class ScanNetSource(SceneSource):
     """`path` holds one folder per scene (ScanNet's `scans/`), or bare `<scene>.sens` files (with
     any annotation files beside them). A scene is read from its exported frames when `color/`
-    exists (which also brings instance-filt masks), else from its .sens."""
+    exists (which also brings instance-filt masks), else from its .sens, with the ground-truth masks
+    of `<scene>_2d-instance-filt.zip` when it is there."""
 
     kind = "scannet"
 
@@ -322,6 +346,9 @@ class ScanNetSource(SceneSource):
             scene = read_frame_folder(scene_id, folder, self.num_frames, "scannet", axis_align_44=align_44)
         elif files["sens"].is_file():
             scene = read_sens(scene_id, files["sens"], self.num_frames, axis_align_44=align_44)
+            if files["instances_zip"].is_file():
+                scene.instances_FHW = read_instance_zip(scene_id, files["instances_zip"], scene.frame_indices,
+                                                        scene.image_size)
         else:
             raise SceneReadError(f"scene {scene_id}: neither {files['sens']} nor {folder / 'color'} exists")
         scene.objects = read_gt_objects(scene_id, folder, align_44)
