@@ -71,6 +71,12 @@ def test_scan2cap_groups_descriptions_per_object(objects):
     assert len(by_id["scan2cap-scene0011_00-3"].answers) == 2
     assert by_id["scan2cap-scene0011_00-3"].task == "caption"
     assert [pid for pid, _ in res.problems] == ["scene0011_00-abc"]
+    # The prompt names its object: the one placeholder stands for the one target, the described object.
+    for rec in res.records:
+        obj = int(rec.id.rsplit("-", 1)[1])
+        assert rec.question == "Describe <OBJ> in detail." and rec.target_ids == [obj]
+        [gt] = [o for o in objects["scene0011_00"] if o.id == obj]
+        assert rec.target_boxes == [gt.box]
 
 
 def test_multi3drefer(objects):

@@ -1,8 +1,11 @@
 """`p3d predict`: batched greedy answers of an exported Proxy3D folder over proxy shards + records.
 
-Writes the predictions contract of `pipeline/eval/predictions.py`: one line per answered record with
+Writes the predictions contract of `pipeline/eval/predictions.py`: one line per record with
 `id`, `scene_id`, `task`, `text`, and, when the answer names objects, their segment ids
-(`object_ids`), store labels (`instance_ids`) and boxes from segments.json. A stage 1-3 folder
+(`object_ids`), store labels (`instance_ids`) and boxes from segments.json. A caption carries the
+segment its question names instead (Scan2Cap localizes a caption by its object). A record whose
+question names an object that matches no segment cannot be asked: it is written with `not_asked`
+and its reason, so that eval counts it as a miss. A stage 1-3 folder
 answers from the simplified scene (fused identifier + semantic tokens); a stage-4 folder from the
 proxies. No DeepSpeed here: the folder loads with `from_pretrained`.
 """
@@ -28,6 +31,30 @@ def answer_objects(text: str, segments: list[dict], expects_objects: bool, num_o
     by_id = {s["id"]: s for s in segments}
     return {"object_ids": ids, "instance_ids": [by_id[i]["label"] for i in ids],
             "boxes": [by_id[i]["box"] for i in ids]}
+
+
+def caption_objects(record, segments: list[dict]) -> dict:
+    """The segment a caption's `<OBJ>` resolved to (its first target, through the matching), with
+    its instance id and box; {} when the target matches no segment."""
+    from trainer.objects import instances_to_segments
+
+    seg_id = instances_to_segments(segments).get(record.target_ids[0]) if record.target_ids else None
+    if seg_id is None:
+        return {}
+    seg = next(s for s in segments if s["id"] == seg_id)
+    return {"object_ids": [seg_id], "instance_ids": [int(seg["instance_id"])], "boxes": [seg["box"]]}
+
+
+def not_asked_reason(record, segments: list[dict], num_obj_tokens: int) -> str:
+    """Why `record_example` could not write the question (an object it names has no identifier)."""
+    from trainer.objects import instances_to_segments
+    from trainer.stages import OBJ_PLACEHOLDER
+
+    named = record.target_ids[:record.question.count(OBJ_PLACEHOLDER)]
+    unmatched = [t for t in named if t not in instances_to_segments(segments)]
+    if unmatched:
+        return f"objects {unmatched} named by the question match no segment of the scene"
+    return f"an object the question names has no identifier (only {num_obj_tokens} <OBJxxx> tokens)"
 
 
 def answer_parts(text: str, answer_type: str) -> tuple[str, str]:
@@ -74,7 +101,7 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
             by_scene[scene_id] = by_scene[scene_id][:max(0, limit - kept)]
             kept += len(by_scene[scene_id])
 
-    predictions, skipped, seen = [], 0, set()
+    predictions, seen, not_asked = [], set(), defaultdict(int)
     pending: list[tuple] = []
 
     def flush() -> None:
@@ -86,9 +113,13 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
         for (ex, _, rec, segments), ids in zip(pending, generated):
             text = clean_text(model.tokenizer.decode(ids, skip_special_tokens=False))
             text, objects_text = answer_parts(text, rec.answer_type)
+            if rec.task == "caption":
+                objects = caption_objects(rec, segments)
+            else:
+                objects = answer_objects(objects_text, segments, rec.answer_type == "objects",
+                                         model.cfg.num_obj_tokens)
             predictions.append(Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text=text,
-                                          **answer_objects(objects_text, segments, rec.answer_type == "objects",
-                                                            model.cfg.num_obj_tokens)))
+                                          **objects))
         pending.clear()
 
     for scene in iter_scenes(shards, shuffle=False):
@@ -100,7 +131,10 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
         for rec in recs:
             ex = record_example(rec, scene["segments"], model.cfg.num_obj_tokens, with_answer=False)
             if ex is None:
-                skipped += 1
+                not_asked[rec.task] += 1
+                predictions.append(Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text="",
+                                              not_asked=not_asked_reason(rec, scene["segments"],
+                                                                         model.cfg.num_obj_tokens)))
                 continue
             pending.append((ex, inputs, rec, scene["segments"]))
             if len(pending) == batch_size:
@@ -109,8 +143,9 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
     missing = sorted(s for s in by_scene if by_scene[s] and s not in seen)
     if missing:
         log.warning("%d scenes of the records are not in %s (e.g. %s)", len(missing), shards, missing[0])
-    if skipped:
-        log.warning("%d records skipped: an object the question names is not among the scene's segments", skipped)
+    if not_asked:
+        log.warning("%d records not asked (an object the question names is not among the scene's segments), "
+                    "written with not_asked, scored as misses: %s", sum(not_asked.values()), dict(not_asked))
     n = write_predictions(predictions, out)
     log.info("wrote %d predictions to %s", n, out)
     return n

@@ -2,7 +2,8 @@
 
 Groups are (source, task): ScanQA and MMScan QA share a task but are different benchmarks. A
 benchmark name (scanqa, sqa3d, scanrefer, multi3drefer, scan2cap, vsibench, ...) selects records
-by source; `vsibench` adds the benchmark's own aggregate row.
+by source; `vsibench` adds the benchmark's own aggregate row. A prediction marked `not_asked` (its
+question names an object that matches no segment) scores as a missing one, with a note per group.
 """
 
 from __future__ import annotations
@@ -59,8 +60,12 @@ def evaluate(
         groups[(r.source, r.task)].append(r)
     results = []
     for (source, rtask), recs in sorted(groups.items()):
-        pairs = [(r, predictions.get(r.id)) for r in recs]
+        preds = [predictions.get(r.id) for r in recs]
+        not_asked = [p.not_asked for p in preds if p is not None and p.not_asked]
+        pairs = [(r, None if p is not None and p.not_asked else p) for r, p in zip(recs, preds)]
         result = _score_group(f"{source}/{rtask}", rtask, pairs, scene_objects)
+        if not_asked:
+            result.notes.append(f"{len(not_asked)} records not asked, scored as misses (e.g. {not_asked[0]})")
         result.chance = chance_level(rtask, recs, scene_objects)
         results.append(result)
     vsi = [r for r in chosen if r.source == "vsibench"]

@@ -7,7 +7,7 @@ Which metric a group of records gets (see `metric_kind`):
   qa -> ScanQA (EM@1, EM-R, BLEU-1..4, METEOR, ROUGE-L, CIDEr); situated_qa -> SQA3D (EM per
   question type); grounding -> ScanRefer (Acc@0.25/0.5, unique/multiple); multi_grounding ->
   Multi3DRefer (F1@0.25/0.5, Hungarian, per eval type); caption -> Scan2Cap (CIDEr/BLEU-4/METEOR/
-  ROUGE-L @0.5 IoU, plus the plain scores); anything else by answer type: choice -> accuracy,
+  ROUGE-L @0.5 and @0.25 IoU, plus the plain scores); anything else by answer type: choice -> accuracy,
   number -> mean relative accuracy (VSI-Bench), text -> exact match.
 """
 
@@ -329,11 +329,13 @@ def eval_multi_grounding(pairs: list[Pair], name: str, scene_objects: SceneObjec
 
 
 def eval_scan2cap(pairs: list[Pair], name: str, scene_objects: SceneObjects | None = None) -> TaskResult:
-    """Scan2Cap m@0.5IoU: each caption score counts only where the predicted box hits the target
-    object at IoU >= 0.5 (else 0), averaged over all target objects; plain scores beside them."""
+    """Scan2Cap m@kIoU (k = 0.25, 0.5): a caption counts only where its box (the segment its
+    question named, see trainer/predict.py) hits the target object at IoU >= k; else it scores as the
+    empty caption, i.e. 0 on every n-gram metric. Averaged over all target objects; plain scores beside."""
     res = TaskResult(name, "scan2cap", len(pairs), sum(p is None for _, p in pairs))
     refs, hyps, ious = {}, {}, []
     localized = True
+    modes = Counter()
     for i, (rec, pred) in enumerate(pairs):
         refs[str(i)], hyps[str(i)] = list(rec.answers), "" if pred is None else pred.text
         iou = 0.0
@@ -341,23 +343,30 @@ def eval_scan2cap(pairs: list[Pair], name: str, scene_objects: SceneObjects | No
             if pred.boxes is None and pred.instance_ids is None:
                 localized = False
             else:
-                m, _ = iou_matrix(rec, pred, scene_objects)
+                m, mode = iou_matrix(rec, pred, scene_objects)
+                modes[mode] += 1
                 iou = float(m[0].max()) if m.size else 0.0
         ious.append(iou)
     if not pairs:
         return res
     scores = score_captions(refs, hyps)
-    hit = (np.array(ious) >= 0.5).astype(float)
+    # The per-sample score times the hit equals scoring the empty caption on a miss: CIDEr's document
+    # frequencies come from the references alone, and every metric gives the empty caption 0.
+    hit = {k: (np.array(ious) >= k).astype(float) for k in IOU_THRESHOLDS}
     for metric in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"):
         per = np.array(scores.per_sample[metric])
         if localized:
-            res.metrics[f"{metric}@0.5"] = 100.0 * float(np.mean(per * hit))
+            for k in sorted(IOU_THRESHOLDS, reverse=True):
+                res.metrics[f"{metric}@{k}"] = 100.0 * float(np.mean(per * hit[k]))
         res.metrics[metric] = 100.0 * scores.corpus[metric]
     if not localized:
         res.notes.append("predictions carry no boxes or instance ids: only plain caption scores")
+    if modes.get("ids"):
+        res.notes.append(f"{modes['ids']} samples compared by instance id (no target boxes available)")
     for i, (rec, pred) in enumerate(pairs):
         res.per_sample.append({**_base_sample(rec, pred), "iou": ious[i],
-                               **{m: 100.0 * scores.per_sample[m][i] for m in ("CIDEr", "BLEU-4")}})
+                               **{m: 100.0 * scores.per_sample[m][i] 
+                                  for m in ("CIDEr", "BLEU-4", "ROUGE-L")}})
     return res
 
 

@@ -13,6 +13,11 @@ axis-aligned boxes (comparable with `Record.target_boxes`).
 An empty list means "predicted no object" (Multi3DRefer zero-target); a missing field means "not given".
 A model trained with count_by_listing answers a count as "<OBJ002> <OBJ005>: 2": `text` is then the
 count ("2") and the objects it named are in `object_ids` / `instance_ids` / `boxes`.
+A caption (Scan2Cap) names its object in the question, not in the answer: its prediction carries the
+segment the question's `<OBJ>` resolved to (`object_ids`, `instance_ids`, `boxes`), the box that
+m@kIoU compares with the target's. A record that could not be asked (an object its question names
+matches no segment of the scene) is still written, with empty `text`, no objects and the reason in
+`not_asked`; `p3d eval` scores it as a miss and counts it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Prediction(BaseModel):
     object_ids: list[int] | None = Field(None, description="segment ids predicted via <OBJxxx>")
     boxes: list[Box3D] | None = Field(None, description="boxes of the predicted objects")
     instance_ids: list[int] | None = Field(None, description="store labels of the predicted segments")
+    not_asked: str | None = Field(None, description="why the record could not be asked; scored as a miss")
 
 
 def load_predictions(path: str | Path) -> dict[str, Prediction]:

@@ -8,7 +8,10 @@ the object names annotated in the ScanRefer file itself (raw names with "_" read
 not ScanRefer's 18-class NYU40 grouping, which needs scannetv2-labels.combined.tsv).
 
 Scan2Cap uses the same ScanRefer files: one caption record per (scene, object) whose reference
-answers are all descriptions of that object.
+answers are all descriptions of that object. The prompt names the object by the `<OBJ>` placeholder
+(its `target_ids[0]`): a caption model must be told which object to describe, and `p3d predict`
+swaps the placeholder for the identifier of the segment matched to it, whose box the prediction
+then carries (Scan2Cap's m@kIoU).
 
 Multi3DRefer, v1.0 (github.com/3dlg-hcvc/M3DRef-CLIP, `multi3drefer_{train,val}.json`): a JSON
 list of {"scene_id", "object_name", "ann_id", "description", "object_ids" (list, may be empty),
@@ -31,7 +34,7 @@ from pipeline.eval.convert.common import (
     no_boxes_note,
     read_json,
 )
-from schemas.record import Record
+from schemas.record import OBJ_PLACEHOLDER, Record
 
 MULTI3DREFER_EVAL_TYPES = ("zt_w_d", "zt_wo_d", "st_w_d", "st_wo_d", "mt")
 
@@ -112,7 +115,7 @@ def convert_scan2cap(paths: list[Path], scene_objects: SceneObjects | None = Non
             obj = int(object_id)
             return Record(
                 id=f"scan2cap-{eid}", scene_id=scene_id, task="caption", source="scan2cap",
-                question="Describe the object in detail.", target_ids=[obj],
+                question=f"Describe {OBJ_PLACEHOLDER} in detail.", target_ids=[obj],
                 target_boxes=boxes_for(scene_objects, scene_id, [obj]),
                 answers=[x["description"].strip() for x in es], split=splits[(scene_id, object_id)],
                 meta={"object_name": es[0].get("object_name")},
