@@ -20,6 +20,8 @@ class ClusterConfig(BaseModel):
     unlabeled_min_size: int = Field(8, ge=1, description="unlabeled cells below this join the nearest cell")
     bfs_neighbors: int = Field(6, ge=1)
     seed: int = 0
+    match_iou: float = Field(0.25, gt=0, le=1, description="least triplet-overlap IoU for a segment to be "
+                                                           "matched to a ground-truth instance")
     scenes_per_shard: int = Field(64, ge=1)
     num_workers: int = Field(2, ge=1, description="parallel scenes (Ray tasks)")
     executor: Literal["auto", "ray", "local"] = Field(

@@ -34,7 +34,7 @@ class GeometryConfig(BaseModel):
 
 class SegmenterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["instances", "sam2"] = "instances"
+    kind: Literal["instances", "sam2", "sim_sam2"] = "instances"
     model: str = SAM2_DEFAULT
     revision: str | None = None
     points_per_side: int = Field(16, ge=2)
@@ -47,6 +47,14 @@ class SegmenterConfig(BaseModel):
     merge: Literal["overlap3d"] = "overlap3d"
     merge_voxel: float = Field(0.05, gt=0, description="voxel size (geometry units, metres) for 3D overlap")
     merge_min_overlap: float = Field(0.3, gt=0, le=1, description="shared voxels / smaller mask's voxels")
+    # sim_sam2 only: SAM 2's errors simulated from ground-truth masks (pipeline/models/sim_sam2.py).
+    split_rate: float = Field(0.15, ge=0, le=1, description="sim_sam2: fraction of objects split in two")
+    merge_rate: float = Field(0.1, ge=0, le=1, description="sim_sam2: fraction of objects merged with a neighbour")
+    miss_rate: float = Field(0.1, ge=0, le=1, description="sim_sam2: chance an object is missed in a frame")
+    background_rate: float = Field(0.25, ge=0, le=1, description="sim_sam2: fraction of frames whose background "
+                                                                "(walls, floor) gets masks")
+    background_masks: int = Field(2, ge=1, description="sim_sam2: masks the background is cut into")
+    sim_seed: int = Field(0, description="sim_sam2: seed, mixed with the scene id")
 
 
 class FeaturesConfig(BaseModel):

@@ -7,6 +7,12 @@ Members of a sample keyed by scene id:
   segments.json list of `SegmentInfo`
   meta.json     `ProxyMeta`
 `index.json` (scene id -> shard file name) is written last.
+
+Format 2 (`PROXY_FORMAT_VERSION`, recorded in meta.json): each segment carries `instance_id` and
+`match_iou`, the ground-truth instance it was matched to by triplet overlap (pipeline/cluster/
+matching.py) or null, and `category` is that instance's; a segment's `label` is the segmenter's own
+id and names nothing in a dataset. Shards without a format version (format 1 took labels for
+instance ids) are refused by `check_proxy_format`.
 """
 
 from __future__ import annotations
@@ -20,13 +26,25 @@ from schemas.manifest import Box3D
 SHARD_PATTERN = "shard-%06d.tar"
 INDEX_FILE = "index.json"
 MEMBERS = ("feat.npy", "xyz.npy", "segment.npy", "segments.json", "meta.json")
+PROXY_FORMAT_VERSION = 2
+
+
+def check_proxy_format(meta: dict[str, Any], where: str) -> None:
+    """ValueError unless a sample's meta.json is of the current format."""
+    version = meta.get("format_version", 1) if isinstance(meta, dict) else None
+    if version != PROXY_FORMAT_VERSION:
+        raise ValueError(f"{where}: proxy shard format {version}, expected {PROXY_FORMAT_VERSION} "
+                         "(segments now carry matched ground-truth instance ids); re-run `p3d cluster`")
 
 
 class SegmentInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: int = Field(ge=0, description="position of the segment in BFS order")
-    label: int = Field(description="instance label from the store; -1 for an unlabeled spatial group")
-    category: str | None = None
+    label: int = Field(description="the segmenter's label from the store (its own numbering, not a "
+                                   "dataset id); -1 for an unlabeled spatial group")
+    instance_id: int | None = Field(description="ground-truth instance matched to this segment, or null")
+    match_iou: float | None = Field(ge=0, le=1, description="triplet-overlap IoU of that match, or null")
+    category: str | None = Field(None, description="category of the matched instance")
     size: int = Field(ge=0, description="number of triplets in the segment")
     proxies: int = Field(ge=0)
     center: list[float]
@@ -37,6 +55,7 @@ class SegmentInfo(BaseModel):
 
 class ProxyMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
+    format_version: int = PROXY_FORMAT_VERSION
     scene_id: str
     num_proxies: int = Field(ge=0)
     budget: int = Field(ge=1)
@@ -45,3 +64,6 @@ class ProxyMeta(BaseModel):
     params: dict[str, Any]
     source: dict[str, Any] = {}
     notes: list[str] = []
+    matching: dict[str, Any] | None = Field(
+        None, description="ground-truth matching: instances, matched, unmatched ids, min_iou; "
+                          "null when the store has no ground-truth instances")

@@ -7,6 +7,8 @@ Arrays (F frames, h x w patch grid, D feature dim):
   conf        float16  F x h x w
   pose        float32  F x 4 x 4       camera-to-world
   intrinsics  float32  F x 3 x 3       at the encoder's input resolution
+  gt_label    int32    F x h x w       optional (format 2): the ground-truth instance per patch, -1 =
+                                       none; only where the source has instances (toy, ScanNet)
 The group attributes are a `StoreAttrs`; `complete: true` is written last.
 """
 
@@ -26,6 +28,12 @@ ARRAYS: dict[str, str] = {
     "pose": "float32",
     "intrinsics": "float32",
 }
+# Arrays written only when the source has them; their fill value is never a valid entry, so a
+# chunk that was never written cannot pass for data (readers check it).
+OPTIONAL_ARRAYS: dict[str, str] = {
+    "gt_label": "int32",
+}
+OPTIONAL_FILL: dict[str, int] = {"gt_label": -(2**31)}
 NO_LABEL = -1
 STORE_FORMAT_VERSION = 1
 

@@ -143,3 +143,18 @@ def test_matches_the_literal_definition_on_random_maps():
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got[2], want[2], rtol=1e-5, atol=1e-6)
+
+
+def test_patchify_labels_follows_the_same_largest_area_rule():
+    from pipeline.features.patchify import patchify, patchify_labels
+
+    rng = np.random.default_rng(3)
+    label_FHW = rng.integers(-1, 5, size=(3, 8, 12)).astype(np.int32)
+    xyz_FHW3 = rng.normal(size=(3, 8, 12, 3)).astype(np.float32)
+    expected, _, _ = patchify(label_FHW, xyz_FHW3, np.ones((3, 8, 12), np.float32), 4)
+    np.testing.assert_array_equal(patchify_labels(label_FHW, 4), expected)
+    # Hand-made patch: 3 pixels of instance 2, 1 of none -> 2; a 2-2 tie -> the smaller id.
+    one = np.array([[[2, 2, 7, 7], [2, -1, 7, 5]]], np.int32)
+    np.testing.assert_array_equal(patchify_labels(one, 2), [[[2, 7]]])
+    tie = np.array([[[3, 9], [9, 3]]], np.int32)
+    np.testing.assert_array_equal(patchify_labels(tie, 2), [[[3]]])

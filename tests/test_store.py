@@ -72,3 +72,27 @@ def test_shape_mismatch_rejected(tmp_path):
     with pytest.raises(ValueError, match="s0: array xyz"):
         store.write_scene(tmp_path, _attrs(), arrays)
     assert store.list_scenes(tmp_path, complete_only=False) == []
+
+
+def test_gt_label_is_optional_and_its_fill_never_passes_for_data(tmp_path):
+    import zarr
+
+    rng = np.random.default_rng(1)
+    arrays = _arrays(rng)
+    store.write_scene(tmp_path, _attrs("video"), arrays)
+    assert store.read_scene(tmp_path, "video").gt_label_Fhw is None  # a source without instances
+    gt = rng.integers(-1, 6, size=arrays["label"].shape).astype(np.int32)
+    store.write_scene(tmp_path, _attrs("toy"), {**arrays, "gt_label": gt})
+    np.testing.assert_array_equal(store.read_scene(tmp_path, "toy").gt_label_Fhw, gt)
+    with pytest.raises(ValueError, match="gt_label has shape"):
+        store.write_scene(tmp_path, _attrs("bad"), {**arrays, "gt_label": gt[:, :1]})
+    with pytest.raises(ValueError, match="below -1"):
+        store.write_scene(tmp_path, _attrs("bad"), {**arrays, "gt_label": gt - 5})
+    with pytest.raises(ValueError, match="unknown arrays"):
+        store.write_scene(tmp_path, _attrs("bad"), {**arrays, "gt_labels": gt})
+    # A chunk that was never written reads as the fill value, which the reader refuses.
+    group = zarr.open_group(str(store.scene_path(tmp_path, "toy")), mode="a")
+    assert group["gt_label"].fill_value < -1
+    group["gt_label"][0] = group["gt_label"].fill_value
+    with pytest.raises(ValueError, match="unwritten chunks"):
+        store.read_scene(tmp_path, "toy")

@@ -81,8 +81,14 @@ def test_a_listed_count_is_renamed_sorted_and_keeps_its_count():
 
 
 # ---------------------------------------------------------------- identifiers name instance segments
+def _instance(label: int) -> int | None:
+    """The ground-truth instance matched to a segment: unrelated to its label, as with SAM 2."""
+    return None if label < 0 else 1000 - 7 * label
+
+
 def _segments(labels):
-    return [{"id": i, "label": lab, "category": "chair" if lab >= 0 else None,
+    return [{"id": i, "label": lab, "instance_id": _instance(lab), "match_iou": None if lab < 0 else 0.9,
+             "category": "chair" if lab >= 0 else None,
              "box": {"center": [float(i), 0.0, 0.5], "size": [1.0, 1.0, 1.0]}} for i, lab in enumerate(labels)]
 
 
@@ -113,7 +119,7 @@ def test_answer_tokens_round_trip_to_the_target_instances():
         labels = [int(x) for x in rng.permutation(np.arange(-3, 12))]
         labels = [lab if lab >= 0 else -1 for lab in labels]
         segs = _segments(labels)
-        targets = [int(t) for t in rng.choice([lab for lab in labels if lab >= 0], size=3, replace=False)]
+        targets = [int(t) for t in rng.choice([_instance(lab) for lab in labels if lab >= 0], size=3, replace=False)]
         rec = Record(id="r", scene_id="s", task="multi_grounding", source="toy", question="Find them.",
                      answer_type="objects", target_ids=targets)
         ex = record_example(rec, segs, 64)
@@ -135,7 +141,7 @@ def test_counting_by_listing_names_exactly_the_counted_objects():
         labels = [lab if lab >= 0 else -1 for lab in labels]
         segs = _segments(labels)
         k = int(rng.integers(0, 4))
-        targets = [int(t) for t in rng.choice([lab for lab in labels if lab >= 0], size=k, replace=False)]
+        targets = [int(t) for t in rng.choice([_instance(lab) for lab in labels if lab >= 0], size=k, replace=False)]
         rec = Record(id="r", scene_id="s", task="counting", source="toy", question="How many chairs?",
                      answers=[str(k)], answer_type="number", target_ids=targets)
         assert record_example(rec, segs, 64).answer == str(k)  # off by default

@@ -177,24 +177,26 @@ def test_stage_builders_name_objects_and_relations(data):
             assert float(ex.answer) == pytest.approx(d, abs=0.051)
 
 
-def test_record_mapping_through_labels(data):
+def test_record_mapping_through_the_matching(data):
     from schemas.record import Record
     from trainer.stages import record_example
 
-    segs = [{"id": 0, "label": 7, "merged_labels": [9], "category": "chair", "box": {}},
-            {"id": 1, "label": -1, "category": None, "box": {}},
-            {"id": 2, "label": 3, "category": "lamp", "box": {}}]
+    # Labels are the segmenter's numbering; records name ground-truth instances (instance_id).
+    segs = [{"id": 0, "label": 7, "instance_id": 3, "match_iou": 0.8, "category": "chair", "box": {}},
+            {"id": 1, "label": -1, "instance_id": None, "match_iou": None, "category": None, "box": {}},
+            {"id": 2, "label": 3, "instance_id": 9, "match_iou": 0.6, "category": "lamp", "box": {}}]
     rec = Record(id="r", scene_id="s", task="distance", source="toy", question="How far apart are <OBJ> and <OBJ>?",
                  answers=["1.0"], target_ids=[3, 9])
     ex = record_example(rec, segs, NUM_OBJ)
     # Segment 1 is background (label -1): it gets no identifier, so segment 2 is <OBJ001>.
-    assert ex.question == "How far apart are <OBJ001> and <OBJ000>?" and ex.answer == "1.0"
+    assert ex.question == "How far apart are <OBJ000> and <OBJ001>?" and ex.answer == "1.0"
     assert ex.meta["object_ids"] == [0, 2]
     grd = Record(id="g", scene_id="s", task="multi_grounding", source="toy", question="Find all sofas.",
                  answer_type="objects", target_ids=[])
     assert record_example(grd, segs, NUM_OBJ).answer == "none"
+    # Instance 7 equals segment 0's label but no segment was matched to it.
     missing = Record(id="m", scene_id="s", task="grounding", source="toy", question="Find the bed.",
-                     answer_type="objects", target_ids=[42])
+                     answer_type="objects", target_ids=[7])
     assert record_example(missing, segs, NUM_OBJ) is None  # not trainable: its target has no segment
     assert record_example(missing, segs, NUM_OBJ, with_answer=False) is not None  # still answerable
 

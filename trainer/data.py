@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from schemas.proxy import INDEX_FILE
+from schemas.proxy import INDEX_FILE, check_proxy_format
 from trainer.objects import identifier_array
 from trainer.positions import quantize_height, rope_position_ids
 from trainer.stages import Example
@@ -48,6 +48,7 @@ def decode_sample(raw: dict) -> dict:
     """Raw WebDataset members -> arrays and parsed JSON (np.load without pickle)."""
     key = raw["__key__"]
     try:
+        check_proxy_format(json.loads(raw["meta.json"]), f"scene {key} in {raw.get('__url__', '?')}")
         return {
             "scene_id": key,
             "feat": np.load(io.BytesIO(raw["feat.npy"]), allow_pickle=False),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -85,13 +86,16 @@ class StageStream:
         self.num_obj_tokens, self.batch_size, self.seed = num_obj_tokens, batch_size, seed
         self.shuffle_scenes, self.rank, self.world_size = shuffle_scenes, rank, world_size
         self.mode = STAGE_MODES[stage]
+        # (task, reason) -> records of this rank that could not be examples, tallied by `count()`
+        # (trainer.stages.stage4_examples); the trainer reports them per task.
+        self.skipped: Counter = Counter()
 
-    def _examples(self, scene: dict, epoch: int) -> list[Item]:
+    def _examples(self, scene: dict, epoch: int, skipped: Counter | None = None) -> list[Item]:
         rng = random.Random(f"{self.seed}-{epoch}-{scene['scene_id']}")
         examples = build_examples(self.stage, scene["scene_id"], scene["segments"],
                                   self.records_by_scene.get(scene["scene_id"], []), self.num_obj_tokens, rng,
                                   tasks=self.tasks, record_tasks=self.record_tasks,
-                                  count_by_listing=self.count_by_listing)
+                                  count_by_listing=self.count_by_listing, skipped=skipped)
         if not examples:
             return []
         inputs = scene_inputs(scene, self.mode, self.num_obj_tokens)
@@ -99,8 +103,9 @@ class StageStream:
             return permute_identifiers(examples, inputs, self.num_obj_tokens, rng)
         return [(ex, inputs) for ex in examples]
 
-    def items(self, epoch: int) -> Iterator[Item]:
-        """One pass over this rank's examples, shuffled within groups of `shuffle_scenes` scenes."""
+    def items(self, epoch: int, skipped: Counter | None = None) -> Iterator[Item]:
+        """One pass over this rank's examples, shuffled within groups of `shuffle_scenes` scenes;
+        records that could not be examples are tallied in `skipped`."""
         buffer: list[Item] = []
         scenes_in_buffer, chunk = 0, 0
         scenes = iter_scenes(self.shard_dir, rank=self.rank, world_size=self.world_size, epoch=epoch,
@@ -108,7 +113,7 @@ class StageStream:
         for scene in scenes:
             if scene["scene_id"] in self.exclude_scenes:
                 continue
-            buffer += self._examples(scene, epoch)
+            buffer += self._examples(scene, epoch, skipped)
             scenes_in_buffer += 1
             if scenes_in_buffer == self.shuffle_scenes:
                 random.Random(f"{self.seed}-{epoch}-{self.rank}-{chunk}").shuffle(buffer)
@@ -118,8 +123,12 @@ class StageStream:
         yield from buffer
 
     def count(self) -> int:
-        """Examples of this rank per epoch (the count does not depend on the epoch's sampling)."""
-        return sum(1 for _ in self.items(0))
+        """Examples of this rank per epoch (the count does not depend on the epoch's sampling); also
+        tallies the skipped records in `self.skipped`."""
+        tally: Counter = Counter()
+        num = sum(1 for _ in self.items(0, tally))
+        self.skipped = tally
+        return num
 
     def local_batches_per_epoch(self) -> int:
         return math.ceil(self.count() / self.batch_size)

@@ -165,11 +165,18 @@ def identifier_array(segments: Sequence[dict], num_obj_tokens: int):
     return out
 
 
-def labels_to_segments(segments: Sequence[dict]) -> dict[int, int]:
-    """Instance id (store label, or a label merged into a segment) -> segment id."""
+def instances_to_segments(segments: Sequence[dict]) -> dict[int, int]:
+    """Ground-truth instance id -> id of the segment matched to it (segments.json `instance_id`,
+    pipeline/cluster/matching.py). A segment's `label` is the segmenter's own numbering and is never
+    compared with a dataset's object ids; an instance that no segment matched is absent."""
     out: dict[int, int] = {}
     for seg in segments:
-        for label in [seg["label"], *seg.get("merged_labels", [])]:
-            if label >= 0:
-                out.setdefault(int(label), int(seg["id"]))
+        if "instance_id" not in seg:
+            raise ValueError(f"segment {seg.get('id')}: no instance_id (proxy shards of format 1; "
+                             "re-run `p3d cluster`)")
+        if seg["instance_id"] is not None:
+            if int(seg["instance_id"]) in out:
+                raise ValueError(f"instance {seg['instance_id']} is matched to segments "
+                                 f"{out[int(seg['instance_id'])]} and {seg['id']}; matching is one-to-one")
+            out[int(seg["instance_id"])] = int(seg["id"])
     return out

@@ -2,7 +2,9 @@
 
 Writes the predictions contract of `pipeline/eval/predictions.py`: one line per record with
 `id`, `scene_id`, `task`, `text`, and, when the answer names objects, their segment ids
-(`object_ids`), store labels (`instance_ids`) and boxes from segments.json. A caption carries the
+(`object_ids`), the ground-truth instances matched to them (`instance_ids`, null for a segment that
+matched none; never the segmenter's labels) and boxes from segments.json. A record with targets
+that match no segment lists them in `unmatched_targets`, so eval counts them. A caption carries the
 segment its question names instead (Scan2Cap localizes a caption by its object). A record whose
 question names an object that matches no segment cannot be asked: it is written with `not_asked`
 and its reason, so that eval counts it as a miss. A stage 1-3 folder
@@ -20,8 +22,9 @@ log = logging.getLogger("p3d.predict")
 
 
 def answer_objects(text: str, segments: list[dict], expects_objects: bool, num_obj_tokens: int) -> dict:
-    """Segment ids named in `text` (via their identifiers), with their instance ids and boxes; {}
-    when none is expected. An identifier that names no segment of the scene is dropped."""
+    """Segment ids named in `text` (via their identifiers), with their matched ground-truth instance
+    ids (None for a segment matched to none, so it equals no target) and boxes; {} when none is
+    expected. An identifier that names no segment of the scene is dropped."""
     from trainer.objects import object_ids_in_text, segment_identifiers
 
     segment_of = {ident: seg for seg, ident in segment_identifiers(segments, num_obj_tokens).items()}
@@ -29,7 +32,7 @@ def answer_objects(text: str, segments: list[dict], expects_objects: bool, num_o
     if not ids and not expects_objects:
         return {}
     by_id = {s["id"]: s for s in segments}
-    return {"object_ids": ids, "instance_ids": [by_id[i]["label"] for i in ids],
+    return {"object_ids": ids, "instance_ids": [by_id[i]["instance_id"] for i in ids],
             "boxes": [by_id[i]["box"] for i in ids]}
 
 
@@ -86,7 +89,7 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
     from schemas.record import load_records
     from trainer.data import Collator, iter_scenes, scene_inputs
     from trainer.model import Proxy3DModel
-    from trainer.stages import record_example
+    from trainer.stages import record_example, unmatched_targets
 
     model = Proxy3DModel.from_pretrained(checkpoint).eval()
     mode = "proxy" if 4 in model.cfg.stages_done else "fused"
@@ -102,6 +105,7 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
             kept += len(by_scene[scene_id])
 
     predictions, seen, not_asked = [], set(), defaultdict(int)
+    unmatched_of: dict[str, list[int]] = {}  # record id -> its targets that match no segment
     pending: list[tuple] = []
 
     def flush() -> None:
@@ -129,6 +133,9 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
         seen.add(scene["scene_id"])
         inputs = scene_inputs(scene, mode, model.cfg.num_obj_tokens)
         for rec in recs:
+            unmatched = unmatched_targets(rec, scene["segments"])
+            if unmatched:
+                unmatched_of[rec.id] = unmatched
             ex = record_example(rec, scene["segments"], model.cfg.num_obj_tokens, with_answer=False)
             if ex is None:
                 not_asked[rec.task] += 1
@@ -146,6 +153,14 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
     if not_asked:
         log.warning("%d records not asked (an object the question names is not among the scene's segments), "
                     "written with not_asked, scored as misses: %s", sum(not_asked.values()), dict(not_asked))
+    if unmatched_of:
+        for pred in predictions:
+            pred.unmatched_targets = unmatched_of.get(pred.id)
+        by_task = defaultdict(int)
+        for pred in predictions:
+            by_task[pred.task] += bool(pred.unmatched_targets)
+        log.warning("%d records have targets that match no segment (their predictions can only miss): %s",
+                    len(unmatched_of), {t: n for t, n in sorted(by_task.items()) if n})
     n = write_predictions(predictions, out)
     log.info("wrote %d predictions to %s", n, out)
     return n

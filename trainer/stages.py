@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from schemas.record import Record
-from trainer.objects import OBJ_TOKEN_RE, labels_to_segments, obj_token, segment_identifiers
+from trainer.objects import OBJ_TOKEN_RE, instances_to_segments, obj_token, segment_identifiers
 
 log = logging.getLogger(__name__)
 OBJ_PLACEHOLDER = "<OBJ>"
@@ -122,9 +122,19 @@ def split_listed_answer(text: str) -> tuple[str, str] | None:
     return ("" if m["objects"] == NONE_ANSWER else m["objects"]), m["answer"].strip()
 
 
+def unmatched_targets(record: Record, segments: list[dict]) -> list[int]:
+    """The record's target ids that no segment of the scene was matched to (segments.json
+    `instance_id`): such a record cannot be trained on, and its prediction can only miss."""
+    matched = instances_to_segments(segments)
+    return [t for t in record.target_ids if t not in matched]
+
+
 def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
                    with_answer: bool = True, count_by_listing: bool = False) -> Example | None:
     """A record as a stage-4 example; None when a target is not in the scene's segments.
+
+    Targets are ground-truth instance ids; they reach segments only through the matching
+    (`instances_to_segments`), never by equality with a segment's label.
 
     With `count_by_listing`, a counting record whose counted objects are known (its target ids)
     is answered by naming them first, "<OBJ002> <OBJ005>: 2": the count is then the length of a list
@@ -132,9 +142,9 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
     grounding. Answering the bare number asks a small model to count in one step (toy world, stage 1
     also on multi_grounding records: held-out counting EM 0.62 bare against 0.72 listed, where always
     "1" scores 0.59)."""
-    label_to_seg = labels_to_segments(segments)
+    seg_of_instance = instances_to_segments(segments)
     ident_of_seg = segment_identifiers(segments, num_obj_tokens)
-    seg_ids = [label_to_seg.get(t) for t in record.target_ids]
+    seg_ids = [seg_of_instance.get(t) for t in record.target_ids]
     idents = [ident_of_seg.get(s) if s is not None else None for s in seg_ids]
     question = record.question
     placeholders = question.count(OBJ_PLACEHOLDER)
@@ -177,17 +187,27 @@ def _listed_count(count: str, idents: list[int]) -> str:
     return f"{_tokens(idents) if idents else NONE_ANSWER}: {count}"
 
 
+# Why `stage4_examples` skipped a record (keys of the `skipped` tally, per task).
+SKIP_UNMATCHED = "unmatched_target"  # a target matches no segment of the scene
+SKIP_OTHER = "other"  # a target beyond the identifiers, or no answer to train on
+
+
 def stage4_examples(scene_id: str, segments: list[dict], records: list[Record],
-                    num_obj_tokens: int, rng: random.Random, count_by_listing: bool = False) -> list[Example]:
-    out, skipped = [], 0
+                    num_obj_tokens: int, rng: random.Random, count_by_listing: bool = False,
+                    skipped: Counter | None = None) -> list[Example]:
+    """The records as examples. Records that cannot be examples are counted in `skipped`, keyed by
+    (task, reason) (`SKIP_UNMATCHED` or `SKIP_OTHER`), so that the trainer reports them."""
+    out, num_skipped = [], 0
     for rec in records:
         ex = record_example(rec, segments, num_obj_tokens, count_by_listing=count_by_listing)
         if ex is None:
-            skipped += 1
+            num_skipped += 1
+            if skipped is not None:
+                skipped[(rec.task, SKIP_UNMATCHED if unmatched_targets(rec, segments) else SKIP_OTHER)] += 1
         else:
             out.append(ex)
-    if skipped:
-        log.debug("scene %s: %d records skipped (targets not among the segments)", scene_id, skipped)
+    if num_skipped:
+        log.debug("scene %s: %d records skipped (targets not among the segments)", scene_id, num_skipped)
     rng.shuffle(out)
     return out
 
@@ -200,23 +220,30 @@ def _mixed(own: list[Example], replay: list[Example], rng: random.Random) -> lis
 
 def build_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
                    num_obj_tokens: int, rng: random.Random, tasks: frozenset[str] | None = None,
-                   record_tasks: frozenset[str] = frozenset(), count_by_listing: bool = False) -> list[Example]:
+                   record_tasks: frozenset[str] = frozenset(), count_by_listing: bool = False,
+                   skipped: Counter | None = None) -> list[Example]:
     """The stage's examples of one scene, only those of `tasks` when given; stages 1-3 add the
     records of `record_tasks`, asked about the simplified scene (a record question refers to objects
     by identifier, which the fused tokens carry as well as the proxies do). `count_by_listing`:
-    see `record_example`."""
-    examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng, count_by_listing)
+    see `record_example`. `skipped` tallies the records of the stage's tasks that could not be
+    examples (see `stage4_examples`)."""
+    tally: Counter = Counter()
+    examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng, count_by_listing, tally)
     if tasks is not None:
         examples = [ex for ex in examples if ex.task in tasks]
+        tally = Counter({key: n for key, n in tally.items() if key[0] in tasks})
     if stage < 4 and record_tasks:
         extra = stage4_examples(scene_id, segments, [r for r in records if r.task in record_tasks],
-                                num_obj_tokens, rng, count_by_listing)
+                                num_obj_tokens, rng, count_by_listing, tally)
         examples = _mixed(examples, extra, rng)
+    if skipped is not None:
+        skipped.update(tally)
     return examples
 
 
 def _stage_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
-                    num_obj_tokens: int, rng: random.Random, count_by_listing: bool) -> list[Example]:
+                    num_obj_tokens: int, rng: random.Random, count_by_listing: bool,
+                    skipped: Counter) -> list[Example]:
     if stage == 1:
         return stage1_examples(scene_id, segments, num_obj_tokens, rng)
     # Stages 2 and 3 replay stage 1's naming: without it a small language model forgets how to name
@@ -229,5 +256,5 @@ def _stage_examples(stage: int, scene_id: str, segments: list[dict], records: li
         return _mixed(stage3_examples(scene_id, segments, num_obj_tokens, rng),
                       stage1_examples(scene_id, segments, num_obj_tokens, rng), rng)
     if stage == 4:
-        return stage4_examples(scene_id, segments, records, num_obj_tokens, rng, count_by_listing)
+        return stage4_examples(scene_id, segments, records, num_obj_tokens, rng, count_by_listing, skipped)
     raise ValueError(f"unknown stage {stage}; stages are 1-4")

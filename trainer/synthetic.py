@@ -53,7 +53,9 @@ def make_scene(scene_id: str, rng: np.random.Generator, dim: int, proxies_per_ob
         feats.append(base + 0.3 * FEATURE_RMS * rng.normal(size=(proxies_per_object, dim)))
         xyzs.append(xyz)
         segs.append(np.full(proxies_per_object, seg_id, np.int32))
-        infos.append(SegmentInfo(id=seg_id, label=inst, category=name, size=proxies_per_object * 4,
+        # The synthetic segmenter is the oracle: a segment's label is its instance, matched at IoU 1.
+        infos.append(SegmentInfo(id=seg_id, label=inst, instance_id=inst if inst >= 0 else None,
+                                 match_iou=1.0 if inst >= 0 else None, category=name, size=proxies_per_object * 4,
                                  proxies=proxies_per_object, center=((lo + hi) / 2).tolist(),
                                  box={"center": ((lo + hi) / 2).tolist(), "size": (hi - lo).tolist()},
                                  bfs_rank=seg_id).model_dump())

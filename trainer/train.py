@@ -4,6 +4,8 @@ Layout under `train.out` (default runs/train):
     stage<N>/checkpoints/<tag>/   DeepSpeed state + p3d_state_rank<r>.json/.safetensors (resume)
     stage<N>/tb/                  TensorBoard events
     stage<N>/model/               the exported Hugging Face folder + p3d modules (p3d_config.json last)
+    stage<N>/skipped_records.json per task, records that could not be examples and why (a target
+                                  matched no segment: `unmatched_target`)
 Stage 1 starts from `train.model` (a hub id, folder or toy:<name>); stage N > 1 from stage<N-1>/model.
 `resume=True` continues from the latest checkpoint exactly: weights, optimizer, schedule, RNG and
 the position in the epoch (the data order is a function of seed, epoch and rank; see loader.py).
@@ -57,6 +59,20 @@ def stage_dir(cfg: TrainConfig, stage: int) -> Path:
 
 def records_path(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig) -> Path:
     return Path(scfg.records or cfg.records or workflow.eval.records or Path(workflow.out) / "annotations.jsonl")
+
+
+SKIPPED_FILE = "skipped_records.json"
+
+
+def skipped_by_task(tallies) -> dict[str, dict[str, int]]:
+    """Per-rank tallies of skipped records ((task, reason) -> n, trainer.loader.StageStream.skipped)
+    summed into task -> reason -> n, for the log and `stage<N>/skipped_records.json`."""
+    out: dict[str, dict[str, int]] = {}
+    for tally in tallies:
+        for (task, reason), n in tally.items():
+            out.setdefault(task, {}).setdefault(reason, 0)
+            out[task][reason] += int(n)
+    return {task: dict(sorted(reasons.items())) for task, reasons in sorted(out.items())}
 
 
 def deepspeed_config(name: str, micro_batch: int, grad_accum: int, world_size: int, on_gpu: bool) -> dict:
@@ -210,6 +226,18 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     local = torch.tensor([stream.local_batches_per_epoch()])
     dist.all_reduce(local, op=dist.ReduceOp.MAX)
     batches_per_epoch = int(local)
+    tallies = [None] * world
+    dist.all_gather_object(tallies, dict(stream.skipped))
+    if rank == 0:
+        # Records whose targets match no segment are counted, never dropped silently.
+        skipped = skipped_by_task(tallies)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{SKIPPED_FILE}.tmp"
+        tmp.write_text(json.dumps({"stage": stage, "skipped": skipped}, indent=1))
+        os.replace(tmp, out_dir / SKIPPED_FILE)
+        for task, reasons in skipped.items():
+            log.warning("stage %d: %s records skipped: %s", stage, task,
+                        ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in reasons.items()))
     if batches_per_epoch == 0:
         raise ValueError(f"stage {stage}: no training examples in {shard_dir}")
     total_micro = (scfg.max_steps * scfg.grad_accum if scfg.max_steps

@@ -42,12 +42,15 @@ class ClusterParams:
     unlabeled_min_size: int = 8
     bfs_neighbors: int = 6
     seed: int = 0
+    match_iou: float = 0.25  # used by the driver's ground-truth matching (pipeline/cluster/matching.py)
 
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise ValueError(f"budget (--proxies) must be >= 1, got {self.budget}")
         if self.space not in ("xyz", "xyz+feat"):
             raise ValueError(f"space must be 'xyz' or 'xyz+feat', got {self.space!r}")
+        if not 0 < self.match_iou <= 1:
+            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
         if self.per_object is not None and self.per_object < 1:
             raise ValueError(f"per_object must be >= 1, got {self.per_object}")
 
@@ -74,6 +77,9 @@ class SceneProxies:
     num_groups_initial: int
     merges: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # int32 N (every input triplet): the segment it belongs to, -1 for invalid ones and those whose
+    # group got no proxy; the cluster driver matches segments to ground-truth instances through it.
+    segment_N: np.ndarray | None = None
 
     @property
     def num_proxies(self) -> int:
@@ -252,10 +258,12 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
     rank_of_group = np.full(groups.num_groups, -1, dtype=np.int64)
     rank_of_group[np.asarray(seg_groups)[order_S]] = np.arange(len(order_S))
     segment_K = rank_of_group[proxy_group_K]
+    segment_N = np.full(len(valid_N), -1, dtype=np.int32)
+    segment_N[idx_valid] = rank_of_group[groups.group_N]
     # Stable sort keeps FPS order inside each segment while putting segments in BFS order.
     perm = np.argsort(segment_K, kind="stable")
     return SceneProxies(
         feat_KD=feat_KD[perm], xyz_K3=xyz_K3[perm], segment_K=segment_K[perm].astype(np.int32),
         segments=[segments[i] for i in order_S], num_triplets=len(valid_N), num_valid=num_valid,
-        num_groups_initial=num_initial, merges=groups.merges, notes=notes,
+        num_groups_initial=num_initial, merges=groups.merges, notes=notes, segment_N=segment_N,
     )

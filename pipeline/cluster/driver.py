@@ -6,6 +6,10 @@ Ray task per scene (or in-process for tests and small runs), and each tar is wri
 name and renamed once all its scenes are done. `config.json` records the resolved configuration,
 `index.json` (scene id -> shard file) is written last, and a run report goes to `_runs/`. A scene
 that fails is reported and left out of its shard and the index; the run then fails naming it.
+
+Segments are matched to the store's ground-truth instances (`gt_label`, where the source has them)
+by triplet overlap (matching.py); a segment's category is its matched instance's, never the object
+whose id equals the segmenter's label. The run report sums the matched and unmatched instances.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from schemas.proxy import INDEX_FILE, ProxyMeta
 from schemas.store import RUNS_DIR
 
 log = logging.getLogger(__name__)
-CLUSTER_VERSION = "1"
+CLUSTER_VERSION = "2"  # 2: segments matched to ground-truth instances
 CONFIG_FILE = "config.json"
 
 
@@ -42,6 +46,7 @@ class RunReport:
     written: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    matching: dict[str, int] = field(default_factory=dict)  # instances / matched / unmatched, summed
     shards_written: list[str] = field(default_factory=list)
     shards_kept: list[str] = field(default_factory=list)
     executor: str = "local"
@@ -73,6 +78,7 @@ def cluster_one(out: str, scene_id: str, params: ClusterParams, params_record: d
     """Read, cluster and encode one scene: (scene id, sample, None) or (scene id, None, error)."""
     try:
         from pipeline.cluster.core import cluster_scene
+        from pipeline.cluster.matching import match_segments, no_ground_truth
         from pipeline.features.store import read_scene
 
         scene = read_scene(out, scene_id)
@@ -81,6 +87,16 @@ def cluster_one(out: str, scene_id: str, params: ClusterParams, params_record: d
             feat_mean_D=None if stats is None else np.asarray(stats["feat_mean"], np.float32),
             feat_std_D=None if stats is None else np.asarray(stats["feat_std"], np.float32),
         )
+        num_segments = len(proxies.segments)
+        if scene.gt_label_Fhw is None:
+            matching = no_ground_truth(num_segments)
+        else:
+            valid_N = np.isfinite(scene.xyz_Fhw3.reshape(-1, 3)).all(axis=1)
+            # Only instance segments (label >= 0) can stand for an object: unlabeled spatial groups
+            # get no identifier, so a record could not name them anyway.
+            matching = match_segments(
+                proxies.segment_N[valid_N], scene.gt_label_Fhw.reshape(-1)[valid_N], num_segments,
+                params.match_iou, matchable_S=np.array([s.label >= 0 for s in proxies.segments], bool))
         attrs = scene.attrs
         meta = ProxyMeta(
             scene_id=scene_id, num_proxies=proxies.num_proxies, budget=params.budget,
@@ -88,12 +104,13 @@ def cluster_one(out: str, scene_id: str, params: ClusterParams, params_record: d
             params=params_record, source=attrs.source, notes=proxies.notes,
             num_triplets=proxies.num_triplets, num_segments=len(proxies.segments),
             num_groups_initial=proxies.num_groups_initial, merges=proxies.merges,
+            matching=None if scene.gt_label_Fhw is None else matching.summary(params.match_iou),
             store={k: v for k, v in attrs.model_dump(mode="json").items()
                    if k in ("encoder", "geometry", "segmenter", "pipeline_version", "grid",
                             "patch_size", "image_size", "frame_indices", "scale", "scale_method")},
         )
         categories = {int(o["id"]): str(o["category"]) for o in attrs.objects if "id" in o and "category" in o}
-        return scene_id, encode_sample(scene_id, proxies, meta, categories), None
+        return scene_id, encode_sample(scene_id, proxies, meta, matching, categories), None
     except Exception as e:  # reported per scene; the run goes on and fails at the end
         log.debug("scene %s failed:\n%s", scene_id, traceback.format_exc())
         return scene_id, None, f"{type(e).__name__}: {e}"
@@ -227,6 +244,9 @@ def run_cluster(out: str | Path, config: ClusterConfig, scenes: list[str] | None
                 log.error("scene %s failed: %s", scene_id, error)
             else:
                 report.written.append(scene_id)
+                summary = json.loads(sample["meta.json"]).get("matching") or {}
+                for key in ("instances", "matched", "unmatched"):
+                    report.matching[key] = report.matching.get(key, 0) + int(summary.get(key, 0))
             log.info("[%d/%d] %s %s", num_done, len(pending_scenes), scene_id, "failed" if error else "ok")
             if len(results[shard]) == len(todo[shard]):
                 samples = [results[shard][s] for s in todo[shard] if results[shard][s] is not None]
@@ -247,6 +267,9 @@ def run_cluster(out: str | Path, config: ClusterConfig, scenes: list[str] | None
     write_json_atomic(root / CONFIG_FILE, {"config": config.model_dump(mode="json"),
                                            "params": params_record, "out": out})
     write_json_atomic(root / INDEX_FILE, index)  # last: marks the shard set as complete
+    if report.matching.get("instances"):
+        log.info("matching: %d of %d ground-truth instances matched to a segment, %d unmatched",
+                 report.matching["matched"], report.matching["instances"], report.matching["unmatched"])
     report.seconds = round(time.time() - started, 3)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
     report_path = root / RUNS_DIR / f"cluster-{stamp}-{os.getpid()}.json"

@@ -1,5 +1,7 @@
 """`p3d inspect`: a short text summary of a proxy shard or of one scene (its triplet group and,
-when clustered, its proxies)."""
+when clustered, its proxies), with the segments' matching to ground-truth instances: per segment
+its label (the segmenter's own id), matched instance, category and match IoU, and the instances
+no segment matched."""
 
 from __future__ import annotations
 
@@ -24,7 +26,28 @@ def summarize_sample(scene_id: str, sample: dict[str, Any]) -> list[str]:
             f"{s.id}:{s.category or ('L' + str(s.label) if s.label >= 0 else 'unlabeled')}"
             for s in segments[:12]) + (" ..." if len(segments) > 12 else ""),
     ]
+    lines += matching_lines(meta, segments)
     lines += [f"  note: {n}" for n in meta.notes]
+    return lines
+
+
+MAX_MATCH_ROWS = 40
+
+
+def matching_lines(meta, segments) -> list[str]:
+    if meta.matching is None:
+        return ["  matching: no ground-truth instances in the store (instance ids and categories are null)"]
+    m = meta.matching
+    lines = [f"  matching (IoU >= {m.get('min_iou')}): {m.get('matched')} of {m.get('instances')} "
+             f"ground-truth instances matched; unmatched: {m.get('unmatched_ids') or 'none'}",
+             "    segment  label  instance  category  IoU"]
+    labeled = [s for s in segments if s.label >= 0]
+    for s in labeled[:MAX_MATCH_ROWS]:
+        iou = "-" if s.match_iou is None else f"{s.match_iou:.2f}"
+        instance = "-" if s.instance_id is None else str(s.instance_id)
+        lines.append(f"    {s.id:7d}  {s.label:5d}  {instance:>8}  {s.category or '-':8}  {iou}")
+    if len(labeled) > MAX_MATCH_ROWS:
+        lines.append(f"    ... {len(labeled) - MAX_MATCH_ROWS} more labeled segments")
     return lines
 
 
@@ -54,7 +77,8 @@ def summarize_scene(out: str | Path, scene_id: str, name: str) -> list[str]:
         f"source {attrs.get('source', {}).get('kind', attrs.get('source'))}",
         f"  valid triplets {int(valid.sum())}/{valid.size} ({valid.mean():.1%}), "
         f"labeled {int((valid & (label >= 0)).sum())}, {len(labels)} labels, "
-        f"{len(attrs.get('objects', []))} objects known",
+        f"{len(attrs.get('objects', []))} objects known, "
+        f"ground-truth instances per patch: {'yes' if 'gt_label' in group else 'no'}",
     ]
     try:
         lines += summarize_sample(scene_id, load_scene_proxies(out, name, scene_id))

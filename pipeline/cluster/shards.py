@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from schemas.manifest import Box3D
-from schemas.proxy import INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo
+from schemas.proxy import INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo, check_proxy_format
 
 PROXIES_DIR = "proxies"
 _FIXED_MTIME = 0
@@ -48,12 +48,22 @@ def check_key(scene_id: str) -> None:
         raise ValueError(f"scene {scene_id!r}: a shard key may not be empty or contain '.' or '/'")
 
 
-def encode_sample(scene_id: str, proxies, meta: ProxyMeta, categories: dict[int, str]) -> dict[str, bytes]:
-    """WebDataset sample (key + the members of `schemas.proxy.MEMBERS`) for one scene."""
+def encode_sample(scene_id: str, proxies, meta: ProxyMeta, matching,
+                  categories: dict[int, str]) -> dict[str, bytes]:
+    """WebDataset sample (key + the members of `schemas.proxy.MEMBERS`) for one scene. `matching`
+    (pipeline/cluster/matching.py) gives each segment its ground-truth instance; `categories` maps
+    instance ids to categories, so a segment's category is its matched instance's."""
     check_key(scene_id)
+    if len(matching.instance_S) != len(proxies.segments):
+        raise ValueError(f"scene {scene_id}: matching covers {len(matching.instance_S)} segments, "
+                         f"the proxies have {len(proxies.segments)}")
+    instance_S, iou_S = matching.instance_S, matching.iou_S
     segments = [
         SegmentInfo(
-            id=i, label=seg.label, category=categories.get(seg.label), size=seg.size,
+            id=i, label=seg.label, instance_id=instance_S[i],
+            match_iou=None if iou_S[i] is None else round(iou_S[i], 4),
+            category=None if instance_S[i] is None else categories.get(instance_S[i]),
+            size=seg.size,
             proxies=seg.proxies, center=[float(v) for v in seg.center],
             box=Box3D.from_min_max(seg.box_min, seg.box_max), bfs_rank=i,
             merged_labels=seg.merged_labels,
@@ -144,6 +154,7 @@ def decode_sample(members: dict[str, bytes], where: str = "") -> dict[str, Any]:
     missing = [m for m in MEMBERS if m not in members]
     if missing:
         raise ValueError(f"{where}: sample lacks members {missing}")
+    check_proxy_format(json.loads(members["meta.json"]), where)
     return {
         "feat": np.load(io.BytesIO(members["feat.npy"]), allow_pickle=False),
         "xyz": np.load(io.BytesIO(members["xyz.npy"]), allow_pickle=False),

@@ -75,10 +75,12 @@ def synthetic_scene(num_frames: int = 32, h: int = 16, w: int = 21, dim: int = 1
 
 
 def store_arrays(scene: SyntheticScene) -> dict[str, np.ndarray]:
-    """The arrays `pipeline.features.store.write_scene` takes (conf, pose, intrinsics made up)."""
+    """The arrays `pipeline.features.store.write_scene` takes (conf, pose, intrinsics made up). The
+    labels are the ground truth here (an oracle segmenter), so `gt_label` equals `label`."""
     num_frames, h, w = scene.label_Fhw.shape
     return {
         "feat": scene.feat_FhwD, "xyz": scene.xyz_Fhw3, "label": scene.label_Fhw,
+        "gt_label": scene.label_Fhw.copy(),
         "conf": np.ones((num_frames, h, w), np.float16),
         "pose": np.tile(np.eye(4, dtype=np.float32), (num_frames, 1, 1)),
         "intrinsics": np.tile(np.eye(3, dtype=np.float32), (num_frames, 1, 1)),

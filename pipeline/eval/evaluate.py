@@ -3,7 +3,8 @@
 Groups are (source, task): ScanQA and MMScan QA share a task but are different benchmarks. A
 benchmark name (scanqa, sqa3d, scanrefer, multi3drefer, scan2cap, vsibench, ...) selects records
 by source; `vsibench` adds the benchmark's own aggregate row. A prediction marked `not_asked` (its
-question names an object that matches no segment) scores as a missing one, with a note per group.
+question names an object that matches no segment) scores as a missing one, with a note per group;
+each group also notes how many targets match no segment (`unmatched_targets`, written by predict).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def evaluate(
         result = _score_group(f"{source}/{rtask}", rtask, pairs, scene_objects)
         if not_asked:
             result.notes.append(f"{len(not_asked)} records not asked, scored as misses (e.g. {not_asked[0]})")
+        unmatched = [p.unmatched_targets for p in preds if p is not None and p.unmatched_targets]
+        if unmatched:  # the segments stand for objects only through the cluster stage's matching
+            result.notes.append(f"{sum(map(len, unmatched))} targets of {len(unmatched)} records match no "
+                                "segment of their scene (scored as they fall: they can only be missed)")
         result.chance = chance_level(rtask, recs, scene_objects)
         results.append(result)
     vsi = [r for r in chosen if r.source == "vsibench"]

@@ -8,7 +8,8 @@ Contract (owned here, written by the trainer's `predict`):
 `id`, `scene_id`, `task` and `text` are required; `object_ids` are the segment ids that the
 generated `<OBJxxx>` tokens name (identifiers number a scene's instance segments in BFS order, see
 trainer/objects.py, so `<OBJ004>` is the fifth instance segment, here segment 12), `instance_ids`
-the store labels of those segments (comparable with `Record.target_ids`), `boxes` their
+the ground-truth instances matched to those segments (segments.json `instance_id`, comparable with
+`Record.target_ids`; null for a segment matched to none, which equals no target), `boxes` their
 axis-aligned boxes (comparable with `Record.target_boxes`).
 An empty list means "predicted no object" (Multi3DRefer zero-target); a missing field means "not given".
 A model trained with count_by_listing answers a count as "<OBJ002> <OBJ005>: 2": `text` is then the
@@ -40,7 +41,11 @@ class Prediction(BaseModel):
     text: str = Field(description="the generated answer, special tokens kept")
     object_ids: list[int] | None = Field(None, description="segment ids predicted via <OBJxxx>")
     boxes: list[Box3D] | None = Field(None, description="boxes of the predicted objects")
-    instance_ids: list[int] | None = Field(None, description="store labels of the predicted segments")
+    instance_ids: list[int | None] | None = Field(
+        None, description="ground-truth instances matched to the predicted segments (segments.json "
+                          "instance_id), aligned with object_ids; null for a segment matched to none")
+    unmatched_targets: list[int] | None = Field(
+        None, description="the record's target ids that match no segment of the scene (counted by eval)")
     not_asked: str | None = Field(None, description="why the record could not be asked; scored as a miss")
 
 

@@ -37,17 +37,12 @@ def _to_patches(arr: np.ndarray, patch: int) -> np.ndarray:
     return out.reshape(num_frames, h, w, patch * patch, *rest)
 
 
-def patchify(label_FHW: np.ndarray, xyz_FHW3: np.ndarray, conf_FHW: np.ndarray,
-             patch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (label_Fhw int32, xyz_Fhw3 float32, conf_Fhw float32) on the h x w patch grid."""
-    if label_FHW.ndim != 3 or xyz_FHW3.shape != (*label_FHW.shape, 3) or conf_FHW.shape != label_FHW.shape:
-        raise ValueError(f"patchify: mismatched shapes label {label_FHW.shape}, xyz {xyz_FHW3.shape}, "
-                         f"conf {conf_FHW.shape}")
+def _largest_area(label_FHW: np.ndarray, patch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels uniq_L, compact ids F x H x W, winning compact id of each patch P = F*h*w)."""
     num_frames, height, width = label_FHW.shape
     if height % patch or width % patch:
         raise ValueError(f"patchify: image {height}x{width} is not a multiple of the patch size {patch}")
     h, w = height // patch, width // patch
-
     # Compact label ids 0..L-1 (sorted, so argmax ties resolve to the smaller original label).
     uniq_L, compact_FHW = np.unique(label_FHW, return_inverse=True)
     compact_FHW = compact_FHW.reshape(label_FHW.shape)
@@ -56,7 +51,28 @@ def patchify(label_FHW: np.ndarray, xyz_FHW3: np.ndarray, conf_FHW: np.ndarray,
     num_patches = compact_PQ.shape[0]
     flat = (np.arange(num_patches)[:, None] * num_labels + compact_PQ).ravel()
     counts_PL = np.bincount(flat, minlength=num_patches * num_labels).reshape(num_patches, num_labels)
-    winner_P = counts_PL.argmax(axis=1)
+    return uniq_L, compact_FHW, counts_PL.argmax(axis=1)
+
+
+def patchify_labels(label_FHW: np.ndarray, patch: int) -> np.ndarray:
+    """Labels alone (int32 F x h x w) by the same largest-area rule: ground-truth instances go onto
+    the token grid exactly as the segmenter's labels do."""
+    if label_FHW.ndim != 3:
+        raise ValueError(f"patchify: labels must be F x H x W, got shape {label_FHW.shape}")
+    num_frames, height, width = label_FHW.shape
+    uniq_L, _, winner_P = _largest_area(label_FHW, patch)
+    return uniq_L[winner_P].reshape(num_frames, height // patch, width // patch).astype(np.int32)
+
+
+def patchify(label_FHW: np.ndarray, xyz_FHW3: np.ndarray, conf_FHW: np.ndarray,
+             patch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (label_Fhw int32, xyz_Fhw3 float32, conf_Fhw float32) on the h x w patch grid."""
+    if label_FHW.ndim != 3 or xyz_FHW3.shape != (*label_FHW.shape, 3) or conf_FHW.shape != label_FHW.shape:
+        raise ValueError(f"patchify: mismatched shapes label {label_FHW.shape}, xyz {xyz_FHW3.shape}, "
+                         f"conf {conf_FHW.shape}")
+    num_frames, height, width = label_FHW.shape
+    uniq_L, compact_FHW, winner_P = _largest_area(label_FHW, patch)
+    h, w = height // patch, width // patch
 
     # Sums over each patch's member pixels, on the F x h x p x w x p view (no copies of the point map).
     winner_Fhw = winner_P.reshape(num_frames, h, w)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import pipeline
-from pipeline.features.patchify import nearest_resize, patchify
+from pipeline.features.patchify import nearest_resize, patchify, patchify_labels
 from pipeline.models.protocols import (
     ENCODERS,
     GEOMETRIES,
@@ -138,6 +138,8 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         raise ValueError(f"scene {scene.scene_id}: the segmenter found no mask in any frame")
     with _timed(seconds, "patchify"):
         label_Fhw, xyz_Fhw3, conf_Fhw = patchify(label_FHW, geo.xyz_FHW3, geo.conf_FHW, patch)
+        # Ground truth beside the prediction: the cluster stage matches segments to instances by it.
+        gt_label_Fhw = None if sensor.instances_FHW is None else patchify_labels(sensor.instances_FHW, patch)
     assert feat_FhwD.shape[:3] == label_Fhw.shape, (feat_FhwD.shape, label_Fhw.shape)
 
     attrs = StoreAttrs(
@@ -167,6 +169,8 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         "pose": geo.pose_F44.astype(np.float32),
         "intrinsics": geo.intrinsics_F33.astype(np.float32),
     }
+    if gt_label_Fhw is not None:
+        arrays["gt_label"] = gt_label_Fhw
     return SceneResult(arrays=arrays, attrs=attrs, seconds=seconds)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.store import ARRAYS, FEATURES_DIR, StoreAttrs
+from schemas.store import ARRAYS, FEATURES_DIR, NO_LABEL, OPTIONAL_ARRAYS, OPTIONAL_FILL, StoreAttrs
 
 _TMP_PREFIX = ".tmp-"
 # Named dimensions make each group readable as an xarray Dataset.
@@ -28,6 +28,7 @@ DIMENSIONS: dict[str, tuple[str, ...]] = {
     "conf": ("frame", "y", "x"),
     "pose": ("frame", "pose_row", "pose_col"),
     "intrinsics": ("frame", "k_row", "k_col"),
+    "gt_label": ("frame", "y", "x"),
 }
 
 
@@ -83,6 +84,17 @@ class SceneTriplets:
     pose_F44: np.ndarray
     intrinsics_F33: np.ndarray
     attrs: StoreAttrs
+    gt_label_Fhw: np.ndarray | None = None  # ground-truth instance per patch, where the source has one
+
+
+def _read_gt_label(group, scene_id: str) -> np.ndarray | None:
+    if "gt_label" not in group:
+        return None
+    gt_label_Fhw = np.asarray(group["gt_label"][...])
+    if gt_label_Fhw.size and gt_label_Fhw.min() < NO_LABEL:  # the fill value: a chunk never written
+        raise ValueError(f"scene {scene_id}: array gt_label holds unwritten chunks (fill value); "
+                         "re-run `p3d features` on this scene")
+    return gt_label_Fhw
 
 
 def read_scene(out: str | Path, scene_id: str) -> SceneTriplets:
@@ -97,6 +109,7 @@ def read_scene(out: str | Path, scene_id: str) -> SceneTriplets:
         pose_F44=arrays["pose"],
         intrinsics_F33=arrays["intrinsics"],
         attrs=StoreAttrs.model_validate(dict(group.attrs)),
+        gt_label_Fhw=_read_gt_label(group, scene_id),
     )
 
 
@@ -104,6 +117,9 @@ def _check_arrays(scene_id: str, arrays: dict[str, np.ndarray]) -> None:
     missing = set(ARRAYS) - set(arrays)
     if missing:
         raise ValueError(f"scene {scene_id}: missing arrays {sorted(missing)}")
+    unknown = set(arrays) - set(ARRAYS) - set(OPTIONAL_ARRAYS)
+    if unknown:
+        raise ValueError(f"scene {scene_id}: unknown arrays {sorted(unknown)}")
     num_frames, h, w = arrays["label"].shape
     expected = {
         "feat": (num_frames, h, w),
@@ -112,8 +128,13 @@ def _check_arrays(scene_id: str, arrays: dict[str, np.ndarray]) -> None:
         "conf": (num_frames, h, w),
         "pose": (num_frames, 4, 4),
         "intrinsics": (num_frames, 3, 3),
+        "gt_label": (num_frames, h, w),
     }
+    if "gt_label" in arrays and np.asarray(arrays["gt_label"]).min(initial=NO_LABEL) < NO_LABEL:
+        raise ValueError(f"scene {scene_id}: gt_label values below {NO_LABEL} (-1 means no instance)")
     for name, shape in expected.items():
+        if name not in arrays:
+            continue
         got = arrays[name].shape
         if got[: len(shape)] != shape or (name != "feat" and got != shape):
             raise ValueError(f"scene {scene_id}: array {name} has shape {got}, expected {shape}")
@@ -131,12 +152,13 @@ def write_scene(out: str | Path, attrs: StoreAttrs, arrays: dict[str, np.ndarray
     tmp = root / f"{_TMP_PREFIX}{scene_id}-{uuid.uuid4().hex[:8]}"
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        for name, dtype in ARRAYS.items():
+        optional = {name: dtype for name, dtype in OPTIONAL_ARRAYS.items() if name in arrays}
+        for name, dtype in {**ARRAYS, **optional}.items():
             data = np.ascontiguousarray(arrays[name], dtype=dtype)
             # One chunk per frame: readers stream frames, and dask maps chunks to frames.
             chunks = (1, *data.shape[1:])
             arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks,
-                                     compressors=_compressor(), fill_value=0,
+                                     compressors=_compressor(), fill_value=OPTIONAL_FILL.get(name, 0),
                                      dimension_names=DIMENSIONS[name])
             arr[...] = data
         meta = attrs.model_dump(mode="json")

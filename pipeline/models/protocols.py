@@ -85,6 +85,7 @@ GEOMETRIES: dict[str, str] = {
 SEGMENTERS: dict[str, str] = {
     "instances": "pipeline.models.instances:load_segmenter",
     "sam2": "pipeline.models.sam2_segmenter:load_segmenter",
+    "sim_sam2": "pipeline.models.sim_sam2:load_segmenter",
 }
 
 
