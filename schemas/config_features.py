@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Hub ids of the real checkpoints; `toy:` ids are random-weight models p3d builds and saves itself.
 QWEN_VL_DEFAULT = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -25,11 +25,31 @@ class EncoderConfig(BaseModel):
 
 class GeometryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["rgbd", "vggt"] = "rgbd"
+    kind: Literal["rgbd", "vggt", "sim_vggt"] = "rgbd"
     model: str = VGGT_DEFAULT
     revision: str | None = None
-    scale_prior: float = Field(1.0, gt=0, description="metres per VGGT unit when no sensor depth exists")
+    scale_prior: float = Field(1.0, gt=0, description="metres per VGGT unit when neither sensor poses nor "
+                                                      "sensor depth exist (gravity alignment)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # World alignment of camera-0 backends (pipeline/features/align.py).
+    orientation_weight: float = Field(1.0, ge=0, description="weight of the camera orientations beside the "
+                                                             "camera centres in the rotation fit; 0 = Umeyama")
+    # sim_vggt only: VGGT's output contract and errors simulated from sensor depth and poses
+    # (pipeline/models/sim_vggt.py).
+    depth_noise: float = Field(0.015, ge=0, lt=0.5, description="sim_vggt: relative per-pixel depth noise (sd)")
+    rotation_noise_deg: float = Field(0.5, ge=0, description="sim_vggt: per-camera rotation noise (sd, degrees)")
+    translation_noise_m: float = Field(0.015, ge=0, description="sim_vggt: per-camera centre noise (sd, metres)")
+    invalid_rate: float = Field(0.01, ge=0, lt=1, description="sim_vggt: fraction of pixels with no prediction")
+    unit_range: tuple[float, float] = Field((0.3, 3.0), description="sim_vggt: the unknown scale (geometry "
+                                                                    "units per metre) is drawn log-uniformly here")
+    sim_seed: int = Field(0, description="sim_vggt: seed, mixed with the scene id")
+
+    @model_validator(mode="after")
+    def _unit_range_ordered(self) -> GeometryConfig:
+        low, high = self.unit_range
+        if not 0 < low <= high:
+            raise ValueError(f"unit_range must satisfy 0 < low <= high, got {self.unit_range}")
+        return self
 
 
 class SegmenterConfig(BaseModel):

@@ -9,14 +9,16 @@ Arrays (F frames, h x w patch grid, D feature dim):
   intrinsics  float32  F x 3 x 3       at the encoder's input resolution
   gt_label    int32    F x h x w       optional (format 2): the ground-truth instance per patch, -1 =
                                        none; only where the source has instances (toy, ScanNet)
-The group attributes are a `StoreAttrs`; `complete: true` is written last.
+The group attributes are a `StoreAttrs`; `complete: true` is written last. Since format 2, `xyz` and
+`pose` are in the scene's world frame (metres, z up where known) and `alignment` says how the
+geometry backend's output was brought there.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FEATURES_DIR = "features"
 RUNS_DIR = "_runs"
@@ -35,7 +37,7 @@ OPTIONAL_ARRAYS: dict[str, str] = {
 }
 OPTIONAL_FILL: dict[str, int] = {"gt_label": -(2**31)}
 NO_LABEL = -1
-STORE_FORMAT_VERSION = 1
+STORE_FORMAT_VERSION = 2  # 2: world alignment attrs (`alignment`), optional gt_label
 
 
 class ModelRef(BaseModel):
@@ -44,6 +46,36 @@ class ModelRef(BaseModel):
     model: str | None = None
     revision: str | None = None
     trained: bool = Field(True, description="false for p3d's random-weight toy models")
+
+
+class WorldAlignment(BaseModel):
+    """How the geometry backend's output was mapped into the stored world frame (features/align.py).
+
+    `similarity` is the 4x4 world-from-geometry matrix [[s R, t], [0, 1]] (row-major) applied to the
+    backend's points and camera centres: x_world = s R x + t.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["sensor_poses", "gravity", "identity"] = Field(
+        description="sensor_poses: similarity fitted to the sensor cameras; gravity: no poses, z up from "
+                    "the cameras/floor; identity: the backend was already in the metric world frame")
+    similarity: list[list[float]] = Field(description="4x4 world-from-geometry, row-major")
+    scale: float = Field(gt=0, description="metres per geometry unit (the s in the similarity)")
+    scale_method: Literal["metric", "camera_centres", "median_depth_ratio", "prior"]
+    residual_m: float | None = Field(None, description="RMS camera-centre error of the fit, metres")
+    rotation_residual_deg: float | None = Field(None, description="RMS camera orientation error, degrees")
+    num_frames: int = Field(0, ge=0, description="frames the fit used")
+    up_method: Literal["cameras", "floor"] | None = Field(None, description="gravity only: what gave z up")
+
+    @field_validator("similarity")
+    @classmethod
+    def _is_4x4(cls, value: list[list[float]]) -> list[list[float]]:
+        import math
+
+        if len(value) != 4 or any(len(row) != 4 for row in value) or \
+                not all(math.isfinite(x) for row in value for x in row):
+            raise ValueError("similarity must be a finite 4x4 matrix")
+        return value
 
 
 class StoreAttrs(BaseModel):
@@ -62,6 +94,8 @@ class StoreAttrs(BaseModel):
     grid: list[int] = Field(description="h, w")
     scale: float = Field(1.0, description="metric scale factor applied to the geometry")
     scale_method: str = "metric"
+    alignment: WorldAlignment | None = Field(None, description="world alignment (set by the feature stage "
+                                                               "since format 2)")
     objects: list[dict[str, Any]] = []
     pipeline_version: str
     complete: bool = False

@@ -100,20 +100,29 @@ def tiny_vggt(tmp_path_factory):
     return lambda prior=1.0: load_geometry(GeometryConfig(kind="vggt", model=str(folder), scale_prior=prior), None)
 
 
-def test_vggt_scale_from_sensor_depth_and_from_prior(tiny_vggt, toy_scene):
+def test_vggt_stays_in_camera0_and_alignment_finds_metres(tiny_vggt, toy_scene):
+    """Since store format 2 the `vggt` backend only reports VGGT's camera-0 output; metres come from
+    the world alignment (sensor depth, else the prior), as `vggt_scaled` used to do itself."""
+    from pipeline.features.align import align_by_gravity, apply_to_points
+
     images = toy_scene.images_FHW3[:2, :112, :140]
     geometry = tiny_vggt(prior=0.7)
     geometry.vggt.long_side = 70  # a small network input keeps the test fast; the scale logic is size-free
     raw = geometry.vggt.predict(images)
     valid = np.isfinite(raw["xyz_FHW3"]).all(-1)
     assert valid.any()
-    # Sensor depth exactly 2.5x the prediction: the estimated factor must be 2.5.
-    sensor = SensorFrames(scene_id="s", depth_FHW=np.where(valid, raw["depth_FHW"] * 2.5, 0).astype(np.float32))
-    out = geometry.predict(images, sensor)
-    assert out.scale_method == "median_depth_ratio"
-    assert out.scale == pytest.approx(2.5, rel=1e-5)
-    np.testing.assert_allclose(out.xyz_FHW3[valid], raw["xyz_FHW3"][valid] * 2.5, rtol=1e-5)
-    np.testing.assert_allclose(out.pose_F44[:, :3, 3], raw["pose_F44"][:, :3, 3] * 2.5, rtol=1e-5, atol=1e-6)
-    prior = geometry.predict(images, SensorFrames(scene_id="s"))
+    out = geometry.predict(images, SensorFrames(scene_id="s"))
+    assert out.frame == "camera0"
+    np.testing.assert_array_equal(out.xyz_FHW3, raw["xyz_FHW3"])
+    np.testing.assert_array_equal(out.pose_F44, raw["pose_F44"])
+    # Sensor depth exactly 2.5x the prediction: the estimated factor must be 2.5, and distances grow by it.
+    sensor_depth = np.where(valid, raw["depth_FHW"] * 2.5, 0).astype(np.float32)
+    how = align_by_gravity(out.xyz_FHW3, out.pose_F44, sensor_depth, scale_prior=0.7)
+    assert how.scale_method == "median_depth_ratio"
+    assert how.scale == pytest.approx(2.5, rel=1e-4)
+    a, b = out.xyz_FHW3[valid][[0, -1]]
+    wa, wb = apply_to_points(np.stack([a, b]), np.asarray(how.similarity))
+    assert np.linalg.norm(wa - wb) == pytest.approx(2.5 * np.linalg.norm(a - b), rel=1e-4)
+    prior = align_by_gravity(out.xyz_FHW3, out.pose_F44, None, scale_prior=0.7)
     assert prior.scale_method == "prior" and prior.scale == pytest.approx(0.7)
     assert geometry.ref.kind == "vggt" and geometry.ref.trained is False

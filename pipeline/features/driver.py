@@ -10,8 +10,9 @@ Two executors run the same `FeatureWorker`:
 
 Resume: groups marked complete are skipped; temporary and unfinished groups are removed first and
 their scenes redone. A failing scene (unreadable frame, no mask, all-NaN geometry, a crashed
-worker) is recorded with its reason and the run goes on. Every run writes
-`<out>/features/_runs/<UTC time>.json` (done / skipped / failed, config, seconds per model).
+worker, a failed world alignment) is recorded with its reason and the run goes on. Every run writes
+`<out>/features/_runs/<UTC time>.json` (done / skipped / failed, warnings per scene, how each scene
+was aligned to the world, config, seconds per model).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SceneOutcome:
     status: Literal["done", "failed"]
     reason: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    alignment: dict | None = None  # method, scale_method, scale, residuals (StoreAttrs.alignment)
 
 
 @dataclass
@@ -59,6 +62,8 @@ class RunReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # scene -> what the user should know
+    alignment: dict[str, dict] = field(default_factory=dict)  # scene -> how it was aligned (done scenes)
     seconds_per_step: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     setup_seconds: float = 0.0  # model loading (the slowest actor's, under Ray)
@@ -93,10 +98,12 @@ class FeatureWorker:
         from pipeline.features.stage import process_scene
 
         seconds: dict[str, float] = {}
+        scene_warnings: list[str] = []  # kept for the report even when the scene then fails
         try:
             start = time.perf_counter()
             scene = self.provider.load_scene(scene_id)
             seconds["load"] = time.perf_counter() - start
+            scene_warnings = list(scene.warnings)
             if scene.scene_id != scene_id:
                 raise ValueError(f"scene {scene_id}: the source returned scene {scene.scene_id!r}")
             result = process_scene(scene, self.models, self.cfg)
@@ -104,10 +111,14 @@ class FeatureWorker:
             start = time.perf_counter()
             store.write_scene(self.out, result.attrs, result.arrays)
             seconds["write"] = time.perf_counter() - start
-            return SceneOutcome(scene_id, "done", seconds=seconds)
+            alignment = result.attrs.alignment
+            return SceneOutcome(scene_id, "done", seconds=seconds, warnings=result.warnings,
+                                alignment=None if alignment is None else alignment.model_dump(
+                                    mode="json", exclude={"similarity"}))
         except Exception as e:  # one bad scene must not stop the run; the report keeps the reason
             log.debug("scene %s failed:\n%s", scene_id, traceback.format_exc())
-            return SceneOutcome(scene_id, "failed", reason=f"{type(e).__name__}: {e}", seconds=seconds)
+            return SceneOutcome(scene_id, "failed", reason=f"{type(e).__name__}: {e}", seconds=seconds,
+                                warnings=scene_warnings)
 
 
 def _progress(total: int, desc: str):
@@ -191,6 +202,8 @@ def _write_report(out: str | Path, report: RunReport, cfg: FeaturesConfig, start
         "done": report.done,
         "skipped": report.skipped,
         "failed": [{"scene_id": s, "reason": r} for s, r in report.failed.items()],
+        "warnings": report.warnings,
+        "alignment": report.alignment,
         "wall_seconds": report.wall_seconds,
         "setup_seconds": report.setup_seconds,
         "startup_seconds": report.startup_seconds,
@@ -230,6 +243,12 @@ def run_features(cfg: FeaturesConfig, out: str | Path, data_root: str | Path, pr
                 report.done.append(outcome.scene_id)
             else:
                 report.failed[outcome.scene_id] = outcome.reason or "unknown"
+            if outcome.warnings:
+                report.warnings[outcome.scene_id] = list(outcome.warnings)
+                for line in outcome.warnings:
+                    log.warning("scene %s: %s", outcome.scene_id, line)
+            if outcome.alignment is not None:
+                report.alignment[outcome.scene_id] = outcome.alignment
             for step, sec in outcome.seconds.items():
                 report.seconds_per_step[step] = report.seconds_per_step.get(step, 0.0) + sec
     report.wall_seconds = time.perf_counter() - start

@@ -3,10 +3,13 @@
 No Ray and no files here (the driver adds those). Steps: pick N frames uniformly, resize colour to
 the encoder's input size (bicubic, as Qwen's processor) and depth / masks by nearest neighbour
 (never blending depths or ids), scale intrinsics to match, run encoder, geometry and segmenter, and
-patchify points and labels onto the encoder's token grid.
+patchify points and labels onto the encoder's token grid. Geometry in camera 0's frame (VGGT,
+`sim_vggt`) is aligned to the scene's world frame right after the geometry backend, before the
+segmenter: the SAM 2 mask merge voxelizes points in metres (features/align.py).
 
 A scene fails with `ValueError` naming it when its frames are malformed, its geometry is all
-invalid, or its segmenter found no mask at all: such a scene would give the cluster stage nothing.
+invalid, its alignment fails (too few posed frames, a degenerate fit), or its segmenter found no
+mask at all: such a scene would give the cluster stage nothing.
 
 Legend: F frames, H x W encoder input pixels, h x w token grid, D feature dim.
 """
@@ -16,12 +19,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 import pipeline
+from pipeline.features.align import align_to_world
 from pipeline.features.patchify import nearest_resize, patchify, patchify_labels
 from pipeline.models.protocols import (
     ENCODERS,
@@ -51,6 +55,7 @@ class SceneResult:
     arrays: dict[str, np.ndarray]
     attrs: StoreAttrs
     seconds: dict[str, float] = field(default_factory=dict)  # per step, for the benchmark
+    warnings: list[str] = field(default_factory=list)  # for the run report (the scene's own, alignment)
 
 
 def load_models(cfg: FeaturesConfig, data_root: str | Path, device: str = "cpu") -> FeatureModels:
@@ -132,6 +137,18 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         geo = models.geometry.predict(images_FHW3, sensor)
     if not np.isfinite(geo.xyz_FHW3).all(axis=-1).any():
         raise ValueError(f"scene {scene.scene_id}: geometry is invalid (NaN) at every pixel")
+    with _timed(seconds, "align"):
+        try:
+            xyz_FHW3, pose_F44, alignment = align_to_world(
+                geo.xyz_FHW3, geo.pose_F44, geo.frame, sensor.poses_F44, sensor.depth_FHW,
+                orientation_weight=cfg.geometry.orientation_weight, scale_prior=cfg.geometry.scale_prior)
+        except ValueError as e:
+            raise ValueError(f"scene {scene.scene_id}: world alignment failed: {e}") from e
+        geo = replace(geo, xyz_FHW3=xyz_FHW3, pose_F44=pose_F44, frame="world")
+    warnings = list(scene.warnings)
+    if alignment.scale_method == "prior":
+        warnings.append(f"no sensor poses or depth: metres from the configured scale_prior "
+                        f"({alignment.scale:g} m per geometry unit), not measured")
     with _timed(seconds, "segmenter"):
         label_FHW = models.segmenter.segment(images_FHW3, sensor, geo.xyz_FHW3)
     if not (label_FHW >= 0).any():
@@ -153,8 +170,9 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         image_size=[int(height), int(width)],
         patch_size=int(patch),
         grid=[int(label_Fhw.shape[1]), int(label_Fhw.shape[2])],
-        scale=float(geo.scale),
-        scale_method=geo.scale_method,
+        scale=alignment.scale,
+        scale_method=alignment.scale_method,
+        alignment=alignment,
         objects=[o.model_dump(mode="json") for o in scene.objects],
         pipeline_version=pipeline.__version__,
         num_labels=len(np.unique(label_Fhw[label_Fhw >= 0])),
@@ -171,7 +189,7 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
     }
     if gt_label_Fhw is not None:
         arrays["gt_label"] = gt_label_Fhw
-    return SceneResult(arrays=arrays, attrs=attrs, seconds=seconds)
+    return SceneResult(arrays=arrays, attrs=attrs, seconds=seconds, warnings=warnings)
 
 
 def config_hash(cfg) -> str:

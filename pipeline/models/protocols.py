@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,12 +27,19 @@ class EncoderOutput:
 
 @dataclass
 class GeometryOutput:
-    xyz_FHW3: np.ndarray  # float32 world points, NaN = invalid
+    """A geometry backend's points and cameras, and the frame they are in.
+
+    frame "world":   the sensor's world frame in metres (`rgbd`: depth + sensor poses); stored as is.
+    frame "camera0": the first frame's camera is the identity and the unit is unknown (VGGT,
+                     `sim_vggt`); the feature stage aligns it to the world (pipeline/features/align.py).
+    Points and poses are always in the same frame and unit, so `pose` maps camera to `xyz`'s frame.
+    """
+
+    xyz_FHW3: np.ndarray  # float32 points in `frame`, NaN = invalid
     conf_FHW: np.ndarray  # float32, 0 where invalid
-    pose_F44: np.ndarray  # float32 camera-to-world
+    pose_F44: np.ndarray  # float32 camera-to-`frame`
     intrinsics_F33: np.ndarray  # float32 at H x W
-    scale: float = 1.0  # metric factor already applied to xyz and pose translations
-    scale_method: str = "metric"
+    frame: Literal["world", "camera0"]  # required: a backend always says which
 
 
 @runtime_checkable
@@ -81,6 +88,7 @@ ENCODERS: dict[str, str] = {
 GEOMETRIES: dict[str, str] = {
     "rgbd": "pipeline.models.rgbd:load_geometry",
     "vggt": "pipeline.models.vggt_scaled:load_geometry",
+    "sim_vggt": "pipeline.models.sim_vggt:load_geometry",
 }
 SEGMENTERS: dict[str, str] = {
     "instances": "pipeline.models.instances:load_segmenter",

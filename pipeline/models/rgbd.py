@@ -64,8 +64,7 @@ class RGBDGeometry:
         conf_FHW = np.isfinite(xyz_FHW3[..., 0]).astype(np.float32)
         return GeometryOutput(xyz_FHW3=xyz_FHW3, conf_FHW=conf_FHW,
                               pose_F44=sensor.poses_F44.astype(np.float32),
-                              intrinsics_F33=sensor.intrinsics_F33.astype(np.float32),
-                              scale=1.0, scale_method="metric")
+                              intrinsics_F33=sensor.intrinsics_F33.astype(np.float32), frame="world")
 
 
 def load_geometry(config, data_root, device) -> RGBDGeometry:

@@ -31,6 +31,7 @@ class Scene:
     objects: list[ObjectInfo] = field(default_factory=list)
     num_frames_total: int = 0
     split: str | None = None
+    warnings: list[str] = field(default_factory=list)  # problems worth a line in the run report
 
     def __post_init__(self) -> None:
         num = len(self.frame_indices)

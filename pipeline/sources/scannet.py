@@ -169,8 +169,8 @@ def read_sens(scene_id: str, path: Path, num_frames: int, axis_align_44: np.ndar
 
 # ---- ground truth ---------------------------------------------------------------------------
 
-def read_axis_alignment(scene_id: str, path: Path) -> np.ndarray:
-    """The 4x4 `axisAlignment` of `<scene>.txt`; identity when the file has none (test scenes)."""
+def read_axis_alignment(scene_id: str, path: Path) -> np.ndarray | None:
+    """The 4x4 `axisAlignment` of `<scene>.txt`; None when the file has none (test scenes)."""
     for line in Path(path).read_text().splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "axisAlignment":
@@ -181,8 +181,7 @@ def read_axis_alignment(scene_id: str, path: Path) -> np.ndarray:
             if len(numbers) != 16:
                 raise SceneReadError(f"scene {scene_id}: {path}: axisAlignment has {len(numbers)} numbers, expected 16")
             return np.asarray(numbers).reshape(4, 4)
-    log.info("scene %s: no axisAlignment in %s; using identity", scene_id, path)
-    return np.eye(4)
+    return None
 
 
 _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
@@ -341,7 +340,8 @@ class ScanNetSource(SceneSource):
         if not folder.is_dir():
             folder = Path(self.path)  # a bare <scene>.sens; annotation files share its prefix
         files = scene_files(folder, scene_id)
-        align_44 = read_axis_alignment(scene_id, files["meta"]) if files["meta"].exists() else np.eye(4)
+        found_44 = read_axis_alignment(scene_id, files["meta"]) if files["meta"].exists() else None
+        align_44 = np.eye(4) if found_44 is None else found_44
         if (folder / "color").is_dir():
             scene = read_frame_folder(scene_id, folder, self.num_frames, "scannet", axis_align_44=align_44)
         elif files["sens"].is_file():
@@ -352,6 +352,9 @@ class ScanNetSource(SceneSource):
         else:
             raise SceneReadError(f"scene {scene_id}: neither {files['sens']} nor {folder / 'color'} exists")
         scene.objects = read_gt_objects(scene_id, folder, align_44)
+        if found_44 is None and scene.objects:  # boxes would not be in ScanRefer's frame: say so in the report
+            scene.warnings.append(f"annotations but no axisAlignment line in {files['meta']}: points and boxes "
+                                  "stay in the unaligned scan frame, not the one ScanRefer's boxes use")
         if scene.instances_FHW is not None and scene.objects:
             unknown = set(np.unique(scene.instances_FHW).tolist()) - {o.id for o in scene.objects} - {-1}
             if unknown:
