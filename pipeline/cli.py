@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
+from typing import Optional
 
 import typer
+
+from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
 
 app = typer.Typer(
     name="p3d",
@@ -38,14 +42,19 @@ def schema(name: str = typer.Argument(..., help="manifest | object | store | pro
 
 @app.command()
 def demo(
-    workflow: str = typer.Option("workflows/toy.yaml", help="workflow YAML"),
+    workflow: Optional[Path] = WORKFLOW_OPTION,
+    sets: Optional[list[str]] = SET_OPTION,
     skip_ablations: bool = typer.Option(False, help="only the main chain, no ablation variants"),
 ) -> None:
     """The whole chain (toy world -> features -> cluster -> train 1-4 -> predict -> eval), then the
-    ablations; writes <runs>/<name>/report.md."""
+    ablations; writes <runs>/<name>/report.md and the resolved workflow beside it. With `--set`, every
+    step reads that resolved file."""
+    from pipeline.cli_workflow import open_workflow
     from pipeline.demo import run_demo
 
-    run_demo(workflow, skip_ablations=skip_ablations)
+    run = open_workflow(workflow, sets)
+    resolved = run.save(Path(run.workflow.demo.runs) / run.workflow.name / "resolved_workflow.yaml")
+    run_demo(resolved if run.sets else run.path, skip_ablations=skip_ablations)
 
 
 def _register_all() -> None:

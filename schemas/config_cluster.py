@@ -1,4 +1,5 @@
-"""Cluster-stage configuration (the `cluster:` section of a workflow and `p3d cluster` flags)."""
+"""Cluster-stage configuration (the `cluster:` section of a workflow and `p3d cluster` flags), and
+how a proxy set is named when the command line changes the workflow's clustering."""
 
 from __future__ import annotations
 
@@ -27,3 +28,31 @@ class ClusterConfig(BaseModel):
     executor: Literal["auto", "ray", "local"] = Field(
         "auto", description="auto: Ray when there is more than one scene and num_workers > 1")
     stats: str | None = Field(None, description="feature stats JSON for whitening; default <out>/stats/triplets.json")
+
+
+# The parameters that change the proxies, each as it appears in a derived set name. The others
+# (name, scenes_per_shard, num_workers, executor) change how the set is written, not what is in it.
+_NAME_PARTS = {
+    "proxies": lambda v: f"k{v}",
+    "grouping": lambda v: "grouping" if v else "no-grouping",
+    "space": lambda v: v.replace("+", ""),
+    "feat_weight": lambda v: f"fw{v:g}",
+    "per_object": lambda v: "per-object-off" if v is None else f"per-object{v}",
+    "min_per_group": lambda v: f"min{v}",
+    "unlabeled_cell": lambda v: f"cell{v:g}",
+    "unlabeled_min_size": lambda v: f"cellmin{v}",
+    "bfs_neighbors": lambda v: f"bfs{v}",
+    "seed": lambda v: f"seed{v}",
+    "match_iou": lambda v: f"iou{v:g}",
+    "stats": lambda v: "stats-" + str(v).replace("/", "_").removesuffix(".json"),
+}
+
+
+def derived_name(workflow: ClusterConfig, run: ClusterConfig) -> str:
+    """The proxy set a run writes when no name is given: the workflow's own `cluster.name` when the
+    run clusters exactly as the workflow says, else the parameters that differ, in a fixed order and
+    joined by '-' (`--proxies 700` -> `k700`; `--proxies 700 --no-grouping` -> `k700-no-grouping`;
+    `--seed 3` -> `seed3`). So an override never rewrites the set the workflow trains on."""
+    parts = [fmt(getattr(run, key)) for key, fmt in _NAME_PARTS.items()
+             if getattr(run, key) != getattr(workflow, key)]
+    return "-".join(parts) if parts else workflow.name

@@ -17,6 +17,7 @@ instance ids) are refused by `check_proxy_format`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +27,25 @@ from schemas.manifest import Box3D
 SHARD_PATTERN = "shard-%06d.tar"
 INDEX_FILE = "index.json"
 MEMBERS = ("feat.npy", "xyz.npy", "segment.npy", "segments.json", "meta.json")
+
+
+def proxy_sets(out: str | Path) -> list[str]:
+    """The finished proxy sets under `<out>/proxies/` (those with an index), sorted."""
+    root = Path(out) / "proxies"
+    return sorted(p.name for p in root.iterdir() if (p / INDEX_FILE).is_file()) if root.is_dir() else []
+
+
+def missing_set_error(out: str | Path, name: str) -> str | None:
+    """None when `<out>/proxies/<name>` is a finished set, else a message listing the sets that are."""
+    folder = Path(out) / "proxies" / name
+    if (folder / INDEX_FILE).is_file():
+        return None
+    there = proxy_sets(out)
+    listed = f"the sets there: {', '.join(there)}" if there else "there are none yet"
+    return (f"proxy set {name!r} not found ({folder} has no {INDEX_FILE}); {listed}. "
+            f"`p3d cluster` makes one (`--name {name}` to name it so)")
+
+
 PROXY_FORMAT_VERSION = 2
 
 

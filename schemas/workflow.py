@@ -1,8 +1,17 @@
 """Workflow files (`workflows/*.yaml`): one declarative recipe that the Makefile, the CLI and the
-trainer all read. Sections: source, features, cluster, train, eval."""
+trainer all read. Sections: source, features, cluster, train, eval.
+
+Every command finds its workflow the same way (`resolve_workflow`): `--workflow PATH`, else the
+`P3D_WORKFLOW` environment variable, else the embedded default `workflows/toy.yaml` of this
+repository. `--set section.key=value` (repeatable) then changes any field; the value is read as a
+YAML scalar or list, and the result is validated by the same models as the file, so an override's
+error names it (`--set cluster.proxies: field 'cluster.proxies': ...`) as a file's names its line.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -101,8 +110,9 @@ def _line_of(text: str, loc: tuple) -> int | None:
     return node.start_mark.line + 1
 
 
-def load_workflow(path: str | Path) -> Workflow:
-    """Load and validate a workflow YAML; errors name the file, line and field."""
+def load_workflow(path: str | Path, sets: list[str] | None = None) -> Workflow:
+    """Load and validate a workflow YAML, with `--set key=value` overrides applied; errors name the
+    file, line and field, or the override."""
     import yaml
 
     path = Path(path)
@@ -115,8 +125,140 @@ def load_workflow(path: str | Path) -> Workflow:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise SchemaError(f"{path}{line}: invalid YAML: {e}") from e
+    data = data or {}
+    overrides = parse_sets(sets or [])
+    for key, value in overrides.items():
+        _apply(data, key, value)
     try:
-        return Workflow.model_validate(data or {})
+        return Workflow.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]["loc"] if e.errors() else ()
-        raise describe(e, path, _line_of(text, tuple(first))) from e
+        first = tuple(e.errors()[0]["loc"]) if e.errors() else ()
+        key = _override_of(first, overrides)
+        if key is not None:
+            raise describe(e, f"--set {key}") from e
+        raise describe(e, path, _line_of(text, first)) from e
+
+
+# ------------------------------------------------------------------ which workflow, and overrides
+WORKFLOW_ENV = "P3D_WORKFLOW"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "toy.yaml"
+
+
+@dataclass(frozen=True)
+class ResolvedWorkflow:
+    """A command's workflow: the file, why that file, the `--set` overrides and the result."""
+
+    path: Path
+    why: str
+    sets: tuple[str, ...]
+    workflow: Workflow
+    file_workflow: Workflow = field(repr=False)  # the file alone, before the overrides
+
+    def save(self, path: str | Path, **ran) -> Path:
+        """Write the resolved workflow (every default filled in) beside a run's outputs, atomically;
+        `ran` replaces whole sections with what a command's own flags made of them (`cluster=...`)."""
+        import yaml
+
+        from schemas.io import atomic_open
+
+        wf = self.workflow.model_copy(update=ran) if ran else self.workflow
+        with atomic_open(path) as f:
+            f.write(f"# resolved {banner(self.path, self.why, self.sets)}\n")
+            yaml.safe_dump(wf.model_dump(mode="json"), f, sort_keys=False)
+        return Path(path)
+
+
+def workflow_path(given: str | Path | None) -> tuple[Path, str]:
+    """The workflow file a command uses, and why: `--workflow`, else $P3D_WORKFLOW, else the default."""
+    if given is not None and str(given) != "":
+        return Path(given), "--workflow"
+    env = os.environ.get(WORKFLOW_ENV, "").strip()
+    if env:
+        return Path(env), f"from {WORKFLOW_ENV}"
+    return DEFAULT_WORKFLOW, f"the embedded default; --workflow or {WORKFLOW_ENV} to change"
+
+
+def banner(path: Path, why: str, sets: tuple[str, ...] = ()) -> str:
+    """The first line every command prints: which workflow, why, and its overrides."""
+    return f"workflow: {shown_path(path)} ({why})" + "".join(f" --set {s}" for s in sets)
+
+
+def resolve_workflow(given: str | Path | None, sets: list[str] | tuple[str, ...] | None = None,
+                     echo=None) -> ResolvedWorkflow:
+    """Find (`workflow_path`), load and validate a command's workflow with its `--set` overrides;
+    `echo` gets the banner line first, before anything can fail."""
+    path, why = workflow_path(given)
+    sets = tuple(sets or ())
+    if echo is not None:
+        echo(banner(path, why, sets))
+    wf = load_workflow(path, list(sets))
+    base = load_workflow(path) if sets else wf
+    return ResolvedWorkflow(path, why, sets, wf, base)
+
+
+def parse_sets(sets: list[str]) -> dict[str, object]:
+    """`["cluster.proxies=700", "source.scenes=[a, b]"]` -> {"cluster.proxies": 700, ...}; values
+    are YAML (`700` an int, `[a, b]` a list, `null` None); a later key wins."""
+    import yaml
+
+    parsed: dict[str, object] = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise SchemaError(f"--set {item}: expected section.key=value (e.g. cluster.proxies=700)")
+        try:
+            parsed[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise SchemaError(f"--set {key}: value {raw!r} is not valid YAML "
+                              f"({getattr(e, 'problem', None) or 'parse error'})") from e
+    return parsed
+
+
+def _apply(data: dict, key: str, value: object) -> None:
+    """Set a dotted key in the raw workflow data; a number indexes a list (`train.stages.0.epochs`)."""
+    node: object = data
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[:i]) or "the workflow"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SchemaError(f"--set {key}: {where} is a list of {len(node)}; use an index 0-{len(node) - 1}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise SchemaError(f"--set {key}: {where} is a value ({node!r}), not a section")
+
+
+def _override_of(loc: tuple, overrides: dict[str, object]) -> str | None:
+    """The override a validation error is about: the longest key that is a prefix of the error's
+    field, or that the field is a prefix of (a missing required field inside a replaced section)."""
+    field_parts = [str(p) for p in loc]
+    if not field_parts:
+        return None
+    best = None
+    for key in overrides:
+        parts = key.split(".")
+        n = min(len(parts), len(field_parts))
+        if parts[:n] == field_parts[:n] and (best is None or len(parts) > len(best.split("."))):
+            best = key
+    return best
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

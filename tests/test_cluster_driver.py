@@ -172,7 +172,8 @@ def test_workflow_section_and_flag_overrides(store, tmp_path):
     leftover = proxies_dir(store, "wf") / ".shard-000000.tar.tmp-1"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"partial")
-    result = CliRunner().invoke(app, ["cluster", "--workflow", str(wf), "--proxies", "20"])
+    # --name keeps the workflow's set; without it a changed budget writes "k20" (tests/test_doors.py)
+    result = CliRunner().invoke(app, ["cluster", "--workflow", str(wf), "--proxies", "20", "--name", "wf"])
     assert result.exit_code == 0, result.output
     root = proxies_dir(store, "wf")
     assert sorted(p.name for p in root.glob("*.tar")) == [f"shard-00000{i}.tar" for i in range(3)]

@@ -8,28 +8,28 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from schemas import load_records, load_workflow
 
 
 @pytest.mark.slow
 def test_demo_chain_writes_report_with_tables(tmp_path):
-    from pipeline.demo import run_demo
+    """The README's CI smoke door, `make smoke`, with its outputs moved under tmp by SET."""
+    import subprocess
 
-    base = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml").model_dump(mode="json")
-    base.update(name="smoke", out=str(tmp_path / "data"))
-    base["source"].update(path=str(tmp_path / "data" / "scenes"), toy={"num_scenes": 4, "frames": 12, "seed": 3})
-    base["features"].update(num_frames=6, image_size=[112, 140])
-    base["cluster"].update(proxies=32, scenes_per_shard=2)
-    base["train"].update(out=str(tmp_path / "train"),
-                         stages=[dict(s, epochs=1, max_steps=2) for s in base["train"]["stages"]])
-    base["demo"] = {"runs": str(tmp_path / "runs"), "viz_scenes": 1,
-                    "ablations": {"budgets": [16, 32], "tasks": ["object_name", "grounding"], "epochs": 1}}
-    wf_path = tmp_path / "smoke.yaml"
-    wf_path.write_text(yaml.safe_dump(base))
-
-    report = run_demo(wf_path)
+    root = Path(__file__).parents[1]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("P3D_WORKFLOW", "WORKFLOW", "SET", "MAKEFLAGS", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+                        "MASTER_PORT", "MASTER_ADDR")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    moved = (f"out={tmp_path / 'data'} source.path={tmp_path / 'data' / 'scenes'} train.out={tmp_path / 'train'} "
+             f"demo.runs={tmp_path / 'runs'}")
+    proc = subprocess.run(["make", "smoke", f"SET={moved}"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    resolved = load_workflow(tmp_path / "runs" / "smoke" / "resolved_workflow.yaml")
+    assert resolved.source.toy.num_scenes == 4 and resolved.out == str(tmp_path / "data")
+    report = tmp_path / "runs" / "smoke" / "report.md"
 
     text = report.read_text()
     assert "## Held-out metrics after stage 4" in text and "## Ablations in miniature" in text

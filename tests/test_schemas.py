@@ -52,3 +52,79 @@ def test_shipped_workflows_validate():
     for f in files:
         wf = load_workflow(f)
         assert wf.name
+
+
+def test_workflow_is_the_flag_else_the_environment_else_the_embedded_default(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from schemas.workflow import DEFAULT_WORKFLOW, WORKFLOW_ENV, resolve_workflow
+
+    other = tmp_path / "other.yaml"
+    other.write_text("name: other\nout: o\nsource:\n  kind: toy\n  path: p\n")
+    monkeypatch.delenv(WORKFLOW_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # the default is the repository's file, wherever the command runs
+    lines: list[str] = []
+    run = resolve_workflow(None, echo=lines.append)
+    assert run.path == DEFAULT_WORKFLOW == Path(__file__).resolve().parents[1] / "workflows" / "toy.yaml"
+    assert run.workflow.name == "toy" and "embedded default" in lines[0] and WORKFLOW_ENV in lines[0]
+    monkeypatch.setenv(WORKFLOW_ENV, str(other))
+    run = resolve_workflow(None, echo=lines.append)
+    assert run.workflow.name == "other" and f"from {WORKFLOW_ENV}" in lines[1]
+    run = resolve_workflow(DEFAULT_WORKFLOW, echo=lines.append)
+    assert run.workflow.name == "toy" and "(--workflow)" in lines[2]
+
+
+def test_set_overrides_nested_fields_lists_and_name_themselves_in_errors(tmp_path):
+    from schemas.workflow import resolve_workflow
+
+    path = tmp_path / "w.yaml"
+    path.write_text("name: x\nout: data\nsource:\n  kind: toy\n  path: p\n"
+                    "train:\n  stages:\n    - {stage: 1, trainable: [projector], epochs: 2}\n")
+    run = resolve_workflow(path, ["cluster.proxies=700", "features.geometry.kind=rgbd", "source.scenes=[a, b]",
+                                  "source.toy.num_scenes=3", "train.stages.0.epochs=0.5", "cluster.proxies=64"])
+    wf = run.workflow
+    assert wf.cluster.proxies == 64  # the later --set wins
+    assert wf.features.geometry.kind == "rgbd" and wf.source.scenes == ["a", "b"]
+    assert wf.source.toy.num_scenes == 3 and wf.train.stages[0].epochs == 0.5
+    assert run.file_workflow.cluster == load_workflow(path).cluster and run.file_workflow.source.toy is None
+    # An override's error names the override; the file's keep naming the file and line.
+    with pytest.raises(SchemaError, match=r"^--set cluster\.proxies: field 'cluster\.proxies'"):
+        resolve_workflow(path, ["cluster.proxies=many"])
+    with pytest.raises(SchemaError, match=r"^--set cluster\.proxy: field 'cluster\.proxy': Extra inputs"):
+        resolve_workflow(path, ["cluster.proxy=3"])
+    with pytest.raises(SchemaError, match=r"^--set train\.stages\.3\.epochs: train\.stages is a list of 1"):
+        resolve_workflow(path, ["train.stages.3.epochs=1"])
+    with pytest.raises(SchemaError, match=r"^--set cluster: expected section\.key=value"):
+        resolve_workflow(path, ["cluster"])
+    path.write_text(path.read_text() + "cluster:\n  proxies: -3\n")
+    with pytest.raises(SchemaError, match=r"w\.yaml:10: field 'cluster\.proxies'"):
+        resolve_workflow(path, ["cluster.seed=4"])
+
+
+def test_resolved_workflow_is_saved_atomically_and_reloads_to_the_same(tmp_path):
+    from schemas.workflow import resolve_workflow
+
+    run = resolve_workflow(None, ["cluster.proxies=700", "features.num_frames=8"])
+    saved = run.save(tmp_path / "out" / "resolved_workflow.yaml")
+    assert saved.read_text().startswith("# resolved workflow: ") and "--set cluster.proxies=700" in saved.read_text()
+    assert load_workflow(saved) == run.workflow and load_workflow(saved).cluster.proxies == 700
+    assert [p.name for p in saved.parent.iterdir()] == ["resolved_workflow.yaml"]  # no temporary left
+
+
+def test_a_clustering_override_names_its_own_proxy_set():
+    from schemas.config_cluster import ClusterConfig, derived_name
+
+    wf = ClusterConfig(name="default", proxies=128)
+    assert derived_name(wf, wf) == "default"
+    assert derived_name(wf, wf.model_copy(update={"proxies": 700})) == "k700"
+    assert derived_name(wf, wf.model_copy(update={"proxies": 700, "grouping": False, "seed": 2})) == \
+        "k700-no-grouping-seed2"
+    assert derived_name(wf, wf.model_copy(update={"space": "xyz+feat"})) == "xyzfeat"
+    # How the set is written (shards, workers, executor) does not change what is in it.
+    assert derived_name(wf, wf.model_copy(update={"scenes_per_shard": 1, "num_workers": 1,
+                                                  "executor": "local"})) == "default"
+    # Every field of the config is either named or deliberately left out of set names.
+    from schemas.config_cluster import _NAME_PARTS
+
+    assert set(ClusterConfig.model_fields) - set(_NAME_PARTS) == {"name", "scenes_per_shard", "num_workers",
+                                                                    "executor"}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
+
+from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
 
 
 def register(app: typer.Typer) -> None:
@@ -20,8 +23,13 @@ def register(app: typer.Typer) -> None:
         limit: int | None = typer.Option(None, min=1, help="answer at most this many records"),
     ) -> None:
         """Batched greedy answers; `<OBJxxx>` answers come back with segment ids, labels and boxes."""
+        from pipeline.cli_workflow import fail
+        from schemas.proxy import missing_set_error
         from trainer.predict import predict as run_predict
 
+        problem = missing_set_error(shards.parent.parent, shards.name) if shards.parent.name == "proxies" else None
+        if problem is not None:
+            fail(f"--shards: {problem}")
         try:
             n = run_predict(checkpoint, shards, records, out, split=None if split == "all" else split,
                             batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)
@@ -32,12 +40,23 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def train(
         stage: int = typer.Option(..., min=1, max=4, help="training stage 1-4"),
-        workflow: Path = typer.Option(..., help="workflow YAML"),
+        workflow: Optional[Path] = WORKFLOW_OPTION,
+        sets: Optional[list[str]] = SET_OPTION,
         resume: bool = typer.Option(False, help="continue from the stage's latest checkpoint"),
         out: str | None = typer.Option(None, help="override train.out"),
     ) -> None:
         """Train one stage in this process (multi-process: `deepspeed trainer/run.py`)."""
+        from pipeline.cli_workflow import fail, open_workflow
+        from trainer.train import StageInputError, check_stage_inputs, resolve_train_config, stage_dir
         from trainer.train import train as run_train
 
-        folder = run_train(workflow, stage, {"out": out} if out else None, resume=resume)
+        run = open_workflow(workflow, sets)
+        overrides = {"out": out} if out else None
+        cfg = resolve_train_config(run.workflow, overrides)
+        try:
+            check_stage_inputs(run.workflow, cfg, stage)
+        except StageInputError as e:
+            fail(str(e))
+        run.save(stage_dir(cfg, stage) / "resolved_workflow.yaml", train=cfg)
+        folder = run_train(run.workflow, stage, overrides, resume=resume)
         typer.echo(str(folder))

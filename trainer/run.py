@@ -1,6 +1,9 @@
-"""DeepSpeed entry point: `deepspeed trainer/run.py --stage N --workflow workflows/<name>.yaml`.
+"""DeepSpeed entry point: `deepspeed trainer/run.py --stage N [--workflow W] [--set section.key=value]`.
 
-Also runs as `python trainer/run.py ...` (one process) or under torchrun. The environment DeepSpeed
+The workflow is `--workflow`, else $P3D_WORKFLOW, else the embedded workflows/toy.yaml; the first
+line printed says which. The resolved workflow is saved as `<train.out>/stage<N>/resolved_workflow.yaml`.
+A missing input (stage N-1's model, the proxy set, a bad workflow) ends with one line saying what to
+run, and exit status 2. Also runs as `python trainer/run.py ...` (one process) or under torchrun. The environment DeepSpeed
 needs on a CPU-only machine (accelerator, rendezvous variables, extension cache) is set here before
 anything imports deepspeed; see trainer/env.py.
 """
@@ -24,7 +27,9 @@ env.setup_environment()
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", type=int, required=True, choices=(1, 2, 3, 4))
-    p.add_argument("--workflow", required=True, help="workflow YAML (its `train:` section)")
+    p.add_argument("--workflow", help="workflow YAML (default: $P3D_WORKFLOW, else workflows/toy.yaml)")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="SECTION.KEY=VALUE",
+                   help="change one workflow field, e.g. train.proxies=k700 (repeatable; the value is YAML)")
     p.add_argument("--resume", action="store_true", help="continue from the stage's latest checkpoint")
     p.add_argument("--out", help="override train.out (checkpoint root)")
     p.add_argument("--max-steps", type=int, help="override the stage's max_steps")
@@ -39,23 +44,52 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     logging.basicConfig(level=logging.INFO if env.rank() == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from schemas.workflow import load_workflow
+    from schemas.errors import SchemaError
+    from schemas.workflow import resolve_workflow
     from trainer.recipes import stage_config
-    from trainer.train import resolve_train_config, train
+    from trainer.train import StageInputError, check_stage_inputs, resolve_train_config, stage_dir, train
 
-    wf = load_workflow(args.workflow)
+    say = print if env.rank() == 0 else (lambda *_: None)
+    try:
+        run = resolve_workflow(args.workflow, args.sets, echo=say)
+    except SchemaError as e:
+        _fail(str(e))
+    wf = run.workflow
     overrides: dict = {}
     if args.out:
         overrides["out"] = args.out
     if args.deepspeed_config:
         overrides["deepspeed"] = args.deepspeed_config
-    if args.max_steps:
+    try:
+        if args.max_steps:
+            cfg = resolve_train_config(wf, overrides)
+            scfg = stage_config(cfg, args.stage).model_copy(update={"max_steps": args.max_steps})
+            overrides["stages"] = [s.model_dump() for s in cfg.stages if s.stage != args.stage] + [scfg.model_dump()]
         cfg = resolve_train_config(wf, overrides)
-        scfg = stage_config(cfg, args.stage).model_copy(update={"max_steps": args.max_steps})
-        overrides["stages"] = [s.model_dump() for s in cfg.stages if s.stage != args.stage] + [scfg.model_dump()]
-    folder = train(wf, args.stage, overrides, resume=args.resume)
+        check_stage_inputs(wf, cfg, args.stage)
+        if env.rank() == 0:
+            run.save(stage_dir(cfg, args.stage) / "resolved_workflow.yaml", train=cfg)
+        folder = train(wf, args.stage, overrides, resume=args.resume)
+    except StageInputError as e:
+        _fail(e.text(_same_workflow_args(args)))
     if env.rank() == 0:
         print(folder)
+
+
+def _same_workflow_args(args: argparse.Namespace) -> str:
+    """The flags that pick this run's workflow, to repeat in the command a message suggests."""
+    import shlex
+
+    parts = (["--workflow", args.workflow] if args.workflow else []) + [a for s in args.sets for a in ("--set", s)]
+    if args.out:
+        parts += ["--out", args.out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _fail(message: str) -> None:
+    if env.rank() == 0:
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,38 @@ def resolve_train_config(workflow: Workflow, overrides: dict | None) -> TrainCon
     return TrainConfig.model_validate(data)
 
 
+class StageInputError(ValueError):
+    """A stage's input is not there; the message says which command makes it."""
+
+    def __init__(self, what: str, make_stage: int | None = None):
+        self.what, self.make_stage = what, make_stage
+        super().__init__(self.text())
+
+    def text(self, workflow_args: str = "") -> str:
+        """The message; `workflow_args` (`--workflow W --set ...`) is repeated in the command it names."""
+        if self.make_stage is None:
+            return self.what
+        cmd = f"trainer/run.py --stage {self.make_stage}" + (f" {workflow_args}" if workflow_args else "")
+        return (f"{self.what}; `deepspeed {cmd}` makes it (or `python {cmd}`; "
+                f"`make train STAGE={self.make_stage}`)")
+
+
+def check_stage_inputs(workflow: Workflow, cfg: TrainConfig, stage: int) -> None:
+    """Fail fast, before DeepSpeed starts, when the proxy set or the previous stage's model is missing."""
+    from schemas.proxy import missing_set_error
+    from trainer.recipes import stage_config
+
+    problem = missing_set_error(workflow.out, cfg.proxies)
+    if problem is not None:
+        raise StageInputError(f"train.proxies: {problem}")
+    scfg = stage_config(cfg, stage)
+    if stage > 1 and not scfg.init_from:
+        previous = stage_dir(cfg, stage - 1) / "model"
+        if not (previous / "p3d_config.json").exists():
+            raise StageInputError(f"stage {stage} starts from stage {stage - 1}'s model, and {previous} has no "
+                                  f"finished export: run --stage {stage - 1} first", make_stage=stage - 1)
+
+
 def stage_stream(cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, records_by_scene: dict,
                  held_out: frozenset[str], rank: int = 0, world: int = 1):
     """The stage's example stream on this rank, as the workflow's train section configures it."""
@@ -185,17 +217,19 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     `stop_after` ends the process's work after that many optimizer steps without exporting (returns
     None), as a preemption would: tests use it to check that `resume` continues exactly.
     """
+    from trainer.recipes import stage_config
+
+    wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+    cfg = resolve_train_config(wf, overrides)
+    scfg = stage_config(cfg, stage)
+    check_stage_inputs(wf, cfg, stage)
+
     env.setup_environment()
     import deepspeed
     import torch
     import torch.distributed as dist
 
     from trainer.data import Collator, categories_in, iter_scenes
-    from trainer.recipes import stage_config
-
-    wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
-    cfg = resolve_train_config(wf, overrides)
-    scfg = stage_config(cfg, stage)
     out_dir = stage_dir(cfg, stage)
     ckpt_dir, export_dir = out_dir / "checkpoints", out_dir / "model"
     shard_dir = Path(wf.out) / "proxies" / cfg.proxies

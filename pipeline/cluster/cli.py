@@ -1,33 +1,47 @@
 """CLI verbs of the cluster stage: `cluster`, `stats`, `inspect`, `viz`.
 
-Each reads a workflow (`--workflow`) or a bare data root (`--out`); the flags override the
-workflow's `cluster:` section."""
+Each reads a workflow (`--workflow`, else $P3D_WORKFLOW, else the embedded workflows/toy.yaml;
+`--set` changes any field), or, given `--out` and no workflow, a bare data root with the cluster
+defaults. The flags override the workflow's `cluster:` section. A run whose clustering differs from
+the workflow's, and that names no set (`--name` or `--set cluster.name=`), writes a set named after
+the parameters that differ (`--proxies 700` -> `k700`; schemas/config_cluster.py: derived_name), so
+the workflow's own set, the one its training reads, is never overwritten by an override."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-_WORKFLOW = typer.Option(None, "--workflow", "-w", help="workflow YAML (gives --out and the cluster section)")
-_OUT = typer.Option(None, "--out", help="data root; overrides the workflow's out")
-_NAME = typer.Option(None, "--name", help="proxy set under <out>/proxies/ (default: workflow's, or 'default')")
+from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
+
+_WORKFLOW = WORKFLOW_OPTION
+_SET = SET_OPTION
+_OUT = typer.Option(None, "--out", help="data root; overrides the workflow's out (alone: a bare data root)")
+_NAME = typer.Option(None, "--name", help="proxy set under <out>/proxies/ (default: the workflow's cluster.name, "
+                                          "or the changed parameters, e.g. k700)")
 
 
-def _resolve(workflow: Optional[Path], out: Optional[Path], **overrides):
+def _resolve(workflow: Optional[Path], out: Optional[Path], sets: Optional[list[str]] = None, **overrides):
+    """(data root, cluster config, the resolved workflow or None for a bare data root)."""
     from pydantic import ValidationError
 
-    from schemas.config_cluster import ClusterConfig
-    from schemas.workflow import load_workflow
+    from pipeline.cli_workflow import fail, open_workflow
+    from schemas.config_cluster import ClusterConfig, derived_name
+    from schemas.workflow import WORKFLOW_ENV
 
-    if workflow is not None:
-        wf = load_workflow(workflow)
-        base, root = wf.cluster, Path(wf.out)
-    elif out is not None:
-        base, root = ClusterConfig(), out
+    run = None
+    if workflow is None and out is not None and not os.environ.get(WORKFLOW_ENV):
+        typer.echo(f"workflow: none (a bare data root from --out; --workflow or {WORKFLOW_ENV} to read one)")
+        if sets:
+            fail("--set changes a workflow; give --workflow (or drop --out)")
+        base = file_base = ClusterConfig()
+        root = out
     else:
-        raise typer.BadParameter("give --workflow or --out")
+        run = open_workflow(workflow, sets)
+        base, file_base, root = run.workflow.cluster, run.file_workflow.cluster, Path(run.workflow.out)
     if out is not None:
         root = out
     updates = {k: v for k, v in overrides.items() if v is not None}
@@ -36,11 +50,24 @@ def _resolve(workflow: Optional[Path], out: Optional[Path], **overrides):
     except ValidationError as e:
         err = e.errors()[0]
         raise typer.BadParameter(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
-    return root, config
+    named = "name" in updates or any(s.split("=", 1)[0].strip() == "cluster.name" for s in sets or ())
+    if not named:
+        config = config.model_copy(update={"name": derived_name(file_base, config)})
+    return root, config, run
+
+
+def _missing_set(root: Path, name: str) -> None:
+    from pipeline.cli_workflow import fail
+    from schemas.proxy import missing_set_error
+
+    message = missing_set_error(root, name)
+    if message is not None:
+        fail(message)
 
 
 def cluster(
     workflow: Optional[Path] = _WORKFLOW,
+    sets: Optional[list[str]] = _SET,
     out: Optional[Path] = _OUT,
     name: Optional[str] = _NAME,
     proxies: Optional[int] = typer.Option(None, "--proxies", "-k", help="proxy budget K per scene"),
@@ -58,8 +85,9 @@ def cluster(
 ) -> None:
     """Turn every complete scene of the triplet store into proxy shards."""
     from pipeline.cluster.driver import run_cluster
+    from pipeline.cluster.shards import proxies_dir
 
-    root, config = _resolve(workflow, out, name=name, proxies=proxies, min_per_group=min_per_group,
+    root, config, run = _resolve(workflow, out, sets, name=name, proxies=proxies, min_per_group=min_per_group,
                             grouping=grouping, space=space, per_object=per_object, seed=seed,
                             scenes_per_shard=scenes_per_shard, num_workers=workers, executor=executor)
     try:
@@ -67,6 +95,8 @@ def cluster(
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
+    if run is not None:
+        run.save(proxies_dir(root, config.name) / "resolved_workflow.yaml", cluster=config, out=str(root))
     typer.echo(f"{report.name}: {len(report.written)} scenes clustered, {len(report.resumed)} kept "
                f"from earlier runs, {len(report.shards_written)} shards written ({report.executor}), "
                f"{report.seconds:.1f} s; report {report.report_path}")
@@ -79,19 +109,22 @@ def cluster(
 
 def stats(
     workflow: Optional[Path] = _WORKFLOW,
+    sets: Optional[list[str]] = _SET,
     out: Optional[Path] = _OUT,
     dest: Optional[Path] = typer.Option(None, "--dest", help="JSON path (default <out>/stats/triplets.json)"),
 ) -> None:
     """Feature mean/std per dimension, triplet, label and NaN counts over all scenes (dask)."""
     from pipeline.cluster.stats import compute_stats, default_stats_path, write_stats
 
-    root, _ = _resolve(workflow, out)
+    root, _, run = _resolve(workflow, out, sets)
     try:
         result = compute_stats(root)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     path = write_stats(dest or default_stats_path(root), result)
+    if run is not None:
+        run.save(Path(path).with_suffix(".workflow.yaml"), out=str(root))
     typer.echo(f"{result['num_scenes']} scenes, {result['num_triplets']} triplets, "
                f"{result['num_valid']} valid ({result['nan_fraction']:.1%} NaN), "
                f"{result['num_labeled']} labeled, D={result['dim']} -> {path}")
@@ -100,6 +133,7 @@ def stats(
 def inspect(
     target: str = typer.Argument(..., help="a shard .tar, or a scene id (with --workflow/--out)"),
     workflow: Optional[Path] = _WORKFLOW,
+    sets: Optional[list[str]] = _SET,
     out: Optional[Path] = _OUT,
     name: Optional[str] = _NAME,
 ) -> None:
@@ -110,7 +144,8 @@ def inspect(
         if target.endswith(".tar") and Path(target).exists():
             lines = summarize_shard(target)
         else:
-            root, config = _resolve(workflow, out, name=name)
+            root, config, _ = _resolve(workflow, out, sets, name=name)
+            _missing_set(root, config.name)
             lines = summarize_scene(root, target, config.name)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
@@ -121,6 +156,7 @@ def inspect(
 def viz(
     scene: str = typer.Argument(..., help="scene id"),
     workflow: Optional[Path] = _WORKFLOW,
+    sets: Optional[list[str]] = _SET,
     out: Optional[Path] = _OUT,
     name: Optional[str] = _NAME,
     png: Optional[Path] = typer.Option(None, "--png", help="default <out>/proxies/<name>/viz/<scene>.png"),
@@ -129,7 +165,8 @@ def viz(
     from pipeline.cluster.shards import load_scene_proxies, proxies_dir
     from pipeline.cluster.viz import draw_proxies
 
-    root, config = _resolve(workflow, out, name=name)
+    root, config, _ = _resolve(workflow, out, sets, name=name)
+    _missing_set(root, config.name)
     try:
         sample = load_scene_proxies(root, config.name, scene)
     except ValueError as e:

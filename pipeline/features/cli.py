@@ -1,14 +1,20 @@
-"""`p3d features`: run encoder, geometry and segmenter over a workflow's scenes into the triplet store."""
+"""`p3d features`: run encoder, geometry and segmenter over a workflow's scenes into the triplet store.
+
+The run's resolved workflow is saved beside its report: `<out>/features/_runs/<time>.workflow.yaml`."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
+from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
+
 
 def features(
-    workflow: Path = typer.Option(..., "--workflow", help="workflow YAML (its source: and features: sections)"),
+    workflow: Optional[Path] = WORKFLOW_OPTION,
+    sets: Optional[list[str]] = SET_OPTION,
     out: Path = typer.Option(None, "--out", help="data root; groups go to <out>/features (default: workflow out)"),
     scenes: str = typer.Option(None, "--scenes", help="comma-separated scene ids (default: all of the source)"),
     frames: int = typer.Option(None, "--frames", min=1, help="frames per scene (default: features.num_frames)"),
@@ -16,21 +22,33 @@ def features(
     overwrite: bool = typer.Option(False, "--overwrite", help="redo scenes that are already complete"),
 ) -> None:
     """Write patch-aligned (feature, point, label) triplets per scene; exits 1 if any scene failed."""
+    from pipeline.cli_workflow import fail, missing_source, open_workflow
     from pipeline.features.driver import run_features
     from pipeline.features.scenes import ensure_toy_world, open_workflow_source
-    from schemas.workflow import load_workflow
+    from pipeline.sources import SceneReadError
 
     if executor not in ("ray", "local"):
         raise typer.BadParameter(f"unknown executor {executor!r}; choose ray or local", param_hint="--executor")
-    wf = load_workflow(workflow)
+    run = open_workflow(workflow, sets)
+    wf = run.workflow
     cfg = wf.features if frames is None else wf.features.model_copy(update={"num_frames": frames})
     out_root = out if out is not None else Path(wf.out)
     ids = [s.strip() for s in scenes.split(",") if s.strip()] if scenes else None
     ensure_toy_world(wf, echo=typer.echo)
-    source = open_workflow_source(wf, cfg.num_frames, ids)
+    if not Path(wf.source.path).exists():
+        fail(missing_source(run, "nothing at"))
+    try:
+        source = open_workflow_source(wf, cfg.num_frames, ids)
+        scene_ids = source.scene_ids()
+    except SceneReadError as e:
+        fail(str(e))
+    if not scene_ids:
+        fail(missing_source(run, "no scene folders under"))
     # Models named `toy:` are built under the workflow's data root, beside the toy world's text.
-    report = run_features(cfg, out_root, Path(wf.out), source, scene_ids=source.scene_ids(),
+    report = run_features(cfg, out_root, Path(wf.out), source, scene_ids=scene_ids,
                           executor=executor, overwrite=overwrite)
+    if report.path is not None:
+        run.save(report.path.with_suffix(".workflow.yaml"), features=cfg, out=str(out_root))
     typer.echo(f"features: {len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed "
                f"in {report.wall_seconds:.1f}s; report {report.path}")
     if report.failed:

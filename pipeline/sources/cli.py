@@ -1,10 +1,14 @@
-"""`p3d toy`: build the toy world, from flags or from a workflow's `source:` section."""
+"""`p3d toy`: build the toy world, from a workflow's `source:` section (`--workflow`, else
+$P3D_WORKFLOW, else the embedded workflows/toy.yaml) or, given `--out`, from the flags alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
+
+from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
 
 
 def toy(
@@ -12,24 +16,29 @@ def toy(
     scenes: int = typer.Option(None, "--scenes", min=1, help="number of scenes (default 8)"),
     frames: int = typer.Option(None, "--frames", min=1, help="frames per scene (default 48)"),
     seed: int = typer.Option(None, "--seed", help="world seed (default 0)"),
-    workflow: Path = typer.Option(None, "--workflow", help="read source.toy; write to source.path"),
+    workflow: Optional[Path] = WORKFLOW_OPTION,
+    sets: Optional[list[str]] = SET_OPTION,
     workers: int = typer.Option(None, "--workers", min=1, help="rendering processes (default: one per core, "
                                                                "at most 8); the world does not depend on it"),
 ) -> None:
     """Render the procedural toy world with full ground truth (ScanNet exported-frame layout)."""
+    from pipeline.cli_workflow import fail, open_workflow
     from pipeline.sources.toy import build_toy_world
-    from schemas.workflow import ToyWorldConfig, load_workflow
+    from schemas.workflow import ToyWorldConfig
 
-    if workflow is not None:
-        wf = load_workflow(workflow)
+    run = None
+    if out is None:
+        run = open_workflow(workflow, sets)
+        wf = run.workflow
         if wf.source.kind != "toy":
-            raise typer.BadParameter(f"{workflow}: source.kind is {wf.source.kind!r}, not 'toy'", param_hint="--workflow")
+            fail(f"{run.path}: source.kind is {wf.source.kind!r}, not 'toy'")
         cfg = wf.source.toy or ToyWorldConfig()
         scenes_dir = Path(wf.source.path)
         root = scenes_dir.parent
-        if out is not None:
-            raise typer.BadParameter("give --out or --workflow, not both", param_hint="--out")
+    elif workflow is not None or sets:
+        raise typer.BadParameter("give --out or --workflow/--set, not both", param_hint="--out")
     else:
+        typer.echo("workflow: none (--out: the toy world from the flags)")
         cfg = ToyWorldConfig()
         root = out if out is not None else Path("data/toy")
         scenes_dir = root / "scenes"
@@ -39,6 +48,9 @@ def toy(
     typer.echo(f"toy world: {cfg.num_scenes} scenes x {cfg.frames} frames, seed {cfg.seed}, "
                f"{cfg.image_size[0]}x{cfg.image_size[1]} -> {scenes_dir}")
     summary = build_toy_world(root, scenes_dir, cfg, progress=typer.echo, workers=workers)
+    if run is not None:
+        run.save(root / "toy_world.workflow.yaml",
+                 source=run.workflow.source.model_copy(update={"toy": cfg}))
     typer.echo(f"wrote {summary['num_scenes']} scenes and {summary['num_records']} records to {root} "
                f"in {summary['seconds']:.1f}s")
 
