@@ -168,3 +168,24 @@ def test_answer_parts_leaves_other_answers_alone():
         assert answer_parts(text, kind) == (text, text)
     assert answer_parts("none: 0", "number") == ("0", "")
     assert answer_parts("<OBJ001> <OBJ004>: 2", "number") == ("2", "<OBJ001> <OBJ004>")
+
+
+def test_the_simplified_scene_holds_only_the_matched_objects():
+    """Stages 1-3 see one token per dataset object: a segmenter's unmatched masks (an identifier but
+    no instance, hence no category) and background stay out; the proxies keep every identifier."""
+    from trainer.data import scene_inputs
+
+    box = {"center": [0.0, 0.0, 0.0], "size": [1.0, 1.0, 1.0]}
+    segments = [
+        {"id": 0, "label": 4, "instance_id": 7, "category": "chair", "box": box},
+        {"id": 1, "label": 9, "instance_id": None, "category": None, "box": box},  # a wall mask
+        {"id": 2, "label": -1, "instance_id": None, "category": None, "box": box},  # background
+        {"id": 3, "label": 2, "instance_id": 3, "category": "lamp", "box": box},
+    ]
+    scene = {"scene_id": "s", "segments": segments, "segment": np.array([0, 1, 1, 2, 3], np.int32),
+             "xyz": np.zeros((5, 3), np.float32), "feat": np.zeros((5, 4), np.float16)}
+    fused = scene_inputs(scene, "fused", 64)
+    # Identifiers number label >= 0 segments in BFS order: 0 -> 0, 1 -> 1, 3 -> 2.
+    assert fused["ident"].tolist() == [0, 2] and fused["categories"] == ["chair", "lamp"]
+    proxies = scene_inputs(scene, "proxy", 64)
+    assert proxies["ident"].tolist() == [0, 1, 1, -1, 2]
