@@ -1,4 +1,5 @@
-"""Atomic file writes shared by every stage: write a temporary sibling, fsync, rename."""
+"""Atomic file writes shared by every stage: write a temporary sibling, fsync, rename. Folders are
+replaced by `replace_dir` (rename the old aside, rename the new in, then delete the aside)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,48 @@ def write_jsonl_atomic(models: Iterable[BaseModel], path: str | Path, **dump_opt
     return n
 
 
+def aside_path(folder: str | Path) -> Path:
+    """Where `replace_dir` keeps the old `folder` while the new one is renamed in."""
+    folder = Path(folder)
+    return folder.with_name(f".{folder.name}.aside")
+
+
+def recover_dir(folder: str | Path) -> None:
+    """Finish a `replace_dir` that a kill interrupted: with `folder` missing, the aside is the old
+    folder, whole, and goes back; with `folder` there, the new one is in place and the aside (maybe
+    half deleted) goes."""
+    import shutil
+
+    folder = Path(folder)
+    aside = aside_path(folder)
+    if not aside.exists():
+        return
+    if folder.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(aside, folder)
+
+
+def replace_dir(new: str | Path, folder: str | Path) -> Path:
+    """Put folder `new` at `folder` (same file system). The old folder is renamed aside, the new one
+    renamed in, and only then is the aside deleted: a kill at any step leaves the old or the new
+    folder whole, and `recover_dir` (called here first) tidies up after it."""
+    import shutil
+
+    new, folder = Path(new), Path(folder)
+    recover_dir(folder)
+    aside = aside_path(folder)
+    if folder.exists():
+        os.replace(folder, aside)
+    os.replace(new, folder)
+    shutil.rmtree(aside, ignore_errors=True)
+    return folder
+
+
 @contextmanager
 def atomic_dir(folder: str | Path):
-    """Yield a temporary sibling folder to fill; it replaces `folder` only if the block finishes."""
+    """Yield a temporary sibling folder to fill; it replaces `folder` (`replace_dir`) only if the
+    block finishes."""
     import shutil
     import uuid
 
@@ -57,9 +97,7 @@ def atomic_dir(folder: str | Path):
     tmp.mkdir()
     try:
         yield tmp
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        replace_dir(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -9,7 +9,8 @@ Arrays (F frames, h x w patch grid, D feature dim):
   intrinsics  float32  F x 3 x 3       at the encoder's input resolution
   gt_label    int32    F x h x w       optional (format 2): the ground-truth instance per patch, -1 =
                                        none; only where the source has instances (toy, ScanNet)
-The group attributes are a `StoreAttrs`; `complete: true` is written last. Since format 2, `xyz` and
+The group attributes are a `StoreAttrs`; `complete: true` is written last, and a group counts as
+complete only with every chunk of every array present (`FILL_VALUES` says why). Since format 2, `xyz` and
 `pose` are in the scene's world frame (metres, z up where known) and `alignment` says how the
 geometry backend's output was brought there.
 """
@@ -36,6 +37,14 @@ OPTIONAL_ARRAYS: dict[str, str] = {
     "gt_label": "int32",
 }
 OPTIONAL_FILL: dict[str, int] = {"gt_label": -(2**31)}
+# Every array's fill value (what a chunk never written reads as) can never pass for data: NaN for
+# floats (xyz already uses NaN for invalid points, so readers also count the chunks), int32 min for
+# labels (written labels are >= -1; readers refuse anything below).
+UNWRITTEN_LABEL = -(2**31)
+FILL_VALUES: dict[str, float | int] = {
+    "feat": float("nan"), "xyz": float("nan"), "label": UNWRITTEN_LABEL, "conf": float("nan"),
+    "pose": float("nan"), "intrinsics": float("nan"), "gt_label": UNWRITTEN_LABEL,
+}
 NO_LABEL = -1
 STORE_FORMAT_VERSION = 2  # 2: world alignment attrs (`alignment`), optional gt_label
 
@@ -98,4 +107,7 @@ class StoreAttrs(BaseModel):
                                                                "since format 2)")
     objects: list[dict[str, Any]] = []
     pipeline_version: str
+    config_hash: str | None = Field(None, description="the feature config it was made with (resume)")
+    source_fingerprint: str | None = Field(None, description="the source's identity and its input files' "
+                                                             "sizes and mtimes (resume redoes on a change)")
     complete: bool = False

@@ -94,5 +94,59 @@ def test_gt_label_is_optional_and_its_fill_never_passes_for_data(tmp_path):
     group = zarr.open_group(str(store.scene_path(tmp_path, "toy")), mode="a")
     assert group["gt_label"].fill_value < -1
     group["gt_label"][0] = group["gt_label"].fill_value
-    with pytest.raises(ValueError, match="unwritten chunks"):
+    with pytest.raises(ValueError, match="unwritten chunks|chunks missing"):
         store.read_scene(tmp_path, "toy")
+
+
+def test_missing_chunks_never_read_as_data(tmp_path):
+    import shutil
+
+    import zarr
+
+    rng = np.random.default_rng(0)
+    arrays = _arrays(rng, num_frames=3)
+    arrays["xyz"][1] = np.nan  # a frame with no valid point is still written, chunk and all
+    store.write_scene(tmp_path, _attrs("s0"), arrays)
+    assert store.missing_chunks(tmp_path, "s0") == []
+    np.testing.assert_array_equal(store.read_scene(tmp_path, "s0").label_Fhw, arrays["label"])
+    group = zarr.open_group(str(store.scene_path(tmp_path, "s0")), mode="r")
+    assert np.isnan(group["xyz"].fill_value) and np.isnan(group["feat"].fill_value)
+    assert group["label"].fill_value < -1
+    # Delete one frame's chunk files: the group still carries `complete: true`, but reading names
+    # the scene and the arrays instead of returning points at the origin with label 0.
+    for name in ("xyz", "label"):
+        shutil.rmtree(store.scene_path(tmp_path, "s0") / name / "c" / "1")
+    assert store.is_complete(tmp_path, "s0")
+    with pytest.raises(ValueError, match=r"scene s0: array xyz: 1 of 3 chunks missing.*array label: 1 of 3"):
+        store.read_scene(tmp_path, "s0")
+
+
+def test_a_corrupt_chunk_names_its_file(tmp_path):
+    rng = np.random.default_rng(0)
+    store.write_scene(tmp_path, _attrs("s0"), _arrays(rng, num_frames=3))
+    chunk = store.scene_path(tmp_path, "s0") / "conf" / "c" / "2" / "0" / "0"
+    chunk.write_bytes(b"not blosc")
+    with pytest.raises(ValueError, match=f"scene s0: array conf: cannot decode chunk file {chunk}"):
+        store.read_scene(tmp_path, "s0")
+
+
+def test_a_corrupt_group_metadata_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    store.write_scene(tmp_path, _attrs("s0"), _arrays(rng))
+    meta = store.scene_path(tmp_path, "s0") / "zarr.json"
+    meta.write_text("{not json")
+    assert not store.is_complete(tmp_path, "s0")
+    assert str(meta) in store.unreadable_reason(tmp_path, "s0")
+
+
+def test_a_replace_killed_half_way_is_recovered(tmp_path):
+    from schemas.io import aside_path
+
+    rng = np.random.default_rng(0)
+    store.write_scene(tmp_path, _attrs("s0"), _arrays(rng))
+    final = store.scene_path(tmp_path, "s0")
+    final.rename(aside_path(final))  # killed after renaming the old group aside
+    assert store.list_scenes(tmp_path) == []
+    store.clean_partial(tmp_path)
+    assert store.list_scenes(tmp_path) == ["s0"] and not aside_path(final).exists()
+    store.read_scene(tmp_path, "s0")

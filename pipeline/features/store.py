@@ -1,15 +1,19 @@
 """The Zarr v3 triplet store: one group per scene under `<out>/features/<scene_id>`.
 
 Layout and attributes are defined in `schemas.store`. A scene is written into a hidden temporary
-group, marked `complete: true` last, and renamed into place, so a killed run never leaves a group
-that claims to be complete; a group without the marker is unfinished and is redone.
+group, marked `complete: true` last, and renamed into place (`schemas.io.replace_dir`: the old group
+is deleted only after the new one is in), so a killed run never leaves a group that claims to be
+complete; a group without the marker is unfinished and is redone. Chunks that are missing (a deleted
+frame) are found by counting chunk files, and fill values can never pass for data, so a damaged group
+is an error naming the scene and the array, never points at the origin.
 
 Legend: F frames, h x w patch grid, D feature dim.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import math
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -17,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.store import ARRAYS, FEATURES_DIR, NO_LABEL, OPTIONAL_ARRAYS, OPTIONAL_FILL, StoreAttrs
+from schemas.io import recover_dir, replace_dir
+from schemas.store import ARRAYS, FEATURES_DIR, FILL_VALUES, NO_LABEL, OPTIONAL_ARRAYS, StoreAttrs
 
 _TMP_PREFIX = ".tmp-"
 # Named dimensions make each group readable as an xarray Dataset.
@@ -58,6 +63,47 @@ def is_complete(out: str | Path, scene_id: str) -> bool:
         return False
 
 
+def unreadable_reason(out: str | Path, scene_id: str) -> str | None:
+    """Why a scene group's metadata cannot be read (the file named), or None when it can."""
+    import zarr
+
+    path = scene_path(out, scene_id)
+    if not (path / "zarr.json").exists():
+        return None
+    try:
+        json.loads((path / "zarr.json").read_text())
+        zarr.open_group(str(path), mode="r").attrs.get("complete", False)
+    except Exception as e:
+        return f"unreadable group metadata {path / 'zarr.json'}: {type(e).__name__}: {e}"
+    return None
+
+
+def missing_chunks(out: str | Path, scene_id: str) -> list[str]:
+    """Arrays of a group with chunk files missing, as 'array NAME: N of M chunks missing'. Cheap: it
+    counts files (one chunk per frame, zarr v3's `c/` keys) against the arrays' shapes."""
+    path = scene_path(out, scene_id)
+    problems = []
+    for name in [*ARRAYS, *OPTIONAL_ARRAYS]:
+        meta_path = path / name / "zarr.json"
+        if not meta_path.exists():
+            if name in ARRAYS:
+                problems.append(f"array {name}: missing ({meta_path} not found)")
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+            shape = meta["shape"]
+            chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        except (ValueError, KeyError, TypeError) as e:
+            problems.append(f"array {name}: unreadable metadata {meta_path}: {type(e).__name__}: {e}")
+            continue
+        expected = math.prod(-(-n // c) for n, c in zip(shape, chunks))
+        chunk_dir = path / name / "c"
+        found = sum(1 for p in chunk_dir.rglob("*") if p.is_file()) if chunk_dir.is_dir() else 0
+        if found < expected:
+            problems.append(f"array {name}: {expected - found} of {expected} chunks missing under {chunk_dir}")
+    return problems
+
+
 def list_scenes(out: str | Path, complete_only: bool = True) -> list[str]:
     root = features_root(out)
     if not root.exists():
@@ -87,19 +133,42 @@ class SceneTriplets:
     gt_label_Fhw: np.ndarray | None = None  # ground-truth instance per patch, where the source has one
 
 
-def _read_gt_label(group, scene_id: str) -> np.ndarray | None:
-    if "gt_label" not in group:
-        return None
-    gt_label_Fhw = np.asarray(group["gt_label"][...])
-    if gt_label_Fhw.size and gt_label_Fhw.min() < NO_LABEL:  # the fill value: a chunk never written
-        raise ValueError(f"scene {scene_id}: array gt_label holds unwritten chunks (fill value); "
+def _read_array(group, path: Path, scene_id: str, name: str) -> np.ndarray:
+    """The whole array; a chunk that cannot be decoded is an error naming its file."""
+    arr = group[name]
+    try:
+        return np.asarray(arr[...])
+    except Exception:
+        pass
+    for i in range(arr.shape[0]):  # one chunk per frame: find the file that fails
+        try:
+            arr[i]
+        except Exception as e:
+            key = "/".join(["c", str(i)] + ["0"] * (arr.ndim - 1))
+            raise ValueError(f"scene {scene_id}: array {name}: cannot decode chunk file {path / name / key} "
+                             f"({type(e).__name__}: {e}); re-run `p3d features --overwrite` on this scene") from e
+    return np.asarray(arr[...])
+
+
+def _check_labels(name: str, label_Fhw: np.ndarray, scene_id: str) -> np.ndarray:
+    if label_Fhw.size and label_Fhw.min() < NO_LABEL:  # the fill value: a chunk never written
+        raise ValueError(f"scene {scene_id}: array {name} holds unwritten chunks (fill value); "
                          "re-run `p3d features` on this scene")
-    return gt_label_Fhw
+    return label_Fhw
 
 
 def read_scene(out: str | Path, scene_id: str) -> SceneTriplets:
     group = open_group(out, scene_id)
-    arrays = {name: np.asarray(group[name][...]) for name in ARRAYS}
+    path = scene_path(out, scene_id)
+    missing = missing_chunks(out, scene_id)
+    if missing:
+        raise ValueError(f"scene {scene_id}: {'; '.join(missing)}; re-run `p3d features --overwrite` on "
+                         "this scene")
+    names = [*ARRAYS, *(n for n in OPTIONAL_ARRAYS if n in group)]
+    arrays = {name: _read_array(group, path, scene_id, name) for name in names}
+    for name in ("label", "gt_label"):
+        if name in arrays:
+            _check_labels(name, arrays[name], scene_id)
     return SceneTriplets(
         scene_id=scene_id,
         feat_FhwD=arrays["feat"],
@@ -109,7 +178,7 @@ def read_scene(out: str | Path, scene_id: str) -> SceneTriplets:
         pose_F44=arrays["pose"],
         intrinsics_F33=arrays["intrinsics"],
         attrs=StoreAttrs.model_validate(dict(group.attrs)),
-        gt_label_Fhw=_read_gt_label(group, scene_id),
+        gt_label_Fhw=arrays.get("gt_label"),
     )
 
 
@@ -157,17 +226,18 @@ def write_scene(out: str | Path, attrs: StoreAttrs, arrays: dict[str, np.ndarray
             data = np.ascontiguousarray(arrays[name], dtype=dtype)
             # One chunk per frame: readers stream frames, and dask maps chunks to frames.
             chunks = (1, *data.shape[1:])
+            # Every chunk is written, even one equal to the fill value (an all-invalid frame):
+            # readers count chunk files to tell a whole group from a damaged one.
             arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks,
-                                     compressors=_compressor(), fill_value=OPTIONAL_FILL.get(name, 0),
-                                     dimension_names=DIMENSIONS[name])
+                                     compressors=_compressor(), fill_value=FILL_VALUES[name],
+                                     dimension_names=DIMENSIONS[name],
+                                     config={"write_empty_chunks": True})
             arr[...] = data
         meta = attrs.model_dump(mode="json")
         meta["complete"] = False
         group.attrs.update(meta)
         group.attrs["complete"] = True  # last: the marker that the group is whole
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -180,6 +250,9 @@ def clean_partial(out: str | Path) -> list[str]:
     removed = []
     if not root.exists():
         return removed
+    for p in list(root.iterdir()):
+        if p.is_dir() and p.name.startswith(".") and p.name.endswith(".aside"):
+            recover_dir(root / p.name[1:-len(".aside")])  # a replace_dir killed half way
     for p in root.iterdir():
         if p.is_dir() and p.name.startswith(_TMP_PREFIX):
             shutil.rmtree(p, ignore_errors=True)

@@ -44,7 +44,9 @@ class ToySource(SceneSource):
     kind = "toy"
 
     def available(self) -> list[str]:
-        return sorted(p.name for p in Path(self.path).iterdir() if (p / MANIFEST).is_file())
+        # Hidden folders are a writer's temporary or set-aside copies (schemas.io.replace_dir).
+        return sorted(p.name for p in Path(self.path).iterdir()
+                      if not p.name.startswith(".") and (p / MANIFEST).is_file())
 
     def load_scene(self, scene_id: str) -> Scene:
         folder = Path(self.path) / scene_id

@@ -35,7 +35,7 @@ from pipeline.sources.toy.annotate import generate_records
 from pipeline.sources.toy.layout import ToyLayout, camera_path, intrinsics_for, sample_layout
 from pipeline.sources.toy.render import BoxScene, Rendered, render
 from pipeline.sources.toy.shapes import CATEGORY_NAMES
-from schemas.io import write_json_atomic
+from schemas.io import replace_dir, write_json_atomic
 from schemas.manifest import ObjectInfo, SceneManifest
 from schemas.record import Record, write_records
 from schemas.workflow import ToyWorldConfig
@@ -164,9 +164,7 @@ def write_scene(scene: ToyScene, scenes_dir: Path, rel_path: str) -> Path:
     )
     # The manifest is written last inside the folder: a folder without it is unfinished.
     (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)  # the old folder goes only once the new one is in place
     return final
 
 
