@@ -164,3 +164,47 @@ def test_complete_scene_made_with_another_config_is_redone(scenes, data_root, tm
     redone = run_features(smaller, tmp_path, data_root, provider, executor="local")
     assert redone.done == [scene_id]
     assert store.read_scene(tmp_path, scene_id).attrs.grid == [2, 3]
+
+
+def test_scenes_made_from_another_world_are_redone(tmp_path):
+    """Resume keys on the source: the same `out` pointed at another toy world (another seed) redoes
+    every scene, and a scene whose input files changed is redone alone."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    def workflow(seed: int) -> Path:
+        wf = {
+            "name": "toy-test", "out": str(tmp_path / "out"),
+            "source": {"kind": "toy", "path": str(tmp_path / "world" / "scenes"),
+                       "toy": {"num_scenes": 2, "frames": 4, "seed": seed}},
+            "features": {"num_frames": 4, "image_size": [112, 140], "encoder": {"model": "toy:qwen2_5_vl"}},
+        }
+        path = tmp_path / f"wf{seed}.yaml"
+        path.write_text(yaml.safe_dump(wf))
+        return path
+
+    def features(seed: int) -> dict:
+        result = CliRunner().invoke(app, ["features", "--workflow", str(workflow(seed)), "--executor", "local"])
+        assert result.exit_code == 0, result.output
+        return json.loads(sorted((tmp_path / "out" / "features" / "_runs").glob("*.json"))[-1].read_text())
+
+    def objects(scene_id: str, where: Path) -> list[dict]:
+        return json.loads((where / scene_id / "objects.json").read_text())
+
+    out, scenes_dir = tmp_path / "out", tmp_path / "world" / "scenes"
+    first = features(0)
+    assert first["done"] == ["toy0000", "toy0001"]
+    seed0 = {s: objects(s, scenes_dir) for s in first["done"]}
+    second = features(1)  # the world is rendered again from seed 1; the store must follow it
+    assert second["done"] == ["toy0000", "toy0001"] and not second["skipped"]
+    for scene_id in second["done"]:
+        stored = store.read_scene(out, scene_id).attrs.objects
+        assert stored == objects(scene_id, scenes_dir) and stored != seed0[scene_id]
+    assert features(1)["skipped"] == ["toy0000", "toy0001"]
+    pose = scenes_dir / "toy0001" / "pose" / "0.txt"
+    os.utime(pose, ns=(pose.stat().st_atime_ns, pose.stat().st_mtime_ns + 10**9))
+    third = features(1)
+    assert third["done"] == ["toy0001"] and third["skipped"] == ["toy0000"]

@@ -8,8 +8,10 @@ Two executors run the same `FeatureWorker`:
          small status, so memory stays bounded however many scenes there are. `RAY_ADDRESS` (read
          by `ray.init`) points the run at a cluster.
 
-Resume: groups marked complete are skipped; temporary and unfinished groups are removed first and
-their scenes redone. A failing scene (unreadable frame, no mask, all-NaN geometry, a crashed
+Resume: a group is skipped only when it is complete (marker and every chunk), made with the same
+feature config and from the same input (the source's `fingerprint`: its path and the scene's input
+files' sizes and mtimes, or the toy config); temporary and unfinished groups are removed first and
+their scenes redone, as is a scene made from other input. A failing scene (unreadable frame, no mask, all-NaN geometry, a crashed
 worker, a failed world alignment) is recorded with its reason and the run goes on. Every run writes
 `<out>/features/_runs/<UTC time>.json` (done / skipped / failed, warnings per scene, how each scene
 was aligned to the world, config, seconds per model).
@@ -44,6 +46,13 @@ class SceneProvider(Protocol):
     def scene_ids(self) -> list[str]: ...
 
     def load_scene(self, scene_id: str) -> Scene: ...
+
+    # Optional: `fingerprint(scene_id) -> str`, a cheap identity of the scene's input (source_fingerprint).
+
+
+def source_fingerprint(provider: SceneProvider, scene_id: str) -> str | None:
+    fingerprint = getattr(provider, "fingerprint", None)
+    return None if fingerprint is None else fingerprint(scene_id)
 
 
 @dataclass
@@ -101,12 +110,14 @@ class FeatureWorker:
         scene_warnings: list[str] = []  # kept for the report even when the scene then fails
         try:
             start = time.perf_counter()
+            fingerprint = source_fingerprint(self.provider, scene_id)  # before reading: what was read is no newer
             scene = self.provider.load_scene(scene_id)
             seconds["load"] = time.perf_counter() - start
             scene_warnings = list(scene.warnings)
             if scene.scene_id != scene_id:
                 raise ValueError(f"scene {scene_id}: the source returned scene {scene.scene_id!r}")
             result = process_scene(scene, self.models, self.cfg)
+            result.attrs = result.attrs.model_copy(update={"source_fingerprint": fingerprint})
             seconds.update(result.seconds)
             start = time.perf_counter()
             store.write_scene(self.out, result.attrs, result.arrays)
@@ -230,11 +241,18 @@ def run_features(cfg: FeaturesConfig, out: str | Path, data_root: str | Path, pr
     wanted_hash = config_hash(cfg)
     for scene_id in ids:
         if not overwrite and store.is_complete(out, scene_id):
-            made_with = store.open_group(out, scene_id).attrs.get("config_hash")
-            if made_with == wanted_hash:
+            attrs = store.open_group(out, scene_id).attrs
+            made_with, made_from = attrs.get("config_hash"), attrs.get("source_fingerprint")
+            missing = store.missing_chunks(out, scene_id)
+            if missing:
+                log.warning("scene %s: %s; redoing", scene_id, "; ".join(missing))
+            elif made_with != wanted_hash:
+                log.info("scene %s: made with another feature config (%s), redoing", scene_id, made_with)
+            elif made_from != source_fingerprint(provider, scene_id):
+                log.info("scene %s: made from other input (source fingerprint %s), redoing", scene_id, made_from)
+            else:
                 report.skipped.append(scene_id)
                 continue
-            log.info("scene %s: made with another feature config (%s), redoing", scene_id, made_with)
         todo.append(scene_id)
     if todo:
         runner = {"local": _run_local, "ray": _run_ray}[executor]

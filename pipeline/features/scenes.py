@@ -44,6 +44,12 @@ class ToyRenderedScenes:
 
         return [scene_id_for(i) for i in range(self.toy.num_scenes)]
 
+    def fingerprint(self, scene_id: str) -> str:
+        """Scenes are made from (toy config, index) alone: the config is their identity."""
+        import hashlib
+
+        return hashlib.sha256(f"toy\0{self.toy.model_dump_json()}\0{scene_id}".encode()).hexdigest()[:16]
+
     def load_scene(self, scene_id: str) -> Scene:
         from pipeline.sources.toy import make_scene
         from pipeline.sources.toy.world import objects_of
@@ -75,7 +81,9 @@ def open_workflow_source(workflow: Workflow, num_frames: int, scene_ids: list[st
 
 
 def ensure_toy_world(workflow: Workflow, echo=print) -> bool:
-    """Render the toy world first when a toy workflow's scenes folder is empty; True if it did."""
+    """Render the toy world first when a toy workflow's scenes folder is empty, or was rendered from
+    another toy config (another seed) than the workflow's; True if it rendered."""
+    import json
     from pathlib import Path
 
     from pipeline.sources.toy import build_toy_world
@@ -83,8 +91,18 @@ def ensure_toy_world(workflow: Workflow, echo=print) -> bool:
     if workflow.source.kind != "toy":
         return False
     scenes_dir = Path(workflow.source.path)
+    toy = workflow.source.toy or ToyWorldConfig()
     if scenes_dir.is_dir() and any((p / "manifest.json").exists() for p in scenes_dir.iterdir()):
-        return False
-    echo(f"toy world not found under {scenes_dir}: rendering it first")
-    build_toy_world(scenes_dir.parent, scenes_dir, workflow.source.toy or ToyWorldConfig(), progress=echo)
+        made = scenes_dir.parent / "toy_world.json"
+        try:
+            made_with = json.loads(made.read_text()).get("config") if made.is_file() else None
+        except (ValueError, AttributeError):
+            made_with = None
+        if made_with is None or made_with == toy.model_dump(mode="json"):
+            return False  # a world of unknown provenance (hand-made) is kept as it is
+        echo(f"toy world under {scenes_dir} was rendered from another config than the workflow's "
+             f"({made}): rendering it again")
+    else:
+        echo(f"toy world not found under {scenes_dir}: rendering it first")
+    build_toy_world(scenes_dir.parent, scenes_dir, toy, progress=echo)
     return True

@@ -41,3 +41,26 @@ class SceneSource:
 
     def load_scene(self, scene_id: str) -> Scene:
         raise NotImplementedError
+
+    def input_files(self, scene_id: str) -> list[Path]:
+        """The files a scene is read from: its folder's files, else files named `<scene_id>.*` or
+        `<scene_id>_*` beside it (a bare .sens or video with its annotation files)."""
+        root = Path(self.path)
+        folder = root / scene_id
+        if folder.is_dir():
+            return sorted(p for p in folder.rglob("*") if p.is_file())
+        return sorted(p for pattern in (f"{scene_id}.*", f"{scene_id}_*") for p in root.glob(pattern)
+                      if p.is_file())
+
+    def fingerprint(self, scene_id: str) -> str:
+        """A cheap identity of what a scene is made from: the source's kind and path and each input
+        file's name, size and mtime (no file is read). The feature stage redoes a scene whose
+        fingerprint changed, so a store never keeps a scene made from other input."""
+        import hashlib
+
+        root = Path(self.path).resolve()
+        digest = hashlib.sha256(f"{self.kind}\0{root}\0{scene_id}\n".encode())
+        for p in self.input_files(scene_id):
+            st = p.stat()
+            digest.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
