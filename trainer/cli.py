@@ -42,11 +42,15 @@ def register(app: typer.Typer) -> None:
         stage: int = typer.Option(..., min=1, max=4, help="training stage 1-4"),
         workflow: Optional[Path] = WORKFLOW_OPTION,
         sets: Optional[list[str]] = SET_OPTION,
-        resume: bool = typer.Option(False, help="continue from the stage's latest checkpoint"),
+        resume: bool = typer.Option(False, help="continue from the stage's latest complete checkpoint"),
+        allow_changed_config: bool = typer.Option(False, help="with --resume: continue even though the stage's "
+                                                  "configuration changed since the checkpoint"),
         out: str | None = typer.Option(None, help="override train.out"),
     ) -> None:
         """Train one stage in this process (multi-process: `deepspeed trainer/run.py`)."""
         from pipeline.cli_workflow import fail, open_workflow
+        from trainer import checkpoint, env
+        from trainer.recipes import stage_config
         from trainer.train import StageInputError, check_stage_inputs, resolve_train_config, stage_dir
         from trainer.train import train as run_train
 
@@ -55,8 +59,12 @@ def register(app: typer.Typer) -> None:
         cfg = resolve_train_config(run.workflow, overrides)
         try:
             check_stage_inputs(run.workflow, cfg, stage)
-        except StageInputError as e:
+            if resume:
+                checkpoint.check_resume(stage_dir(cfg, stage) / "checkpoints",
+                                        checkpoint.run_identity(run.workflow.out, cfg, stage_config(cfg, stage),
+                                                                env.world_size()), allow_changed_config)
+        except (StageInputError, checkpoint.ResumeConfigError) as e:
             fail(str(e))
         run.save(stage_dir(cfg, stage) / "resolved_workflow.yaml", train=cfg)
-        folder = run_train(run.workflow, stage, overrides, resume=resume)
+        folder = run_train(run.workflow, stage, overrides, resume=resume, allow_changed_config=allow_changed_config)
         typer.echo(str(folder))

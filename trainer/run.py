@@ -30,7 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workflow", help="workflow YAML (default: $P3D_WORKFLOW, else workflows/toy.yaml)")
     p.add_argument("--set", action="append", default=[], dest="sets", metavar="SECTION.KEY=VALUE",
                    help="change one workflow field, e.g. train.proxies=k700 (repeatable; the value is YAML)")
-    p.add_argument("--resume", action="store_true", help="continue from the stage's latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the stage's latest complete checkpoint")
+    p.add_argument("--allow-changed-config", action="store_true",
+                   help="with --resume: continue even though the stage's configuration changed since the checkpoint")
     p.add_argument("--out", help="override train.out (checkpoint root)")
     p.add_argument("--max-steps", type=int, help="override the stage's max_steps")
     p.add_argument("--deepspeed-config", choices=("zero2", "zero3", "zero3_offload"), help="override train.deepspeed")
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from schemas.errors import SchemaError
     from schemas.workflow import resolve_workflow
+    from trainer import checkpoint
     from trainer.recipes import stage_config
     from trainer.train import StageInputError, check_stage_inputs, resolve_train_config, stage_dir, train
 
@@ -67,11 +70,17 @@ def main(argv: list[str] | None = None) -> None:
             overrides["stages"] = [s.model_dump() for s in cfg.stages if s.stage != args.stage] + [scfg.model_dump()]
         cfg = resolve_train_config(wf, overrides)
         check_stage_inputs(wf, cfg, args.stage)
+        if args.resume:  # before the resolved workflow is overwritten with a refused one
+            checkpoint.check_resume(stage_dir(cfg, args.stage) / "checkpoints",
+                                    checkpoint.run_identity(wf.out, cfg, stage_config(cfg, args.stage),
+                                                            env.world_size()), args.allow_changed_config)
         if env.rank() == 0:
             run.save(stage_dir(cfg, args.stage) / "resolved_workflow.yaml", train=cfg)
-        folder = train(wf, args.stage, overrides, resume=args.resume)
+        folder = train(wf, args.stage, overrides, resume=args.resume, allow_changed_config=args.allow_changed_config)
     except StageInputError as e:
         _fail(e.text(_same_workflow_args(args)))
+    except checkpoint.ResumeConfigError as e:
+        _fail(str(e))
     if env.rank() == 0:
         print(folder)
 

@@ -1,14 +1,17 @@
 """One training stage under DeepSpeed ZeRO: `train(workflow, stage) -> exported model folder`.
 
 Layout under `train.out` (default runs/train):
-    stage<N>/checkpoints/<tag>/   DeepSpeed state + p3d_state_rank<r>.json/.safetensors (resume)
+    stage<N>/checkpoints/<tag>/   DeepSpeed state + p3d_state_rank<r>.json/.safetensors (resume);
+                                  p3d_latest.json names the complete one (trainer/checkpoint.py)
     stage<N>/tb/                  TensorBoard events
     stage<N>/model/               the exported Hugging Face folder + p3d modules (p3d_config.json last)
     stage<N>/skipped_records.json per task, records that could not be examples and why (a target
                                   matched no segment: `unmatched_target`)
 Stage 1 starts from `train.model` (a hub id, folder or toy:<name>); stage N > 1 from stage<N-1>/model.
-`resume=True` continues from the latest checkpoint exactly: weights, optimizer, schedule, RNG and
-the position in the epoch (the data order is a function of seed, epoch and rank; see loader.py).
+`resume=True` continues from the latest complete checkpoint exactly: weights, optimizer, schedule, RNG
+and the position in the epoch (the data order is a function of seed, epoch and rank; see loader.py).
+It refuses a checkpoint made under another configuration unless `allow_changed_config`, and cuts
+train_log.jsonl back to the checkpoint's step, so a step is never logged twice.
 """
 
 from __future__ import annotations
@@ -176,53 +179,25 @@ def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_di
     return model
 
 
-# ------------------------------------------------------------------ resume state (no pickle)
-def _save_state(tag_dir: Path, state: dict) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    r = env.rank()
-    np_state = np.random.get_state()
-    tensors = {"torch_rng": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
-    meta = dict(state, python_rng=repr(random.getstate()), numpy_pos=int(np_state[2]),
-                numpy_gauss=[int(np_state[3]), float(np_state[4])])
-    tmp = tag_dir / f".p3d_state_rank{r}.tmp"
-    save_file(tensors, str(tmp) + ".safetensors")
-    os.replace(str(tmp) + ".safetensors", tag_dir / f"p3d_state_rank{r}.safetensors")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, tag_dir / f"p3d_state_rank{r}.json")
-
-
-def _load_state(tag_dir: Path) -> dict:
-    import ast
-
-    import torch
-    from safetensors.torch import load_file
-
-    r = env.rank()
-    meta = json.loads((tag_dir / f"p3d_state_rank{r}.json").read_text())
-    tensors = load_file(tag_dir / f"p3d_state_rank{r}.safetensors")
-    torch.set_rng_state(tensors["torch_rng"])
-    np.random.set_state(("MT19937", tensors["numpy_keys"].numpy().astype(np.uint32), meta["numpy_pos"],
-                         meta["numpy_gauss"][0], meta["numpy_gauss"][1]))
-    random.setstate(ast.literal_eval(meta["python_rng"]))
-    return meta
-
-
 # ------------------------------------------------------------------ the stage
 def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = None, *,
-          resume: bool = False, stop_after: int | None = None) -> Path | None:
+          resume: bool = False, allow_changed_config: bool = False,
+          stop_after: int | None = None) -> Path | None:
     """Run one stage; returns the exported model folder (stage<N>/model).
 
     `stop_after` ends the process's work after that many optimizer steps without exporting (returns
     None), as a preemption would: tests use it to check that `resume` continues exactly.
     """
+    from trainer import checkpoint
     from trainer.recipes import stage_config
 
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
     cfg = resolve_train_config(wf, overrides)
     scfg = stage_config(cfg, stage)
     check_stage_inputs(wf, cfg, stage)
+    identity = checkpoint.run_identity(wf.out, cfg, scfg, env.world_size())
+    marker = checkpoint.check_resume(stage_dir(cfg, stage) / "checkpoints", identity,
+                                     allow_changed_config) if resume else None
 
     env.setup_environment()
     import deepspeed
@@ -287,25 +262,28 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     collate = Collator(model.tokenizer, model.cfg, model.category_ids, max_length=cfg.max_length)
 
     micro, epoch, in_epoch = 0, 0, 0
-    if resume and (ckpt_dir / "latest").exists():
-        tag = (ckpt_dir / "latest").read_text().strip()
-        load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-        if load_path is None:
-            raise ValueError(f"{ckpt_dir}: could not load checkpoint {tag}")
-        state = _load_state(ckpt_dir / tag)
+    if marker is not None:
+        state = checkpoint.load(engine, ckpt_dir, marker["tag"])
         micro, epoch, in_epoch = state["micro_step"], state["epoch"], state["step_in_epoch"]
         if rank == 0:
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_dir / tag, micro // scfg.grad_accum,
-                     epoch, in_epoch)
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_dir / marker["tag"],
+                     micro // scfg.grad_accum, epoch, in_epoch)
+    elif resume and rank == 0:
+        log.info("%s holds no complete checkpoint: stage %d starts from step 0", ckpt_dir, stage)
 
     writer = None
     if rank == 0:
-        if not resume:
+        if marker is None:
+            checkpoint.forget(ckpt_dir)
             (out_dir / "train_log.jsonl").unlink(missing_ok=True)
+        else:
+            checkpoint.truncate_log(out_dir / "train_log.jsonl", micro // scfg.grad_accum)
         out_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out_dir / "tb"))
+        # purge_step drops events a killed run logged after the checkpoint it resumes from
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=None if marker is None else
+                               micro // scfg.grad_accum + 1)
         log.info("stage %d: %s, %d rank(s), %d batches/epoch, %d optimizer steps, trainable %s (%.2fM params)",
                  stage, cfg.deepspeed, world, batches_per_epoch, total_opt, scfg.trainable,
                  num_trainable / 1e6)
@@ -341,11 +319,9 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
                 window_loss, window_tokens, window_start = [], 0, time.perf_counter()
             if boundary and (opt_step % cfg.save_every == 0 or micro == total_micro):
                 epoch_done = in_epoch == batches_per_epoch
-                tag = f"step{opt_step:07d}"
-                engine.save_checkpoint(str(ckpt_dir), tag=tag)
-                _save_state(ckpt_dir / tag, {"micro_step": micro, "epoch": epoch + epoch_done,
-                                             "step_in_epoch": 0 if epoch_done else in_epoch, "stage": stage})
-                dist.barrier()
+                checkpoint.save(engine, ckpt_dir, opt_step, {"micro_step": micro, "epoch": epoch + epoch_done,
+                                                             "step_in_epoch": 0 if epoch_done else in_epoch,
+                                                             "stage": stage}, identity)
             if micro >= total_micro or (stop_after is not None and boundary and opt_step >= stop_after):
                 break
         else:

@@ -1,0 +1,166 @@
+"""Training resume is kill-safe: SIGKILL at random points (inside saves too), a changed config refused,
+DeepSpeed's files read with torch's weights-only unpickler, and the log never repeating a step."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pipeline.models.toy_models import build_toy_qwen
+from trainer.synthetic import write_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 8
+STAGES = [{"stage": 1, "trainable": ["identifiers", "language_model"], "max_steps": STEPS, "lr": 1e-3,
+           "batch_size": 4}]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from trainer.train import train
+
+    root = tmp_path_factory.mktemp("resume")
+    qwen = build_toy_qwen(root / "qwen", ["What is a chair?", "How many lamps are in the room?"])
+    _, records = write_synthetic(root / "data", num_scenes=6, dim=128, scenes_per_shard=2)
+    full = train(_workflow(root, qwen, records, "full"), 1)
+    return root, qwen, records, full
+
+
+def _workflow(root: Path, qwen: Path, records: Path, out: str, stages=STAGES, file: str | None = None,
+              **train) -> Path:
+    wf = {"name": "syn", "out": str(root / "data"), "source": {"kind": "toy", "path": str(root / "scenes")},
+          "train": {"model": str(qwen), "proxies": "synthetic", "records": str(records), "out": str(root / out),
+                    "num_obj_tokens": 32, "height_bins": 16, "fourier_dim": 16, "save_every": 2,
+                    "log_every": 1, "stages": stages, **train}}
+    path = root / f"{file or out}.yaml"
+    path.write_text(yaml.safe_dump(wf))
+    return path
+
+
+def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
+    for name in ("model.safetensors", "p3d_modules.safetensors"):
+        a, b = load_file(a_dir / name), load_file(b_dir / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{name}: {k}")
+
+
+def _logged_steps(stage_dir: Path) -> list[int]:
+    return [json.loads(x)["step"] for x in (stage_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def _log_steps_so_far(path: Path) -> int:
+    if not path.exists():
+        return 0
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass  # a line being written
+    return max(steps, default=0)
+
+
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(setup):
+    root, qwen, records, full = setup
+    wf = _workflow(root, qwen, records, "killed")
+    stage_dir = root / "killed/stage1"
+    env = dict(os.environ, TORCH_FORCE_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
+        env.pop(k, None)
+    cmd = [sys.executable, str(ROOT / "trainer/run.py"), "--stage", "1", "--workflow", str(wf), "--resume"]
+    rng = random.Random(int(os.environ.get("P3D_KILL_SEED", "17")))
+    # Kill once the log reaches a random step, then a random moment later: saves follow even steps,
+    # so some kills land inside DeepSpeed's save, between it and p3d's state, or before the marker.
+    kill_at = sorted(rng.sample(range(1, STEPS), 3))
+    for target in kill_at:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 300
+        while _log_steps_so_far(stage_dir / "train_log.jsonl") < target and proc.poll() is None:
+            assert time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+        assert proc.returncode in (-signal.SIGKILL, 0), err[-3000:]
+        marker = json.loads((stage_dir / "checkpoints/p3d_latest.json").read_text())
+        assert (stage_dir / "checkpoints" / marker["tag"] / "p3d_state_rank0.json").exists()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    _assert_same_weights(full, stage_dir / "model")
+    assert _logged_steps(stage_dir) == list(range(1, STEPS + 1)), kill_at
+    # pruned: only the last checkpoint is kept, and DeepSpeed's bare `latest` is never written
+    assert [p.name for p in (stage_dir / "checkpoints").iterdir() if p.is_dir()] == [f"step{STEPS:07d}"]
+    assert not (stage_dir / "checkpoints/latest").exists()
+
+
+def test_kill_inside_a_save_changed_config_and_no_pickle(setup, monkeypatch, capsys):
+    from trainer import run
+    from trainer.checkpoint import ResumeConfigError
+    from trainer.train import train
+
+    root, qwen, records, full = setup
+    wf = _workflow(root, qwen, records, "cut")
+    assert train(wf, 1, stop_after=4) is None
+    ckpt = root / "cut/stage1/checkpoints"
+    assert json.loads((ckpt / "p3d_latest.json").read_text())["tag"] == "step0000004"
+    # What a kill inside the next save leaves: DeepSpeed's half-written files and its own `latest`,
+    # log lines past the checkpoint, the last one cut.
+    shutil.copytree(ckpt / "step0000004", ckpt / "step0000006")
+    for f in (ckpt / "step0000006").glob("*optim_states.pt"):
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    (ckpt / "step0000006/p3d_state_rank0.json").unlink()
+    (ckpt / "latest").write_text("step0000006")
+    log_path = root / "cut/stage1/train_log.jsonl"
+    log_path.write_text(log_path.read_text() + '{"step": 5, "loss": 1.0}\n{"step": 6, "lo')
+
+    # A changed stage config is refused, naming the field, before anything is written.
+    changed = _workflow(root, qwen, records, "cut", [dict(STAGES[0], lr=2e-3)], file="cut_lr")
+    with pytest.raises(ResumeConfigError, match=r"train\.stages\[stage=1\]\.lr: 0\.001 -> 0\.002"):
+        train(changed, 1, resume=True)
+    resolved = (root / "cut/stage1/resolved_workflow.yaml")
+    before = resolved.read_text() if resolved.exists() else None
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--stage", "1", "--workflow", str(changed), "--resume"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lr: 0.001 -> 0.002" in err and "--allow-changed-config" in err
+    assert (resolved.read_text() if resolved.exists() else None) == before
+
+    # Resuming reads DeepSpeed's .pt files with weights_only=True and never builds a full unpickler.
+    loads: list = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    class NoPickle:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("a full pickle.Unpickler was built while resuming")
+
+    monkeypatch.setattr(torch, "load", spy)
+    monkeypatch.setattr(pickle, "Unpickler", NoPickle)
+    resumed = train(wf, 1, resume=True)
+    monkeypatch.undo()
+    assert loads and all(w is True for w in loads), loads
+    _assert_same_weights(full, resumed)
+    assert _logged_steps(root / "cut/stage1") == list(range(1, STEPS + 1))
+
+    # Told to, resume continues under the changed config (from the last checkpoint, step 8).
+    assert train(changed, 1, resume=True, allow_changed_config=True) is not None
