@@ -75,7 +75,9 @@ def load_records(path: str | Path) -> list[Record]:
 
 
 def iter_records(path: str | Path) -> Iterator[Record]:
+    """Records of a JSONL file; a bad line or a repeated id is a `SchemaError` naming the lines."""
     path = Path(path)
+    first_line: dict[str, int] = {}  # record id -> line it first appeared on
     with path.open() as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -85,9 +87,15 @@ def iter_records(path: str | Path) -> Iterator[Record]:
             except json.JSONDecodeError as e:
                 raise SchemaError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
             try:
-                yield Record.model_validate(data)
+                rec = Record.model_validate(data)
             except ValidationError as e:
                 raise describe(e, path, line_no) from e
+            # Predictions join records by id: a repeated id would score one answer twice.
+            if rec.id in first_line:
+                raise SchemaError(f"{path}:{line_no}: duplicate record id {rec.id!r} "
+                                  f"(first on line {first_line[rec.id]})")
+            first_line[rec.id] = line_no
+            yield rec
 
 
 def write_records(records: Iterable[Record], path: str | Path) -> int:

@@ -6,8 +6,17 @@ Scores are returned as fractions (0..1) with per-sample lists, in the order of t
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field
+
+# Scan2Cap's official eval (github.com/daveredrum/Scan2Cap, lib/eval_helper.py): references are
+# "sos <first MAX_DES_LEN tokens> eos"; an object whose box misses is captioned "sos eos".
+SCAN2CAP_MAX_TOKENS = 30
+SCAN2CAP_EMPTY = "sos eos"
+# scan2cap: official, a hit is IoU > k, strings scored as they are (tokens joined by spaces);
+# chatscene: Chat-Scene's utils/eval.py, a hit is IoU >= k, both sides PTB-tokenized first.
+CAPTION_CONVENTIONS = ("scan2cap", "chatscene")
 
 
 class JavaMissingError(RuntimeError):
@@ -95,3 +104,21 @@ def _scorer(name: str):
 
         return Cider(), "CIDEr"
     raise ValueError(f"unknown caption metric {name!r}")
+
+
+def caption_tokens(text: str) -> list[str]:
+    """Lower-case words and punctuation marks as separate tokens, the shape of ScanRefer's `token`."""
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def scan2cap_reference(tokens: list[str]) -> str:
+    return " ".join(["sos", *tokens[:SCAN2CAP_MAX_TOKENS], "eos"])
+
+
+def scan2cap_candidate(text: str | None, convention: str) -> str:
+    """A prediction as the convention's scorer sees it; None (a miss) is "sos eos"."""
+    if text is None:
+        return SCAN2CAP_EMPTY
+    if convention == "chatscene":
+        return f"sos {' '.join(text.split())} eos"  # the PTB tokenizer does the rest
+    return " ".join(["sos", *caption_tokens(text), "eos"])

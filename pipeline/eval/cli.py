@@ -21,6 +21,7 @@ def convert(
     out: Path = typer.Option(..., "--out", "-o", help="records JSONL to write"),
     boxes: Path | None = typer.Option(None, "--boxes", help="scene objects JSON (scene_id -> [ObjectInfo]) or scenes folder"),
     strict: bool = typer.Option(False, "--strict", help="exit 1 if any entry could not be converted"),
+    label_map: Path | None = typer.Option(None, "--label-map", help="scanrefer: ScanNet's scannetv2-labels.combined.tsv, for the official unique/multiple split"),
 ) -> None:
     """Convert a public dataset's files into p3d annotation records."""
     from pipeline.eval.convert import CONVERTERS
@@ -33,7 +34,22 @@ def convert(
     if missing:
         raise typer.BadParameter(f"files not found: {', '.join(missing)}")
     scene_objects = load_scene_objects(boxes) if boxes else None
-    result = CONVERTERS[dataset](list(files), scene_objects)
+    converter_kwargs = {}
+    if label_map is not None and dataset != "scanrefer":
+        raise typer.BadParameter("only scanrefer uses it (Multi3DRefer's files carry their own eval_type)",
+                                 param_hint="--label-map")
+    if dataset == "scanrefer":
+        if label_map is None:
+            typer.echo("warning: no --label-map: unique/multiple will not be ScanRefer's official split "
+                       "(give ScanNet's scannetv2-labels.combined.tsv)", err=True)
+        else:
+            from pipeline.eval.convert.referring import read_label_map
+
+            try:
+                converter_kwargs["label_map"] = read_label_map(label_map)
+            except (OSError, ValueError) as e:
+                raise typer.BadParameter(str(e), param_hint="--label-map") from e
+    result = CONVERTERS[dataset](list(files), scene_objects, **converter_kwargs)
     n = write_records(result.records, out)
     typer.echo(result.summary())
     typer.echo(f"wrote {n} records to {out}")
@@ -48,6 +64,7 @@ def evaluate_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="write every number and per-sample scores here"),
     boxes: Path | None = typer.Option(None, "--boxes", help="scene objects (for id -> box lookup and grounding chance)"),
     split: str | None = typer.Option(None, "--split", help="score only records of this split (default: all)"),
+    caption_convention: str = typer.Option("scan2cap", "--caption-convention", help="Scan2Cap m@kIoU: scan2cap (official, IoU > k) | chatscene (IoU >= k, PTB-tokenized)"),
 ) -> None:
     """Score predictions against records; prints one table with chance levels beside each number."""
     from pipeline.eval.evaluate import evaluate, format_table, write_json
@@ -58,7 +75,12 @@ def evaluate_cmd(
     chosen = [r for r in load_records(records) if split is None or r.split == split]
     if not chosen:
         raise typer.BadParameter(f"{records}: no records of split {split!r}", param_hint="--split")
-    results = evaluate(chosen, load_predictions(pred), task, scene_objects)
+    from pipeline.eval.captions import CAPTION_CONVENTIONS
+
+    if caption_convention not in CAPTION_CONVENTIONS:
+        raise typer.BadParameter(f"{caption_convention!r}; choose from {', '.join(CAPTION_CONVENTIONS)}",
+                                 param_hint="--caption-convention")
+    results = evaluate(chosen, load_predictions(pred), task, scene_objects, caption_convention)
     typer.echo(format_table(results))
     if json_out:
         write_json(results, json_out)

@@ -54,6 +54,7 @@ def evaluate(
     predictions: dict[str, Prediction],
     task: str = "all",
     scene_objects: SceneObjects | None = None,
+    caption_convention: str = "scan2cap",
 ) -> list[TaskResult]:
     chosen = select_records(records, task)
     groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
@@ -64,7 +65,7 @@ def evaluate(
         preds = [predictions.get(r.id) for r in recs]
         not_asked = [p.not_asked for p in preds if p is not None and p.not_asked]
         pairs = [(r, None if p is not None and p.not_asked else p) for r, p in zip(recs, preds)]
-        result = _score_group(f"{source}/{rtask}", rtask, pairs, scene_objects)
+        result = _score_group(f"{source}/{rtask}", rtask, pairs, scene_objects, caption_convention)
         if not_asked:
             result.notes.append(f"{len(not_asked)} records not asked, scored as misses (e.g. {not_asked[0]})")
         unmatched = [p.unmatched_targets for p in preds if p is not None and p.unmatched_targets]
@@ -83,7 +84,7 @@ def evaluate(
     return results
 
 
-def _score_group(name: str, task: str, pairs, scene_objects) -> TaskResult:
+def _score_group(name: str, task: str, pairs, scene_objects, caption_convention: str = "scan2cap") -> TaskResult:
     kinds = {metric_kind(task, r.answer_type) for r, _ in pairs}
     if len(kinds) != 1:
         raise ValueError(f"{name}: records mix answer types {sorted(kinds)}; split them by task")
@@ -97,7 +98,7 @@ def _score_group(name: str, task: str, pairs, scene_objects) -> TaskResult:
     if kind == "multi3drefer":
         return eval_multi_grounding(pairs, name, scene_objects)
     if kind == "scan2cap":
-        return eval_scan2cap(pairs, name, scene_objects)
+        return eval_scan2cap(pairs, name, scene_objects, caption_convention)
     if kind == "choice":
         return eval_choice(pairs, name)
     if kind == "number":

@@ -7,7 +7,7 @@ Which metric a group of records gets (see `metric_kind`):
   qa -> ScanQA (EM@1, EM-R, BLEU-1..4, METEOR, ROUGE-L, CIDEr); situated_qa -> SQA3D (EM per
   question type); grounding -> ScanRefer (Acc@0.25/0.5, unique/multiple); multi_grounding ->
   Multi3DRefer (F1@0.25/0.5, Hungarian, per eval type); caption -> Scan2Cap (CIDEr/BLEU-4/METEOR/
-  ROUGE-L @0.5 and @0.25 IoU, plus the plain scores); anything else by answer type: choice -> accuracy,
+  ROUGE-L @0.5 and @0.25 IoU as Scan2Cap's own eval, plus the plain scores); anything else by answer type: choice -> accuracy,
   number -> mean relative accuracy (VSI-Bench), text -> exact match.
 """
 
@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.eval.boxes import boxes_to_array, matched_f1, pairwise_iou
-from pipeline.eval.captions import score_captions
+from pipeline.eval.captions import (
+    CAPTION_CONVENTIONS,
+    caption_tokens,
+    scan2cap_candidate,
+    scan2cap_reference,
+    score_captions,
+)
 from pipeline.eval.predictions import Prediction
 from pipeline.eval.text import (
     answer_choice_index,
@@ -328,16 +334,34 @@ def eval_multi_grounding(pairs: list[Pair], name: str, scene_objects: SceneObjec
     return res
 
 
-def eval_scan2cap(pairs: list[Pair], name: str, scene_objects: SceneObjects | None = None) -> TaskResult:
-    """Scan2Cap m@kIoU (k = 0.25, 0.5): a caption counts only where its box (the segment its
-    question named, see trainer/predict.py) hits the target object at IoU >= k; else it scores as the
-    empty caption, i.e. 0 on every n-gram metric. Averaged over all target objects; plain scores beside."""
+def eval_scan2cap(pairs: list[Pair], name: str, scene_objects: SceneObjects | None = None,
+                  convention: str = "scan2cap") -> TaskResult:
+    """Scan2Cap m@kIoU (k = 0.25, 0.5) as Scan2Cap's official eval computes it (github.com/daveredrum/
+    Scan2Cap, scripts/eval.py -> lib/eval_helper.py `eval_cap`, `prepare_corpus`, `check_candidates`).
+
+    Every record is one ground-truth object. Its references are "sos <first 30 tokens> eos" of each
+    description (ScanRefer's `token` lists when the record carries them, see convert_scan2cap). Its
+    candidate is "sos <predicted tokens> eos" where the prediction's box (the segment its question
+    named, see trainer/predict.py) hits the object at IoU > k, else "sos eos"; a missing or not-asked
+    prediction is "sos eos" too. BLEU, CIDEr, METEOR and ROUGE-L are then corpus scores over all
+    objects. `convention="chatscene"` follows Chat-Scene's utils/eval.py instead: IoU >= k, and both
+    sides PTB-tokenized. The plain scores beside (no @k) gate nothing: caption quality alone.
+    """
+    if convention not in CAPTION_CONVENTIONS:
+        raise ValueError(f"unknown caption convention {convention!r}; known: {', '.join(CAPTION_CONVENTIONS)}")
     res = TaskResult(name, "scan2cap", len(pairs), sum(p is None for _, p in pairs))
-    refs, hyps, ious = {}, {}, []
+    refs, ious, texts = {}, [], []
     localized = True
     modes = Counter()
+    untokenized = 0
     for i, (rec, pred) in enumerate(pairs):
-        refs[str(i)], hyps[str(i)] = list(rec.answers), "" if pred is None else pred.text
+        tokens = rec.meta.get("tokens")
+        if tokens is None:
+            untokenized += 1
+            tokens = [caption_tokens(a) for a in rec.answers]
+        if not tokens:
+            raise ValueError(f"record {rec.id} ({rec.scene_id}) has no reference captions")
+        refs[str(i)] = [scan2cap_reference(t) for t in tokens]
         iou = 0.0
         if pred is not None:
             if pred.boxes is None and pred.instance_ids is None:
@@ -347,26 +371,39 @@ def eval_scan2cap(pairs: list[Pair], name: str, scene_objects: SceneObjects | No
                 modes[mode] += 1
                 iou = float(m[0].max()) if m.size else 0.0
         ious.append(iou)
+        texts.append(None if pred is None else pred.text)
     if not pairs:
         return res
-    scores = score_captions(refs, hyps)
-    # The per-sample score times the hit equals scoring the empty caption on a miss: CIDEr's document
-    # frequencies come from the references alone, and every metric gives the empty caption 0.
-    hit = {k: (np.array(ious) >= k).astype(float) for k in IOU_THRESHOLDS}
+    tokenize = convention == "chatscene"
+
+    def hit(iou: float, k: float) -> bool:
+        return iou > k if convention == "scan2cap" else iou >= k
+
+    per_k = {}
+    if localized:
+        for k in sorted(IOU_THRESHOLDS, reverse=True):
+            hyps = {str(i): scan2cap_candidate(t if hit(iou, k) else None, convention)
+                    for i, (t, iou) in enumerate(zip(texts, ious))}
+            per_k[k] = score_captions(refs, hyps, tokenize=tokenize)
+            for metric in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"):
+                res.metrics[f"{metric}@{k}"] = 100.0 * per_k[k].corpus[metric]
+    plain = score_captions(refs, {str(i): scan2cap_candidate(t, convention) for i, t in enumerate(texts)},
+                           tokenize=tokenize)
     for metric in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"):
-        per = np.array(scores.per_sample[metric])
-        if localized:
-            for k in sorted(IOU_THRESHOLDS, reverse=True):
-                res.metrics[f"{metric}@{k}"] = 100.0 * float(np.mean(per * hit[k]))
-        res.metrics[metric] = 100.0 * scores.corpus[metric]
+        res.metrics[metric] = 100.0 * plain.corpus[metric]
+    res.notes.append(f"caption convention {convention}: hit is IoU {'>' if convention == 'scan2cap' else '>='} k")
+    if untokenized:
+        res.notes.append(f"{untokenized} records carry no ScanRefer tokens: references tokenized from their "
+                         "answers (close to, not exactly, Scan2Cap's corpus)")
     if not localized:
         res.notes.append("predictions carry no boxes or instance ids: only plain caption scores")
     if modes.get("ids"):
         res.notes.append(f"{modes['ids']} samples compared by instance id (no target boxes available)")
     for i, (rec, pred) in enumerate(pairs):
-        res.per_sample.append({**_base_sample(rec, pred), "iou": ious[i],
-                               **{m: 100.0 * scores.per_sample[m][i] 
-                                  for m in ("CIDEr", "BLEU-4", "ROUGE-L")}})
+        sample = {**_base_sample(rec, pred), "iou": ious[i]}
+        for k, scores in per_k.items():
+            sample.update({f"{m}@{k}": 100.0 * scores.per_sample[m][i] for m in ("CIDEr", "BLEU-4", "ROUGE-L")})
+        res.per_sample.append(sample)
     return res
 
 
