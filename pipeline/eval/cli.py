@@ -1,7 +1,16 @@
-"""CLI verbs of the evaluation stage: `convert`, `eval`, and `dataset stats`."""
+"""CLI verbs of the evaluation stage: `convert`, `eval`, and `dataset stats`.
+
+Exit codes. `p3d convert`: 0 written; 1 `--strict` and some entry failed; 2 nothing written (no
+entry converted, e.g. a file of another dataset, or an unreadable file). `p3d eval`: 0 every
+record scored with its prediction; 3 scored, but some records had no prediction (each counts as
+a wrong answer, see the `missing` column); 2 nothing scored (unreadable or invalid records or
+predictions, duplicate ids, an empty predictions file). Every non-zero code but 3 comes with the
+first problem in one line on standard error, and no output file is written or changed.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -9,10 +18,30 @@ import typer
 dataset_app = typer.Typer(help="Inspect annotation record files.", no_args_is_help=True)
 
 
+EXIT_INVALID = 2  # nothing scored or written: the first problem is printed
+EXIT_MISSING = 3  # eval: scored, with records that had no prediction
+
+
 def register(app: typer.Typer) -> None:
-    app.command("convert")(convert)
-    app.command("eval")(evaluate_cmd)
+    app.command("convert")(_one_line_errors(convert))
+    app.command("eval")(_one_line_errors(evaluate_cmd))
     app.add_typer(dataset_app, name="dataset")
+
+
+def _one_line_errors(command):
+    """Bad input files end the command with one line on stderr and exit 2, not a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from pipeline.eval.captions import JavaMissingError
+
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, OSError, JavaMissingError) as e:  # SchemaError and pydantic's are ValueErrors
+            typer.echo(f"error: {' '.join(str(e).split())}", err=True)
+            raise typer.Exit(EXIT_INVALID) from e
+
+    return run
 
 
 def convert(
@@ -20,7 +49,7 @@ def convert(
     files: list[Path] = typer.Argument(..., help="the dataset's own files (SQA3D: questions and annotations)"),
     out: Path = typer.Option(..., "--out", "-o", help="records JSONL to write"),
     boxes: Path | None = typer.Option(None, "--boxes", help="scene objects JSON (scene_id -> [ObjectInfo]) or scenes folder"),
-    strict: bool = typer.Option(False, "--strict", help="exit 1 if any entry could not be converted"),
+    strict: bool = typer.Option(False, "--strict", help="exit 1, writing nothing, if any entry could not be converted"),
     label_map: Path | None = typer.Option(None, "--label-map", help="scanrefer: ScanNet's scannetv2-labels.combined.tsv, for the official unique/multiple split"),
 ) -> None:
     """Convert a public dataset's files into p3d annotation records."""
@@ -50,11 +79,14 @@ def convert(
             except (OSError, ValueError) as e:
                 raise typer.BadParameter(str(e), param_hint="--label-map") from e
     result = CONVERTERS[dataset](list(files), scene_objects, **converter_kwargs)
-    n = write_records(result.records, out)
     typer.echo(result.summary())
+    refused = result.refusal(strict)
+    if refused:
+        code, why = refused
+        typer.echo(f"error: {why}; {out} not written", err=True)
+        raise typer.Exit(code)
+    n = write_records(result.records, out)  # atomic: an existing --out is replaced only now
     typer.echo(f"wrote {n} records to {out}")
-    if strict and result.problems:
-        raise typer.Exit(1)
 
 
 def evaluate_cmd(
@@ -65,11 +97,24 @@ def evaluate_cmd(
     boxes: Path | None = typer.Option(None, "--boxes", help="scene objects (for id -> box lookup and grounding chance)"),
     split: str | None = typer.Option(None, "--split", help="score only records of this split (default: all)"),
     caption_convention: str = typer.Option("scan2cap", "--caption-convention", help="Scan2Cap m@kIoU: scan2cap (official, IoU > k) | chatscene (IoU >= k, PTB-tokenized)"),
+    qa_convention: str = typer.Option(
+        "scanqa", "--qa-convention",
+        help="ScanQA/SQA3D EM and EM-R: scanqa (official scorer: the cleaned answer is among the answers) | "
+             "leo (LEO's order-dependent refined match) | chatscene (cleaned prediction against raw references)"),
 ) -> None:
-    """Score predictions against records; prints one table with chance levels beside each number."""
+    """Score predictions against records; prints one table with chance levels beside each number.
+    Exit 0: all scored; 3: scored, some records had no prediction (wrong answers); 2: invalid input."""
     from pipeline.eval.evaluate import evaluate, format_table, write_json
     from pipeline.eval.predictions import load_predictions, load_scene_objects
+    from pipeline.eval.text import QA_CONVENTIONS
     from schemas.record import load_records
+
+    if qa_convention not in QA_CONVENTIONS:
+        raise typer.BadParameter(f"{qa_convention!r}; choose from {', '.join(QA_CONVENTIONS)}",
+                                 param_hint="--qa-convention")
+    predictions = load_predictions(pred)
+    if not predictions:
+        raise ValueError(f"{pred}: no predictions in this file (is it what `p3d predict` wrote?)")
 
     scene_objects = load_scene_objects(boxes) if boxes else None
     chosen = [r for r in load_records(records) if split is None or r.split == split]
@@ -80,11 +125,16 @@ def evaluate_cmd(
     if caption_convention not in CAPTION_CONVENTIONS:
         raise typer.BadParameter(f"{caption_convention!r}; choose from {', '.join(CAPTION_CONVENTIONS)}",
                                  param_hint="--caption-convention")
-    results = evaluate(chosen, load_predictions(pred), task, scene_objects, caption_convention)
+    results = evaluate(chosen, predictions, task, scene_objects, caption_convention, qa_convention=qa_convention)
     typer.echo(format_table(results))
     if json_out:
         write_json(results, json_out)
         typer.echo(f"wrote {json_out}")
+    num_missing = sum(r.num_missing for r in results if r.kind != "vsibench")  # the aggregate repeats rows
+    if num_missing:
+        typer.echo(f"{num_missing} records had no prediction and were scored as wrong (exit {EXIT_MISSING})",
+                   err=True)
+        raise typer.Exit(EXIT_MISSING)
 
 
 @dataset_app.command("stats")

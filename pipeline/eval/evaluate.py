@@ -5,10 +5,16 @@ benchmark name (scanqa, sqa3d, scanrefer, multi3drefer, scan2cap, vsibench, ...)
 by source; `vsibench` adds the benchmark's own aggregate row. A prediction marked `not_asked` (its
 question names an object that matches no segment) scores as a missing one, with a note per group;
 each group also notes how many targets match no segment (`unmatched_targets`, written by predict).
+ScanQA / SQA3D exact match follows a named convention (`qa_convention`, text.QA_CONVENTIONS).
+What the caption scorers print (pycocoevalcap's BLEU prints a dictionary) is kept off standard
+output: the table and p3d's own messages are all a user sees there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import logging
 import math
@@ -49,12 +55,28 @@ def select_records(records: list[Record], task: str) -> list[Record]:
     return chosen
 
 
+def _quiet_stdout(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):
+            out = fn(*args, **kwargs)
+        if captured.getvalue().strip():
+            log.debug("scorer output: %s", captured.getvalue().strip())
+        return out
+
+    return run
+
+
+@_quiet_stdout
 def evaluate(
     records: list[Record],
     predictions: dict[str, Prediction],
     task: str = "all",
     scene_objects: SceneObjects | None = None,
     caption_convention: str = "scan2cap",
+    *,
+    qa_convention: str = "scanqa",
 ) -> list[TaskResult]:
     chosen = select_records(records, task)
     groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
@@ -65,7 +87,8 @@ def evaluate(
         preds = [predictions.get(r.id) for r in recs]
         not_asked = [p.not_asked for p in preds if p is not None and p.not_asked]
         pairs = [(r, None if p is not None and p.not_asked else p) for r, p in zip(recs, preds)]
-        result = _score_group(f"{source}/{rtask}", rtask, pairs, scene_objects, caption_convention)
+        result = _score_group(f"{source}/{rtask}", rtask, pairs, scene_objects, caption_convention,
+                              qa_convention=qa_convention)
         if not_asked:
             result.notes.append(f"{len(not_asked)} records not asked, scored as misses (e.g. {not_asked[0]})")
         unmatched = [p.unmatched_targets for p in preds if p is not None and p.unmatched_targets]
@@ -84,15 +107,16 @@ def evaluate(
     return results
 
 
-def _score_group(name: str, task: str, pairs, scene_objects, caption_convention: str = "scan2cap") -> TaskResult:
+def _score_group(name: str, task: str, pairs, scene_objects, caption_convention: str = "scan2cap", *,
+                 qa_convention: str = "scanqa") -> TaskResult:
     kinds = {metric_kind(task, r.answer_type) for r, _ in pairs}
     if len(kinds) != 1:
         raise ValueError(f"{name}: records mix answer types {sorted(kinds)}; split them by task")
     kind = kinds.pop()
     if kind == "scanqa":
-        return eval_scanqa(pairs, name)
+        return eval_scanqa(pairs, name, qa_convention)
     if kind == "sqa3d":
-        return eval_sqa3d(pairs, name)
+        return eval_sqa3d(pairs, name, qa_convention)
     if kind == "scanrefer":
         return eval_grounding(pairs, name, scene_objects)
     if kind == "multi3drefer":

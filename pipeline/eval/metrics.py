@@ -29,11 +29,10 @@ from pipeline.eval.captions import (
 from pipeline.eval.predictions import Prediction
 from pipeline.eval.text import (
     answer_choice_index,
-    clean_answer,
-    em_and_refined,
     normalize_text,
     parse_choice,
     parse_number,
+    qa_match,
 )
 from schemas.manifest import ObjectInfo
 from schemas.record import Record
@@ -84,15 +83,17 @@ def _base_sample(rec: Record, pred: Prediction | None) -> dict:
 # ---------------------------------------------------------------- text answers
 
 
-def eval_scanqa(pairs: list[Pair], name: str = "scanqa") -> TaskResult:
-    """EM@1 / EM-R on LEO-cleaned answers; n-gram scores on COCO-tokenized raw text."""
+def eval_scanqa(pairs: list[Pair], name: str = "scanqa", convention: str = "scanqa") -> TaskResult:
+    """EM@1 / EM-R under a named convention (`text.QA_CONVENTIONS`, default the official ScanQA
+    scorer's); n-gram scores on COCO-tokenized raw text."""
     res = TaskResult(name, "scanqa", len(pairs), sum(p is None for _, p in pairs))
+    res.notes.append(f"EM@1 / EM-R convention: {convention}")
     em, em_r, refs, hyps = [], [], {}, {}
     for i, (rec, pred) in enumerate(pairs):
         if not rec.answers:
             raise ValueError(f"record {rec.id} ({rec.scene_id}) has no reference answers")
         text = "" if pred is None else pred.text
-        e, r = em_and_refined(clean_answer(text), [clean_answer(a) for a in rec.answers])
+        e, r = qa_match(text, list(rec.answers), convention)
         em.append(e)
         em_r.append(r)
         refs[str(i)], hyps[str(i)] = list(rec.answers), text
@@ -108,14 +109,16 @@ def eval_scanqa(pairs: list[Pair], name: str = "scanqa") -> TaskResult:
     return res
 
 
-def eval_sqa3d(pairs: list[Pair], name: str = "sqa3d") -> TaskResult:
-    """EM (and EM-R) overall and per question type (SQA3D: what / is / how / can / which / others)."""
+def eval_sqa3d(pairs: list[Pair], name: str = "sqa3d", convention: str = "scanqa") -> TaskResult:
+    """EM (and EM-R) overall and per question type (SQA3D: what / is / how / can / which / others,
+    as the converter derives them), under a named convention (`text.QA_CONVENTIONS`)."""
     res = TaskResult(name, "sqa3d", len(pairs), sum(p is None for _, p in pairs))
+    res.notes.append(f"EM / EM-R convention: {convention}")
     by_type: dict[str, list[int]] = defaultdict(list)
     em, em_r = [], []
     for rec, pred in pairs:
         text = "" if pred is None else pred.text
-        e, r = em_and_refined(clean_answer(text), [clean_answer(a) for a in rec.answers])
+        e, r = qa_match(text, list(rec.answers), convention)
         em.append(e)
         em_r.append(r)
         by_type[rec.question_type or "others"].append(e)
@@ -415,8 +418,12 @@ VSI_NA = ("object_abs_distance", "object_counting", "object_size_estimation", "r
 
 
 def eval_vsibench(pairs: list[Pair], name: str = "vsibench") -> TaskResult:
-    """Accuracy (MC) or MRA (numerical) per question type; the three relative-direction levels are
-    averaged into one task, and `overall` is the mean over tasks, as the benchmark's code does."""
+    """Accuracy (MC) or MRA (numerical) per question type; `overall` is the mean over tasks.
+
+    As the benchmark's own aggregate (thinking-in-space, lmms_eval/tasks/vsibench/utils.py,
+    `vsibench_aggregate_results`): the easy / medium / hard relative-direction accuracies are
+    summed and divided by 3, a level with no questions counting 0, and that task always enters
+    `overall`. A note names each absent level."""
     res = TaskResult(name, "vsibench", len(pairs), sum(p is None for _, p in pairs))
     per_type: dict[str, list[float]] = defaultdict(list)
     for rec, pred in pairs:
@@ -431,9 +438,13 @@ def eval_vsibench(pairs: list[Pair], name: str = "vsibench") -> TaskResult:
         per_type[qtype].append(score)
         res.per_sample.append({**_base_sample(rec, pred), "question_type": qtype, "score": 100.0 * score})
     task_scores = {q: _pct(v) for q, v in sorted(per_type.items())}
-    direction = [task_scores.pop(q) for q in VSI_MCA[:3] if q in task_scores]
-    if direction:
-        task_scores["object_rel_direction"] = float(np.mean(direction))
+    levels = VSI_MCA[:3]
+    absent = [q for q in levels if q not in task_scores]
+    task_scores["object_rel_direction"] = sum(task_scores.pop(q, 0.0) for q in levels) / 3.0
+    if absent:
+        res.notes.append(f"relative direction: no {', '.join(absent)} questions; each absent level "
+                         "counts 0 in object_rel_direction (sum of the three levels / 3), as the "
+                         "official aggregate does")
     res.metrics = dict(task_scores)
     res.metrics["overall"] = float(np.mean(list(task_scores.values()))) if task_scores else float("nan")
     return res

@@ -2,8 +2,9 @@
 
 - `clean_answer`: the LEO cleaning used by ScanQA / SQA3D exact match (lower case, punctuation
   out, common typos fixed, small numbers spelled out, leading articles dropped).
-- `em_and_refined`: EM@1 and the refined EM-R of LEO (a match also counts when one answer,
-  spaces removed, contains the other).
+- `em_and_refined`: EM@1 and the refined EM-R (a match also counts when one answer, spaces
+  removed, contains the other); `qa_match` applies one of the named published conventions
+  (`QA_CONVENTIONS`: scanqa, leo, chatscene).
 - `normalize_text`: the VQA/SQuAD-style normalization used for toy text answers.
 - `parse_choice` / `parse_number`: read a multiple-choice letter or a number out of free text,
   VSI-Bench style (first word, trailing period stripped) with fallbacks for longer outputs.
@@ -48,17 +49,70 @@ def clean_answer(text: str) -> str:
 
 
 def em_and_refined(pred: str, refs: list[str]) -> tuple[int, int]:
-    """(EM, EM-R) of one cleaned prediction against cleaned references."""
+    """(EM, EM-R) of one cleaned prediction against cleaned references, order-free: EM when the
+    prediction is among the references, EM-R also when one of them, spaces removed, contains the other."""
     if not pred:
         return 0, 0
     if pred in refs:
         return 1, 1
-    squeezed = "".join(pred.split())
-    for ref in refs:
-        ref_squeezed = "".join(ref.split())
-        if ref_squeezed and (squeezed in ref_squeezed or ref_squeezed in squeezed):
+    return 0, int(any(_contains_either(pred, ref) for ref in refs))
+
+
+def _contains_either(pred: str, ref: str) -> bool:
+    p, r = "".join(pred.split()), "".join(ref.split())
+    return bool(p and r) and (p in r or r in p)
+
+
+def _em_scanqa(pred: str, refs: list[str]) -> tuple[int, int]:
+    return em_and_refined(clean_answer(pred), [clean_answer(a) for a in refs])
+
+
+def _em_leo(pred: str, refs: list[str]) -> tuple[int, int]:
+    # LEO (embodied-generalist, evaluator/scanqa_eval.py answer_match) walks the references in
+    # order and stops at the first that matches in any way: a substring match with an earlier
+    # reference hides an exact match with a later one.
+    pred = clean_answer(pred)
+    if not pred:
+        return 0, 0
+    for ref in (clean_answer(a) for a in refs):
+        if pred == ref:
+            return 1, 1
+        if _contains_either(pred, ref):
             return 0, 1
     return 0, 0
+
+
+def _em_chatscene(pred: str, refs: list[str]) -> tuple[int, int]:
+    # Chat-Scene (ZzZZCHS/Chat-Scene, calc_scanqa_score, the release that scores against the raw
+    # ref_captions): trailing period off, first letter lower-cased, then LEO's cleaning of the
+    # prediction only; the references stay as written (case, digits, articles kept).
+    text = pred.strip()
+    if len(text) > 1:
+        text = text[:-1] if text.endswith(".") else text
+        text = text[0].lower() + text[1:]
+    text = clean_answer(text)
+    if not text:
+        return 0, 0
+    if text in refs:
+        return 1, 1
+    return 0, int(any(_contains_either(text, ref) for ref in refs))
+
+
+# EM / EM-R conventions of the published ScanQA and SQA3D numbers (README, "Evaluation").
+# Each takes the raw prediction and the raw reference answers. An empty answer is never a match:
+# LEO's and Chat-Scene's substring test would find "" inside every reference.
+QA_CONVENTIONS = {
+    "scanqa": _em_scanqa,  # official ScanQA scorer: the (cleaned) answer is among the answers
+    "leo": _em_leo,
+    "chatscene": _em_chatscene,
+}
+
+
+def qa_match(pred: str, refs: list[str], convention: str = "scanqa") -> tuple[int, int]:
+    """(EM, EM-R) of one raw prediction against raw references under a named convention."""
+    if convention not in QA_CONVENTIONS:
+        raise ValueError(f"unknown QA convention {convention!r}; choose from {', '.join(QA_CONVENTIONS)}")
+    return QA_CONVENTIONS[convention](pred, refs)
 
 
 def normalize_text(text: str) -> str:

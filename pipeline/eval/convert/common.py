@@ -1,7 +1,12 @@
 """Shared pieces of the dataset converters: problem bookkeeping, file reading, box filling.
 
-A converter never drops an entry silently: each entry either becomes a valid `Record` or is
-listed in `ConversionResult.problems` with its id and the reason.
+A converter never drops an entry silently: each entry either becomes a valid `Record`, is
+listed in `ConversionResult.problems` with its id and the reason, or is skipped by a rule of the
+dataset's own loader and listed in `ConversionResult.skipped` with its reason.
+
+`p3d convert` writes `--out` only from a complete result (atomically, schemas/io.py): when no entry
+converted (most often a file of another dataset) or, with `--strict`, when any entry failed, it
+exits non-zero naming the first problem and leaves an existing `--out` as it was (`refusal`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class ConversionResult:
     records: list[Record] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (entry id, reason)
     notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (entry id, the loader's rule)
 
     def add(self, entry_id: str, build: Callable[[], Record | None]) -> None:
         """Run one entry's builder; a KeyError / ValueError / validation error becomes a problem."""
@@ -48,8 +54,31 @@ class ConversionResult:
         lines += [f"  {i}: {why}" for i, why in self.problems[:50]]
         if len(self.problems) > 50:
             lines.append(f"  ... and {len(self.problems) - 50} more")
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} entries as the dataset's loader does:")
+            lines += [f"  {i}: {why}" for i, why in self.skipped[:20]]
+            if len(self.skipped) > 20:
+                lines.append(f"  ... and {len(self.skipped) - 20} more skipped")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def refusal(self, strict: bool = False) -> tuple[int, str] | None:
+        """(exit code, reason) when this result must not be written, else None: 2 when no entry
+        converted (the first problem names why, e.g. a file of another dataset), 1 under `strict`
+        when any entry failed."""
+        if not self.records:
+            if self.problems:
+                entry, why = self.problems[0]
+                return 2, (f"no {self.source} record converted; first problem: {entry}: {why} "
+                           f"(is this a {self.source} file?)")
+            if self.skipped:
+                entry, why = self.skipped[0]
+                return 2, f"every {self.source} entry was skipped; first: {entry}: {why}"
+            return 2, f"no {self.source} entries in the given files"
+        if strict and self.problems:
+            entry, why = self.problems[0]
+            return 1, f"--strict: {len(self.problems)} entries failed; first: {entry}: {why}"
+        return None
 
 
 def read_json(path: Path):

@@ -10,6 +10,10 @@ VG samples: {"ID", "sub_class" (e.g. VG_Single_Attribute_Common), "scan_id", "te
 Files are told apart by their samples' fields. VG samples become `multi_grounding` records (MMScan
 targets are lists); MMScan's oriented EmbodiedScan boxes are not in these files, so target boxes
 come only from `--boxes`.
+
+A sample naming an object id that is not among its scene's objects in `--boxes` (or whose scene is
+not there) is skipped and listed with its reason, as the devkit's loader drops samples whose
+objects its scene annotations lack; without `--boxes` that check cannot be made (a note says so).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from schemas.record import Record
 
 def convert_mmscan(paths: list[Path], scene_objects: SceneObjects | None = None) -> ConversionResult:
     result = ConversionResult("mmscan", notes=no_boxes_note(scene_objects))
+    if scene_objects is None:
+        result.notes.append("no --boxes file: samples naming objects absent from their scene cannot be "
+                            "found and skipped as the MMScan loader does")
     for path in paths:
         data = read_json(path)
         splits = data.items() if isinstance(data, dict) else [(None, data)]
@@ -30,8 +37,28 @@ def convert_mmscan(paths: list[Path], scene_objects: SceneObjects | None = None)
                 raise ValueError(f"{path}: split {split!r} is not a list of samples")
             for i, s in enumerate(samples):
                 sid = str(s.get("ID", f"{Path(path).name}[{split}][{i}]")) if isinstance(s, dict) else f"[{i}]"
+                absent = _absent_objects(s, scene_objects)
+                if absent:
+                    result.skipped.append((sid, absent))
+                    continue
                 result.add(sid, lambda s=s, sid=sid, split=split: _build(s, sid, split, scene_objects))
     return result
+
+
+def _absent_objects(s, scene_objects: SceneObjects | None) -> str | None:
+    """Why the devkit would drop this sample (its objects are not in the scene's annotations), or None."""
+    if scene_objects is None or not isinstance(s, dict) or "scan_id" not in s:
+        return None
+    raw = s.get("object_ids") if "question" in s else s.get("target_id")
+    try:
+        ids = [int(x) for x in raw or []]
+    except (TypeError, ValueError):
+        return None  # a malformed sample is a problem, reported by the builder
+    if s["scan_id"] not in scene_objects:
+        return f"scene {s['scan_id']} has no annotated objects in the boxes file" if ids else None
+    known = {o.id for o in scene_objects[s["scan_id"]]}
+    missing = [i for i in ids if i not in known]
+    return f"object ids {missing} are not annotated in scene {s['scan_id']}" if missing else None
 
 
 def _build(s, sid: str, split: str | None, scene_objects: SceneObjects | None) -> Record:

@@ -10,12 +10,14 @@ with {"questions": [{"question_id", "scene_id", "situation", "alternative_situat
 and `v1_balanced_sqa_annotations_<split>_scannetv2.json` with {"annotations": [{"question_id",
 "scene_id", "answers": [{"answer", "answer_confidence", "answer_id"}], "answer_type",
 "question_type", "position", "rotation"}]}). Questions and annotations pair by question_id. The
-question type reported is the one SQA3D's evaluation groups by: the first word (what, is, how,
-can, which, otherwise others).
+question type reported is the one SQA3D's evaluation groups by: the first word of the question as
+its own loader tokenizes it (lower case, "'s" and punctuation split off, so "What's" is "what"):
+what, is, how, can, which, otherwise others.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pipeline.eval.convert.common import (
@@ -54,7 +56,8 @@ def convert_scanqa(paths: list[Path], scene_objects: SceneObjects | None = None)
 
 
 def sqa3d_question_type(question: str) -> str:
-    words = question.strip().lower().split()
+    text = re.sub(r"[^\w\s']", " ", question.lower().replace("\u2019", "'").replace("'s", " 's"))
+    words = text.split()
     first = words[0] if words else ""
     return first if first in SQA3D_TYPES else "others"
 

@@ -4,7 +4,10 @@ SR-91K (SpaceR / Spatial-R1, `annotation/SR-91k.jsonl` of github.com/OuyangKun10
 the SpaceR-151k release): JSON Lines (or a JSON list) in the Video-R1 layout {"problem_id",
 "problem", "data_type", "problem_type" ("multiple choice" | "numerical" | "regression" | ...),
 "options" (["A. ...", ...]), "solution" ("<answer>B</answer>"), "path" (the video,
-".../<scene>.mp4"), "data_source"}. The scene id is the video's file stem.
+".../<scene>.mp4"), "data_source"}. The earlier SpaceR training layout {"problem_id", "problem",
+"data_type", "question_type", "solution", "video"} is read too: no options field (a letter answer
+is scored as text, exactly), a numeric answer as a number. The scene id is the video's file stem.
+Each file's layout is read from its first entry; a file in neither layout is refused, naming both.
 
 VSI-Bench (huggingface.co/datasets/nyu-visionx/VSI-Bench, `test.jsonl` or the parquet split):
 {"id", "dataset" (arkitscenes | scannet | scannetpp), "scene_name", "question_type", "question",
@@ -34,22 +37,51 @@ VSI_TASKS = {
     "obj_appearance_order": "appearance_order",
 }
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+
+
+SR91K_LAYOUTS = {
+    "released": ("problem_id", "problem", "data_type", "problem_type", "options", "solution", "path"),
+    "spacer": ("problem_id", "problem", "data_type", "question_type", "solution", "video"),
+}
+
+
+def sr91k_layout(entry, path: Path) -> str:
+    """Which SR-91K layout a file's first entry has; ValueError naming both when neither."""
+    keys = set(entry) if isinstance(entry, dict) else set()
+    for name, fields in SR91K_LAYOUTS.items():
+        if set(fields) <= keys:
+            return name
+    expected = "; ".join(f"{name}: {', '.join(fields)}" for name, fields in SR91K_LAYOUTS.items())
+    raise ValueError(f"{path}: not an SR-91K file: its first entry has fields {', '.join(sorted(keys)) or 'none'}; "
+                     f"expected the layout {expected}")
 
 
 def convert_sr91k(paths: list[Path], scene_objects=None) -> ConversionResult:
     result = ConversionResult("sr91k")
     for path in paths:
-        for i, e in enumerate(read_json_or_jsonl(path, result)):
+        entries = read_json_or_jsonl(path, result)
+        if not entries:
+            continue
+        layout = sr91k_layout(entries[0], path)
+        for i, e in enumerate(entries):
             eid = str(e.get("problem_id", f"{Path(path).name}[{i}]")) if isinstance(e, dict) else f"[{i}]"
-            result.add(eid, lambda e=e, eid=eid: _build_sr91k(e, eid))
+            result.add(eid, lambda e=e, eid=eid: _build_sr91k(e, eid, layout))
     return result
 
 
-def _build_sr91k(e, eid: str) -> Record:
+def _build_sr91k(e, eid: str, layout: str = "released") -> Record:
     if not isinstance(e, dict):
         raise ValueError("entry is not a JSON object")
     m = _ANSWER_TAG.search(e["solution"])
     answer = (m.group(1) if m else e["solution"]).strip()
+    if layout == "spacer":
+        number = parse_number(answer) is not None and _PLAIN_NUMBER.fullmatch(answer) is not None
+        return Record(
+            id=f"sr91k-{eid}", scene_id=Path(e["video"]).stem, task="spatial_qa", source="sr91k",
+            question=e["problem"].strip(), answers=[answer], answer_type="number" if number else "text",
+            question_type=e["question_type"], meta={"video": e["video"], "data_type": e.get("data_type")},
+        )
     kind = e["problem_type"]
     if kind == "multiple choice":
         answer_type, choices = "choice", list(e["options"])
