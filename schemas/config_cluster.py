@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class ClusterConfig(BaseModel):
@@ -28,6 +28,16 @@ class ClusterConfig(BaseModel):
     executor: Literal["auto", "ray", "local"] = Field(
         "auto", description="auto: Ray when there is more than one scene and num_workers > 1")
     stats: str | None = Field(None, description="feature stats JSON for whitening; default <out>/stats/triplets.json")
+
+    @field_validator("min_per_group")
+    @classmethod
+    def _min_fits_the_budget(cls, value: int, info: ValidationInfo) -> int:
+        # Refused here, before a run writes anything: every scene would fail its allocation.
+        proxies = info.data.get("proxies")
+        if proxies is not None and value > proxies:
+            raise ValueError(f"min_per_group {value} exceeds proxies {proxies} (the whole per-scene budget); "
+                             "lower min_per_group or raise proxies")
+        return value
 
 
 # The parameters that change the proxies, each as it appears in a derived set name. The others

@@ -6,7 +6,9 @@ Members of a sample keyed by scene id:
   segment.npy   int32    K       index into segments.json, BFS-ordered and contiguous
   segments.json list of `SegmentInfo`
   meta.json     `ProxyMeta`
-`index.json` (scene id -> shard file name) is written last.
+`index.json` ({"format": 2, "params": the clustering parameters, "scenes": scene id -> shard file
+name}) is written last; a cluster run removes it before it writes anything, so a set without it is
+unfinished, and readers refuse a sample whose meta.json parameters are not the index's (a mixed set).
 
 Format 2 (`PROXY_FORMAT_VERSION`, recorded in meta.json): each segment carries `instance_id` and
 `match_iou`, the ground-truth instance it was matched to by triplet overlap (pipeline/cluster/
@@ -27,6 +29,43 @@ from schemas.manifest import Box3D
 SHARD_PATTERN = "shard-%06d.tar"
 INDEX_FILE = "index.json"
 MEMBERS = ("feat.npy", "xyz.npy", "segment.npy", "segments.json", "meta.json")
+
+
+INDEX_FORMAT = 2  # 2: {"format", "params", "scenes"}; 1 was the bare scene -> shard map
+
+
+def index_payload(params: dict[str, Any], scenes: dict[str, str]) -> dict[str, Any]:
+    """The content of `index.json` for a set made with `params` (meta.json's `params`)."""
+    return {"format": INDEX_FORMAT, "params": params, "scenes": dict(scenes)}
+
+
+def read_set_index(folder: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(params, scene id -> shard) of a finished proxy set; ValueError naming the file otherwise."""
+    import json
+
+    path = Path(folder) / INDEX_FILE
+    if not path.is_file():
+        raise ValueError(f"{path}: no proxy index; the set is missing or unfinished (a cluster run writes it "
+                         "last): run `p3d cluster`")
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: unreadable proxy index ({e}); run `p3d cluster` again") from e
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        found = index.get("format", 1) if isinstance(index, dict) else "?"
+        raise ValueError(f"{path}: proxy index format {found}, expected {INDEX_FORMAT} (the index now records "
+                         "the set's parameters); run `p3d cluster` again")
+    if not isinstance(index.get("params"), dict) or not isinstance(index.get("scenes"), dict):
+        raise ValueError(f"{path}: proxy index lacks 'params' or 'scenes'; run `p3d cluster` again")
+    return index["params"], index["scenes"]
+
+
+def check_sample_params(made_with: Any, params: dict[str, Any], where: str, index_path: str | Path) -> None:
+    """ValueError unless a sample (its meta.json `params`) was made with the parameters its set's index
+    records."""
+    if made_with != params:
+        raise ValueError(f"{where}: made with other clustering parameters than {index_path} records (a "
+                         "mixed shard set, e.g. from a killed re-cluster); run `p3d cluster` again")
 
 
 def proxy_sets(out: str | Path) -> list[str]:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from pipeline.cluster.shards import json_bytes, npy_bytes, write_shard
 from pipeline.eval.predictions import load_predictions, write_predictions
-from schemas.proxy import INDEX_FILE, SHARD_PATTERN, ProxyMeta, SegmentInfo
+from schemas.proxy import INDEX_FILE, SHARD_PATTERN, ProxyMeta, SegmentInfo, index_payload
 from schemas.record import load_records, write_records
 
 toy_layout = pytest.importorskip("pipeline.sources.toy.layout")
@@ -70,7 +70,8 @@ def toy_captions(tmp_path_factory):
         samples.append(_scene_sample(scene_id, layout, unmatched=layout.objects[1].id if i == 1 else None))
     shards = root / "proxies"
     write_shard(shards / (SHARD_PATTERN % 0), samples)
-    (shards / INDEX_FILE).write_text(json.dumps({s["__key__"]: SHARD_PATTERN % 0 for s in samples}))
+    (shards / INDEX_FILE).write_text(json.dumps(index_payload({"test": True},
+                                                              {s["__key__"]: SHARD_PATTERN % 0 for s in samples})))
     write_records(records, root / "records.jsonl")
     qwen = build_toy_qwen(root / "qwen", [r.question for r in records] + [r.answers[0] for r in records])
     Proxy3DModel.build(str(qwen), feat_dim=32, num_obj_tokens=NUM_OBJ_TOKENS, categories=CATEGORY_NAMES,

@@ -57,7 +57,7 @@ def test_shards_are_valid_webdataset_and_match_the_schema(store):
     report = run_cluster(store, _config())
     assert not report.failed and len(report.written) == NUM_SCENES
     root = proxies_dir(store, "k60")
-    index = json.loads((root / "index.json").read_text())
+    index = json.loads((root / "index.json").read_text())["scenes"]
     assert index == {"scene00": "shard-000000.tar", "scene01": "shard-000000.tar",
                      "scene02": "shard-000001.tar"}
     names = subprocess.run(["tar", "-tf", str(root / "shard-000000.tar")], capture_output=True,
@@ -109,7 +109,7 @@ def test_failed_scene_is_reported_skipped_and_fails_the_cli(tmp_path):
     assert result.exit_code == 1
     assert "broken" in result.output and "no valid triplets" in result.output
     root = proxies_dir(out, "k40")
-    assert json.loads((root / "index.json").read_text()) == {"scene00": "shard-000000.tar",
+    assert json.loads((root / "index.json").read_text())["scenes"] == {"scene00": "shard-000000.tar",
                                                              "scene01": "shard-000000.tar"}
     with tarfile.open(root / "shard-000000.tar") as tar:
         assert not any(n.startswith("broken") for n in tar.getnames())
@@ -190,3 +190,107 @@ def test_no_grouping_params_record_names_its_segments_and_grouping_record_is_unc
     assert _params_record(ClusterParams(grouping=False), None)["segments_from"] == "proxy majority labels"
     grouped = _params_record(ClusterParams(), None)
     assert "segments_from" not in grouped and grouped["version"] == CLUSTER_VERSION
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_recluster_leaves_a_set_the_loader_refuses(tmp_path, monkeypatch):
+    """A --proxies 40 set, then a --proxies 20 rerun under the same name killed after its first
+    shard: the loader refuses the set instead of yielding a mix of 20 and 40 proxies."""
+    import pipeline.cluster.driver as driver
+    from schemas.proxy import INDEX_FILE
+    from trainer.data import iter_scenes, scene_ids_in
+
+    out = tmp_path / "data"
+    _write_store(out)
+    root = proxies_dir(out, "set")
+    run_cluster(out, _config(name="set", proxies=40, scenes_per_shard=1))
+    assert sorted(len(s["xyz"]) for s in iter_scenes(root, shuffle=False)) == [40] * NUM_SCENES
+    old_index = (root / INDEX_FILE).read_bytes()
+    assert json.loads(old_index)["params"]["budget"] == 40
+
+    real_write_shard, written = driver.write_shard, []
+
+    def write_then_die(path, samples):
+        if written:
+            raise _Killed(path)
+        written.append(real_write_shard(path, samples))
+        return written[-1]
+
+    monkeypatch.setattr(driver, "write_shard", write_then_die)
+    with pytest.raises(_Killed):
+        run_cluster(out, _config(name="set", proxies=20, scenes_per_shard=1))
+    monkeypatch.undo()
+    assert len(written) == 1 and not (root / INDEX_FILE).exists()
+    with pytest.raises(ValueError, match="no proxy index"):
+        next(iter_scenes(root, shuffle=False))
+    with pytest.raises(ValueError, match="no proxy index"):
+        scene_ids_in(root)
+    with pytest.raises(ValueError, match="no proxy index"):
+        load_scene_proxies(out, "set", "scene01")
+    # Had the old index survived (as it did before), the shards' parameters give the mix away.
+    (root / INDEX_FILE).write_bytes(old_index)
+    with pytest.raises(ValueError, match="other clustering parameters"):
+        list(iter_scenes(root, shuffle=False))
+    with pytest.raises(ValueError, match="other clustering parameters"):
+        load_scene_proxies(out, "set", "scene00")
+    # The rerun finishes the set: one parameter set throughout.
+    run_cluster(out, _config(name="set", proxies=20, scenes_per_shard=1))
+    assert sorted(len(s["xyz"]) for s in iter_scenes(root, shuffle=False)) == [20] * NUM_SCENES
+
+
+def test_a_legacy_index_without_parameters_is_refused(store, tmp_path):
+    from schemas.proxy import INDEX_FILE
+    from trainer.data import iter_scenes
+
+    run_cluster(store, _config(name="legacy"))
+    root = proxies_dir(store, "legacy")
+    (root / INDEX_FILE).write_text(json.dumps(json.loads((root / INDEX_FILE).read_text())["scenes"]))
+    with pytest.raises(ValueError, match="proxy index format 1"):
+        next(iter_scenes(root, shuffle=False))
+
+
+def test_impossible_settings_are_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "data"
+    _write_store(out, 1)
+    result = CliRunner().invoke(app, ["cluster", "--out", str(out), "--proxies", "5", "--min-per-group", "100",
+                                      "--name", "bad", "--executor", "local"])
+    assert result.exit_code == 2
+    assert "min-per-group" in result.output and "exceeds proxies 5" in result.output
+    assert not (out / "proxies").exists()
+
+
+def test_missing_chunks_fail_stats_and_cluster_naming_the_scene_and_array(tmp_path):
+    import shutil
+
+    from pipeline.features.store import scene_path
+
+    out = tmp_path / "data"
+    _write_store(out, 2)
+    shutil.rmtree(scene_path(out, "scene01") / "xyz" / "c" / "3")  # one frame's chunk files
+    for args in (["stats"], ["cluster", "--name", "k40", "--proxies", "40", "--executor", "local"]):
+        result = CliRunner().invoke(app, [*args, "--out", str(out)])
+        assert result.exit_code != 0, result.output
+        assert "scene01" in result.output and "array xyz: 1 of 6 chunks missing" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_corrupt_group_is_reported_and_fails_the_cluster_run(tmp_path):
+    from pipeline.features.store import scene_path
+
+    out = tmp_path / "data"
+    _write_store(out, 2)
+    meta = scene_path(out, "scene01") / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    result = CliRunner().invoke(app, ["cluster", "--out", str(out), "--name", "k40", "--proxies", "40",
+                                      "--executor", "local"])
+    assert result.exit_code == 1, result.output
+    assert f"scene01: unreadable group metadata {meta}" in result.output
+    report = json.loads(next((proxies_dir(out, "k40") / "_runs").glob("*.json")).read_text())
+    assert str(meta) in report["failed"]["scene01"]
+    assert json.loads((proxies_dir(out, "k40") / "index.json").read_text())["scenes"] == {
+        "scene00": "shard-000000.tar"}
+    result = CliRunner().invoke(app, ["stats", "--out", str(out)])
+    assert result.exit_code != 0 and str(meta) in result.output

@@ -105,7 +105,7 @@ def test_p3d_cluster_proxies_writes_a_set_named_after_them(tiny):
     assert proc.stdout.splitlines()[0] == f"workflow: {tiny} (from P3D_WORKFLOW)"
     from pipeline.cluster.shards import load_scene_proxies
 
-    index = json.loads((data / "proxies" / "k24" / "index.json").read_text())
+    index = json.loads((data / "proxies" / "k24" / "index.json").read_text())["scenes"]
     assert sorted(index) == [f"toy{i:04d}" for i in range(NUM_SCENES)]
     for scene_id in index:
         sample = load_scene_proxies(data, "k24", scene_id)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from schemas.proxy import INDEX_FILE, check_proxy_format
+from schemas.proxy import INDEX_FILE, check_proxy_format, check_sample_params, read_set_index
 from trainer.objects import identifier_array
 from trainer.positions import quantize_height, rope_position_ids
 from trainer.stages import Example
@@ -35,12 +35,16 @@ IGNORE = -100
 
 # ------------------------------------------------------------------ shards
 def shard_files(shard_dir: str | Path) -> list[str]:
+    """The set's shards, as its index names them; a set without an index (unfinished, or a killed
+    re-cluster) or whose index names a missing shard is refused."""
     shard_dir = Path(shard_dir)
-    if not (shard_dir / INDEX_FILE).exists():
-        raise ValueError(f"{shard_dir}: no {INDEX_FILE}; the proxy shards are missing or unfinished")
-    files = sorted(str(p) for p in shard_dir.glob("shard-*.tar"))
-    if not files:
-        raise ValueError(f"{shard_dir}: {INDEX_FILE} present but no shard-*.tar files")
+    _, scenes = read_set_index(shard_dir)
+    if not scenes:
+        raise ValueError(f"{shard_dir / INDEX_FILE}: the set holds no scene; run `p3d cluster` again")
+    files = sorted({str(shard_dir / name) for name in scenes.values()})
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise ValueError(f"{shard_dir / INDEX_FILE} names shards that are not there: {missing}")
     return files
 
 
@@ -71,6 +75,7 @@ def iter_scenes(shard_dir: str | Path, *, rank: int = 0, world_size: int = 1, ep
     import webdataset as wds
 
     urls = shard_files(shard_dir)
+    params, index = read_set_index(shard_dir)
     if shuffle:
         random.Random(seed * 100_003 + epoch).shuffle(urls)
     readers, reader = world_size * num_workers, rank * num_workers + worker
@@ -80,11 +85,18 @@ def iter_scenes(shard_dir: str | Path, *, rank: int = 0, world_size: int = 1, ep
                              empty_check=False)
     for i, raw in enumerate(dataset):
         if by_shard or i % readers == reader:
-            yield decode_sample(raw)
+            scene = decode_sample(raw)
+            where = f"scene {scene['scene_id']} in {raw.get('__url__', '?')}"
+            # A sample the index does not list where it was found, or made with other parameters,
+            # comes from another run than the index: a mixed set is refused, never trained on.
+            if Path(str(raw.get("__url__", ""))).name != index.get(scene["scene_id"]):
+                raise ValueError(f"{where}: not where {Path(shard_dir) / INDEX_FILE} puts it; run `p3d cluster` again")
+            check_sample_params(scene["meta"].get("params"), params, where, Path(shard_dir) / INDEX_FILE)
+            yield scene
 
 
 def scene_ids_in(shard_dir: str | Path) -> list[str]:
-    return sorted(json.loads((Path(shard_dir) / INDEX_FILE).read_text()))
+    return sorted(read_set_index(shard_dir)[1])
 
 
 def categories_in(shard_dir: str | Path) -> list[str]:

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.proxy import INDEX_FILE, SHARD_PATTERN, ProxyMeta, SegmentInfo
+from schemas.proxy import INDEX_FILE, SHARD_PATTERN, ProxyMeta, SegmentInfo, index_payload
 from schemas.record import Record, write_records
 
 CATEGORIES = ("chair", "table", "lamp", "sofa", "bed", "plant")
 FEATURE_RMS = 0.05
+
+SYNTHETIC_PARAMS = {"synthetic": True}  # meta.json params, and the index's
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -61,7 +63,7 @@ def make_scene(scene_id: str, rng: np.random.Generator, dim: int, proxies_per_ob
                                  bfs_rank=seg_id).model_dump())
     k = proxies_per_object * len(segments)
     meta = ProxyMeta(scene_id=scene_id, num_proxies=k, budget=k, dim=dim, num_valid_triplets=4 * k,
-                     params={"synthetic": True}, source={"kind": "synthetic"}).model_dump()
+                     params=SYNTHETIC_PARAMS, source={"kind": "synthetic"}).model_dump()
     sample = {"__key__": scene_id, "feat.npy": _npy(np.concatenate(feats).astype(np.float16)),
               "xyz.npy": _npy(np.concatenate(xyzs)), "segment.npy": _npy(np.concatenate(segs)),
               "segments.json": json.dumps(infos).encode(), "meta.json": json.dumps(meta).encode()}
@@ -114,6 +116,6 @@ def write_synthetic(out: str | Path, num_scenes: int = 6, dim: int = 128, scenes
         records += scene_records(scene_id, objects, "val" if val_every and i % val_every == val_every - 1
                                  else "train")
     writer.close()
-    (shard_dir / INDEX_FILE).write_text(json.dumps(index))
+    (shard_dir / INDEX_FILE).write_text(json.dumps(index_payload(SYNTHETIC_PARAMS, index)))
     write_records(records, out / "records.jsonl")
     return shard_dir, out / "records.jsonl"

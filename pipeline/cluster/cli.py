@@ -49,7 +49,7 @@ def _resolve(workflow: Optional[Path], out: Optional[Path], sets: Optional[list[
         config = ClusterConfig.model_validate({**base.model_dump(), **updates})
     except ValidationError as e:
         err = e.errors()[0]
-        raise typer.BadParameter(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
+        fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}")
     named = "name" in updates or any(s.split("=", 1)[0].strip() == "cluster.name" for s in sets or ())
     if not named:
         config = config.model_copy(update={"name": derived_name(file_base, config)})

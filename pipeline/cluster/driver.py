@@ -3,9 +3,13 @@
 Scenes (sorted) are cut into shards of `scenes_per_shard`. A shard whose tar already holds exactly
 its planned scenes, made with the same parameters, is kept (resume); the others are recomputed, one
 Ray task per scene (or in-process for tests and small runs), and each tar is written to a temporary
-name and renamed once all its scenes are done. `config.json` records the resolved configuration,
-`index.json` (scene id -> shard file) is written last, and a run report goes to `_runs/`. A scene
-that fails is reported and left out of its shard and the index; the run then fails naming it.
+name and renamed once all its scenes are done. A run removes the set's `index.json` before it writes
+anything, so a killed run leaves a set that readers refuse, never a mix of old and new shards that
+looks complete; `config.json` records the resolved configuration, `index.json` (the parameters and
+scene id -> shard file, schemas.proxy.index_payload) is written last, and a run report goes to
+`_runs/`. A scene that fails (an unreadable group named with its file, a damaged array) is reported
+and left out of its shard and the index; the run then fails naming it. With no scene left, no index
+is written.
 
 Segments are matched to the store's ground-truth instances (`gt_label`, where the source has them)
 by triplet overlap (matching.py); a segment's category is its matched instance's, never the object
@@ -30,7 +34,7 @@ from pipeline.cluster.shards import (
     encode_sample, first_member, proxies_dir, shard_keys, shard_name, write_json_atomic, write_shard,
 )
 from schemas.config_cluster import ClusterConfig
-from schemas.proxy import INDEX_FILE, ProxyMeta
+from schemas.proxy import INDEX_FILE, ProxyMeta, index_payload
 from schemas.store import RUNS_DIR
 
 log = logging.getLogger(__name__)
@@ -191,13 +195,16 @@ def _start_ray(num_workers: int) -> bool:
 
 def run_cluster(out: str | Path, config: ClusterConfig, scenes: list[str] | None = None) -> RunReport:
     """Cluster every complete scene of `<out>/features` into `<out>/proxies/<config.name>`."""
-    from pipeline.features.store import list_scenes
+    from pipeline.features.store import list_scenes, unreadable_reason
 
     started = time.time()
     out = str(out)
     root = proxies_dir(out, config.name)
     report = RunReport(out=out, name=config.name)
-    scene_ids = list_scenes(out, complete_only=True)
+    # A group whose metadata cannot be read is not unfinished work to skip: it fails, named.
+    unreadable = {s: r for s in list_scenes(out, complete_only=False)
+                  if (r := unreadable_reason(out, s)) is not None}
+    scene_ids = sorted([*list_scenes(out, complete_only=True), *unreadable])
     if scenes is not None:
         unknown = sorted(set(scenes) - set(scene_ids))
         if unknown:
@@ -209,12 +216,14 @@ def run_cluster(out: str | Path, config: ClusterConfig, scenes: list[str] | None
     params = params_from_config(config)
     stats = _load_stats(out, config)
     params_record = _params_record(params, stats)
+    # First write of the run: the set stops being complete until its new index is written.
+    (root / INDEX_FILE).unlink(missing_ok=True)
 
     per = config.scenes_per_shard
     plan = {shard_name(i): scene_ids[lo:lo + per] for i, lo in enumerate(range(0, len(scene_ids), per))}
     todo: dict[str, list[str]] = {}
     for shard, planned in plan.items():
-        if _shard_is_current(root / shard, planned, params_record):
+        if not set(planned) & set(unreadable) and _shard_is_current(root / shard, planned, params_record):
             report.shards_kept.append(shard)
             report.resumed += planned
         else:
@@ -225,7 +234,7 @@ def run_cluster(out: str | Path, config: ClusterConfig, scenes: list[str] | None
     for partial in root.glob(".shard-*.tar.tmp-*") if root.exists() else []:
         partial.unlink()  # a killed run's unfinished tar; never a valid shard
 
-    pending_scenes = [s for planned in todo.values() for s in planned]
+    pending_scenes = [s for planned in todo.values() for s in planned if s not in unreadable]
     executor = config.executor
     if executor == "auto":
         executor = "ray" if len(pending_scenes) > 1 and config.num_workers > 1 else "local"
@@ -233,6 +242,15 @@ def run_cluster(out: str | Path, config: ClusterConfig, scenes: list[str] | None
     started_ray = _start_ray(config.num_workers) if executor == "ray" and pending_scenes else False
     shard_of = {s: shard for shard, planned in todo.items() for s in planned}
     results: dict[str, dict[str, dict[str, bytes] | None]] = {shard: {} for shard in todo}
+    for scene_id, reason in unreadable.items():
+        if scene_id in shard_of:
+            results[shard_of[scene_id]][scene_id] = None
+            report.failed[scene_id] = reason
+            log.error("scene %s failed: %s", scene_id, reason)
+    for shard in todo:  # a shard of unreadable scenes alone has nothing left to wait for
+        if todo[shard] and len(results[shard]) == len(todo[shard]):
+            write_shard(root / shard, [])
+            report.shards_written.append(shard)
     try:
         results_iter = _iter_results(out, pending_scenes, params, params_record, stats, executor,
                                      config.num_workers)
@@ -266,7 +284,8 @@ def run_cluster(out: str | Path, config: ClusterConfig, scenes: list[str] | None
                 index[scene_id] = shard
     write_json_atomic(root / CONFIG_FILE, {"config": config.model_dump(mode="json"),
                                            "params": params_record, "out": out})
-    write_json_atomic(root / INDEX_FILE, index)  # last: marks the shard set as complete
+    if index:  # last: marks the shard set as complete (a set of no scene is not one)
+        write_json_atomic(root / INDEX_FILE, index_payload(params_record, index))
     if report.matching.get("instances"):
         log.info("matching: %d of %d ground-truth instances matched to a segment, %d unmatched",
                  report.matching["matched"], report.matching["instances"], report.matching["unmatched"])

@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 
 from schemas.manifest import Box3D
-from schemas.proxy import INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo, check_proxy_format
+from schemas.proxy import (
+    INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo, check_proxy_format, check_sample_params,
+    read_set_index,
+)
 
 PROXIES_DIR = "proxies"
 _FIXED_MTIME = 0
@@ -165,17 +168,22 @@ def decode_sample(members: dict[str, bytes], where: str = "") -> dict[str, Any]:
 
 
 def read_index(root: str | Path) -> dict[str, str]:
-    path = Path(root) / INDEX_FILE
-    if not path.exists():
-        raise ValueError(f"{path}: no proxy index (run `p3d cluster` first)")
-    return json.loads(path.read_text())
+    """Scene id -> shard file of a finished set (schemas.proxy.read_set_index refuses the others)."""
+    return read_set_index(root)[1]
 
 
 def load_scene_proxies(out: str | Path, name: str, scene_id: str) -> dict[str, Any]:
     """One scene's decoded sample, found through `index.json`."""
     root = proxies_dir(out, name)
-    index = read_index(root)
+    params, index = read_set_index(root)
     if scene_id not in index:
         raise ValueError(f"scene {scene_id}: not in {root / INDEX_FILE}")
     shard = root / index[scene_id]
-    return decode_sample(read_shard(shard)[scene_id], f"{shard}:{scene_id}")
+    try:
+        members = read_shard(shard)[scene_id]
+    except (OSError, tarfile.TarError, KeyError) as e:
+        raise ValueError(f"{shard}: cannot read scene {scene_id} ({type(e).__name__}: {e}); run `p3d cluster` "
+                         "again") from e
+    sample = decode_sample(members, f"{shard}:{scene_id}")
+    check_sample_params(sample["meta"].params, params, f"{shard}:{scene_id}", root / INDEX_FILE)
+    return sample

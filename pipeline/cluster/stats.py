@@ -25,9 +25,16 @@ def compute_stats(out: str | Path, scenes: list[str] | None = None) -> dict[str,
     import dask
     import dask.array as da
 
-    from pipeline.features.store import list_scenes, scene_path
+    from pipeline.features.store import list_scenes, missing_chunks, read_scene, scene_path, unreadable_reason
 
     scene_ids = scenes if scenes is not None else list_scenes(out, complete_only=True)
+    # A damaged group is named, never skipped or read as fill values.
+    damaged = {s: r for s in (scenes or list_scenes(out, complete_only=False))
+               if (r := unreadable_reason(out, s)) is not None}
+    damaged.update({s: "; ".join(m) for s in scene_ids if s not in damaged and (m := missing_chunks(out, s))})
+    if damaged:
+        raise ValueError("; ".join(f"scene {s}: {r}" for s, r in sorted(damaged.items()))
+                         + " (re-run `p3d features --overwrite` on these scenes)")
     if not scene_ids:
         raise ValueError(f"{out}/features: no complete scenes to compute stats over")
     sums, sq_sums, lazy_scenes, dims = [], [], {}, set()
@@ -47,7 +54,12 @@ def compute_stats(out: str | Path, scenes: list[str] | None = None) -> dict[str,
                                  "label": da.where(valid, label, -1)}
     if len(dims) != 1:
         raise ValueError(f"{out}/features: scenes disagree on the feature dim: {sorted(dims)}")
-    sums, sq_sums, computed = dask.compute(sums, sq_sums, lazy_scenes)
+    try:
+        sums, sq_sums, computed = dask.compute(sums, sq_sums, lazy_scenes)
+    except Exception:  # a chunk that cannot be decoded: read scene by scene for an error naming its file
+        for scene_id in scene_ids:
+            read_scene(out, scene_id)
+        raise
     total = int(sum(int(c["valid"]) for c in computed.values()))
     if total == 0:
         raise ValueError(f"{out}/features: no valid triplets in any scene")
