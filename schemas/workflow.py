@@ -110,6 +110,30 @@ def _line_of(text: str, loc: tuple) -> int | None:
     return node.start_mark.line + 1
 
 
+def _unique_key_loader():
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently, so
+    a second `cluster:` section would replace the first), naming both lines."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.setdefault(key, key_node)
+                    except TypeError:  # an unhashable key: the base constructor reports it
+                        continue
+                    if first is not key_node:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (first on line {first.start_mark.line + 1}, "
+                                        f"again on line {key_node.start_mark.line + 1})", key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_workflow(path: str | Path, sets: list[str] | None = None) -> Workflow:
     """Load and validate a workflow YAML, with `--set key=value` overrides applied; errors name the
     file, line and field, or the override."""
@@ -120,11 +144,12 @@ def load_workflow(path: str | Path, sets: list[str] | None = None) -> Workflow:
         raise SchemaError(f"{path}: workflow file not found")
     text = path.read_text()
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader: no Python objects
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise SchemaError(f"{path}{line}: invalid YAML: {e}") from e
+        problem = getattr(e, "problem", None) or str(e)  # yaml's own text adds a multi-line excerpt
+        raise SchemaError(f"{path}{line}: invalid YAML: {problem}") from e
     data = data or {}
     overrides = parse_sets(sets or [])
     for key, value in overrides.items():

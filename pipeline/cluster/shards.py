@@ -127,14 +127,19 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 
 def read_shard(path: str | Path) -> dict[str, dict[str, bytes]]:
-    """Raw members of every sample, keyed by scene id, in tar order."""
+    """Raw members of every sample, keyed by scene id, in tar order; ValueError naming the file when
+    the tar is truncated or corrupt."""
     samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, member = info.name.partition(".")
-            samples.setdefault(key, {})[member] = tar.extractfile(info).read()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, _, member = info.name.partition(".")
+                samples.setdefault(key, {})[member] = tar.extractfile(info).read()
+    except (tarfile.TarError, EOFError) as e:
+        raise ValueError(f"{path}: unreadable shard tar ({type(e).__name__}: {e}); truncated or corrupt, "
+                         "run `p3d cluster` again") from e
     return samples
 
 
@@ -181,7 +186,7 @@ def load_scene_proxies(out: str | Path, name: str, scene_id: str) -> dict[str, A
     shard = root / index[scene_id]
     try:
         members = read_shard(shard)[scene_id]
-    except (OSError, tarfile.TarError, KeyError) as e:
+    except (OSError, KeyError) as e:
         raise ValueError(f"{shard}: cannot read scene {scene_id} ({type(e).__name__}: {e}); run `p3d cluster` "
                          "again") from e
     sample = decode_sample(members, f"{shard}:{scene_id}")
