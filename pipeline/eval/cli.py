@@ -143,4 +143,7 @@ def stats(records: Path = typer.Argument(..., help="annotation records JSONL")) 
     from pipeline.eval.stats import format_stats, record_stats
     from schemas.record import iter_records
 
+    if not records.is_file():
+        typer.echo(f"error: {records}: records file not found", err=True)
+        raise typer.Exit(2)
     typer.echo(format_stats(record_stats(iter_records(records))))
