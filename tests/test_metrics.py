@@ -188,7 +188,7 @@ def test_scan2cap_masks_caption_scores_by_iou(objects):
 
     raw = json.loads((FIX / "ScanRefer_filtered_val.json").read_text())
     gts = {str(i): ["sos " + " ".join(e["token"][:30]) + " eos" for e in raw
-                    if e["scene_id"] == r.scene_id and int(e["object_id"]) == r.target_ids[0]]
+                    if e["scene_id"] == r.scene_id and str(e["object_id"]) == str(r.target_ids[0])]
            for i, r in enumerate(recs)}
     hyp = {str(i): [f"sos {t} eos"] for i, t in enumerate(texts)}
     assert res.metrics["CIDEr"] == pytest.approx(100 * Cider().compute_score(gts, hyp)[0])
