@@ -294,3 +294,50 @@ def test_a_corrupt_group_is_reported_and_fails_the_cluster_run(tmp_path):
         "scene00": "shard-000000.tar"}
     result = CliRunner().invoke(app, ["stats", "--out", str(out)])
     assert result.exit_code != 0 and str(meta) in result.output
+
+
+@pytest.mark.slow
+def test_a_recluster_killed_by_sigkill_is_refused_by_the_loader(tmp_path):
+    """The same as above with a real SIGKILL: `p3d cluster --proxies 20` over a --proxies 40 set of
+    the same name, killed once its first new shard is in place."""
+    import os
+    import signal
+    import sys
+    import time
+    from pathlib import Path
+
+    from schemas.proxy import INDEX_FILE
+    from trainer.data import iter_scenes
+
+    out = tmp_path / "data"
+    _write_store(out, 8)
+    root = proxies_dir(out, "set")
+    run_cluster(out, _config(name="set", proxies=40, scenes_per_shard=1))
+    first = root / "shard-000000.tar"
+    old_bytes = first.read_bytes()
+    env = {k: v for k, v in os.environ.items() if k != "P3D_WORKFLOW"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "cluster", "--out", str(out), "--name", "set",
+                             "--proxies", "20", "--scenes-per-shard", "1", "--executor", "local"],
+                            cwd=Path(__file__).resolve().parents[1], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline and first.read_bytes() == old_bytes:
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
+    budgets = sorted({len(s["xyz"]) for s in _read_shards(root)})
+    assert budgets == [20, 40], "the kill should have left new and old shards side by side"
+    assert not (root / INDEX_FILE).exists()
+    with pytest.raises(ValueError, match="no proxy index"):
+        next(iter_scenes(root, shuffle=False))
+
+
+def _read_shards(root):
+    from pipeline.cluster.shards import decode_sample, read_shard
+
+    for shard in sorted(root.glob("shard-*.tar")):
+        for scene_id, members in read_shard(shard).items():
+            yield decode_sample(members, f"{shard}:{scene_id}")
