@@ -24,8 +24,8 @@ NUM_SCENES = 2
 
 def _attrs(scene_id: str, objects: list[dict]) -> StoreAttrs:
     ref = ModelRef(kind="synthetic", trained=False)
-    return StoreAttrs(scene_id=scene_id, source={"kind": "synthetic"}, encoder=ref, geometry=ref, segmenter=ref,
-                      frame_indices=list(range(6)), image_size=[224, 280], patch_size=28, grid=[8, 10],
+    return StoreAttrs(scene_id=scene_id, source={"kind": "synthetic"}, encoder=ref, geometry=ref,
+                      segmenter=ref, frame_indices=list(range(6)), image_size=[224, 280], patch_size=28, grid=[8, 10],
                       objects=objects, pipeline_version="test")
 
 

@@ -255,8 +255,8 @@ def test_a_legacy_index_without_parameters_is_refused(store, tmp_path):
 def test_impossible_settings_are_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "data"
     _write_store(out, 1)
-    result = CliRunner().invoke(app, ["cluster", "--out", str(out), "--proxies", "5", "--min-per-group", "100",
-                                      "--name", "bad", "--executor", "local"])
+    result = CliRunner().invoke(app, ["cluster", "--out", str(out), "--proxies", "5",
+                                      "--min-per-group", "100", "--name", "bad", "--executor", "local"])
     assert result.exit_code == 2
     assert "min-per-group" in result.output and "exceeds proxies 5" in result.output
     assert not (out / "proxies").exists()
@@ -316,8 +316,8 @@ def test_a_recluster_killed_by_sigkill_is_refused_by_the_loader(tmp_path):
     first = root / "shard-000000.tar"
     old_bytes = first.read_bytes()
     env = {k: v for k, v in os.environ.items() if k != "P3D_WORKFLOW"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "cluster", "--out", str(out), "--name", "set",
-                             "--proxies", "20", "--scenes-per-shard", "1", "--executor", "local"],
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "cluster", "--out", str(out),
+                             "--name", "set", "--proxies", "20", "--scenes-per-shard", "1", "--executor", "local"],
                             cwd=Path(__file__).resolve().parents[1], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -187,7 +187,8 @@ def test_scenes_made_from_another_world_are_redone(tmp_path):
         return path
 
     def features(seed: int) -> dict:
-        result = CliRunner().invoke(app, ["features", "--workflow", str(workflow(seed)), "--executor", "local"])
+        result = CliRunner().invoke(app, ["features", "--workflow", str(workflow(seed)),
+                                          "--executor", "local"])
         assert result.exit_code == 0, result.output
         return json.loads(sorted((tmp_path / "out" / "features" / "_runs").glob("*.json"))[-1].read_text())
 

@@ -80,7 +80,8 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("kill_at", ["aside", "in", "delete_start", "delete_half", None])
-def test_replace_dir_leaves_the_old_or_the_new_folder_whole_at_every_kill_point(tmp_path, monkeypatch, kill_at):
+def test_replace_dir_leaves_the_old_or_the_new_folder_whole_at_every_kill_point(tmp_path, monkeypatch,
+                                                                                 kill_at):
     import os
     import shutil
 
@@ -117,7 +118,8 @@ def test_replace_dir_leaves_the_old_or_the_new_folder_whole_at_every_kill_point(
     state = _which(final)
     if state is None:
         assert _which(io.aside_path(final)) == "old"
-    expected = {"aside": "old", "in": "old", "delete_start": "new", "delete_half": "new", None: "new"}[kill_at]
+    expected = {"aside": "old", "in": "old", "delete_start": "new", "delete_half": "new",
+                None: "new"}[kill_at]
     io.recover_dir(final)  # what the next use does first
     assert _which(final) == expected
     assert not io.aside_path(final).exists()

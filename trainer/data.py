@@ -90,7 +90,8 @@ def iter_scenes(shard_dir: str | Path, *, rank: int = 0, world_size: int = 1, ep
             # A sample the index does not list where it was found, or made with other parameters,
             # comes from another run than the index: a mixed set is refused, never trained on.
             if Path(str(raw.get("__url__", ""))).name != index.get(scene["scene_id"]):
-                raise ValueError(f"{where}: not where {Path(shard_dir) / INDEX_FILE} puts it; run `p3d cluster` again")
+                raise ValueError(f"{where}: not where {Path(shard_dir) / INDEX_FILE} puts it; "
+                                 "run `p3d cluster` again")
             check_sample_params(scene["meta"].get("params"), params, where, Path(shard_dir) / INDEX_FILE)
             yield scene
 

@@ -187,8 +187,8 @@ def load_scene_proxies(out: str | Path, name: str, scene_id: str) -> dict[str, A
     try:
         members = read_shard(shard)[scene_id]
     except (OSError, KeyError) as e:
-        raise ValueError(f"{shard}: cannot read scene {scene_id} ({type(e).__name__}: {e}); run `p3d cluster` "
-                         "again") from e
+        raise ValueError(f"{shard}: cannot read scene {scene_id} ({type(e).__name__}: {e}); "
+                         "run `p3d cluster` again") from e
     sample = decode_sample(members, f"{shard}:{scene_id}")
     check_sample_params(sample["meta"].params, params, f"{shard}:{scene_id}", root / INDEX_FILE)
     return sample
