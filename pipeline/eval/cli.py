@@ -2,8 +2,9 @@
 
 Exit codes. `p3d convert`: 0 written; 1 `--strict` and some entry failed; 2 nothing written (no
 entry converted, e.g. a file of another dataset, or an unreadable file). `p3d eval`: 0 every
-record scored with its prediction; 3 scored, but some records had no prediction (each counts as
-a wrong answer, see the `missing` column); 2 nothing scored (unreadable or invalid records or
+record scored with its prediction (a `not_asked` prediction counts as given: it is scored as a
+miss and noted); 3 scored, but some records had no prediction line (each counts as a wrong answer,
+see the `missing` column); 2 nothing scored (unreadable or invalid records or
 predictions, duplicate ids, an empty predictions file). Every non-zero code but 3 comes with the
 first problem in one line on standard error, and no output file is written or changed.
 """
@@ -130,7 +131,12 @@ def evaluate_cmd(
     if json_out:
         write_json(results, json_out)
         typer.echo(f"wrote {json_out}")
-    num_missing = sum(r.num_missing for r in results if r.kind != "vsibench")  # the aggregate repeats rows
+    # Exit 3 is for records with no prediction line at all. A `not_asked` line is p3d predict's own
+    # answer for a record it could not ask (its object matches no segment): scored as a miss and
+    # noted per task, but the predictions file is complete.
+    from pipeline.eval.evaluate import select_records
+
+    num_missing = sum(1 for r in select_records(chosen, task) if predictions.get(r.id) is None)
     if num_missing:
         typer.echo(f"{num_missing} records had no prediction and were scored as wrong (exit {EXIT_MISSING})",
                    err=True)
