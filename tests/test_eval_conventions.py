@@ -217,6 +217,17 @@ def test_eval_missing_predictions_scores_them_wrong_and_exits_3(tmp_path):
     assert "1 records had no prediction" in res.output
 
 
+def test_eval_not_asked_is_a_scored_miss_not_a_missing_line(tmp_path):
+    not_asked = dict(_pred(1, ""), not_asked="objects [3] named by the question match no segment")
+    records, pred = _counting_files(tmp_path, [_pred(0, "2"), not_asked])
+    res = CliRunner().invoke(app, ["eval", "--task", "all", "--pred", str(pred), "--records", str(records)])
+    assert res.exit_code == 0, res.output
+    # c0 right, c1 a miss: MRA and EM 50 over the 2 records, as with a missing line.
+    row = next(line.split() for line in res.stdout.splitlines() if line.startswith("toy/counting") and " MRA " in line)
+    assert row[2] == "50.00"
+    assert "not asked" in res.output and "had no prediction" not in res.output
+
+
 def test_eval_all_answered_exits_0(tmp_path):
     records, pred = _counting_files(tmp_path, [_pred(0, "2"), _pred(1, "5")])
     res = CliRunner().invoke(app, ["eval", "--pred", str(pred), "--records", str(records)])
