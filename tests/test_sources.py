@@ -380,3 +380,15 @@ def test_toy_source_rejects_unfinished_scene(tmp_path):
     assert ToySource(tmp_path, 2).scene_ids() == []  # no manifest.json: unfinished, not listed
     with pytest.raises(SceneReadError, match=r"scene toy0000: .*manifest\.json not found"):
         ToySource(tmp_path, 2).load_scene("toy0000")
+
+
+def test_fingerprint_works_with_a_relative_source_path(tmp_path, monkeypatch):
+    """Workflows name sources relative to the repository (`data/toy/scenes`)."""
+    (tmp_path / "scenes" / "toy0000").mkdir(parents=True)
+    (tmp_path / "scenes" / "toy0000" / "manifest.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    relative = ToySource(path="scenes", num_frames=4).fingerprint("toy0000")
+    absolute = ToySource(path=str(tmp_path / "scenes"), num_frames=4).fingerprint("toy0000")
+    assert relative == absolute
+    (tmp_path / "scenes" / "toy0000" / "manifest.json").write_text('{"changed": 1}')
+    assert ToySource(path="scenes", num_frames=4).fingerprint("toy0000") != relative

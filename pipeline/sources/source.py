@@ -58,8 +58,8 @@ class SceneSource:
         fingerprint changed, so a store never keeps a scene made from other input."""
         import hashlib
 
-        root = Path(self.path).resolve()
-        digest = hashlib.sha256(f"{self.kind}\0{root}\0{scene_id}\n".encode())
+        root = Path(self.path)  # as given: input_files lists paths under it, relative or absolute
+        digest = hashlib.sha256(f"{self.kind}\0{root.resolve()}\0{scene_id}\n".encode())
         for p in self.input_files(scene_id):
             st = p.stat()
             digest.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
