@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from pipeline.models.protocols import SensorFrames
-from pipeline.models.sim_sam2 import SimRates, SimSAM2, scene_rng, simulate_frame_masks
+from pipeline.models.sim_sam2 import SimSAM2, scene_rng, simulate_frame_masks
+from schemas.config_features import SegmenterConfig
 
-RATES = SimRates(split_rate=0.2, merge_rate=0.1, miss_rate=0.1, background_rate=0.5, background_masks=3)
+RATES = SegmenterConfig(kind="sim_sam2", split_rate=0.2, merge_rate=0.1, miss_rate=0.1, background_rate=0.5, background_masks=3)
 
 
 def _grid_instances(num_frames=200, rows=4, cols=5, cell=6):
@@ -67,7 +68,7 @@ def test_errors_happen_at_the_configured_rates_and_show_in_the_masks():
 
 def test_ids_change_from_frame_to_frame_and_runs_repeat_per_scene():
     inst_FHW = _grid_instances(num_frames=20)
-    no_errors = SimRates(split_rate=0, merge_rate=0, miss_rate=0, background_rate=0)
+    no_errors = SegmenterConfig(kind="sim_sam2", split_rate=0, merge_rate=0, miss_rate=0, background_rate=0)
     labels_FHW, _ = simulate_frame_masks(inst_FHW, no_errors, scene_rng(0, "a"))
     # Every object keeps one mask, but its id differs from frame to frame and from its instance id.
     obj = int(inst_FHW[0][inst_FHW[0] >= 0][0])
@@ -78,7 +79,7 @@ def test_ids_change_from_frame_to_frame_and_runs_repeat_per_scene():
     np.testing.assert_array_equal(labels_FHW, again)
     assert not np.array_equal(labels_FHW, other)
     with pytest.raises(ValueError, match="split_rate"):
-        SimRates(split_rate=1.5)
+        SegmenterConfig(kind="sim_sam2", split_rate=1.5)
 
 
 def test_segment_merges_across_frames_and_needs_points_and_ground_truth():
@@ -87,7 +88,8 @@ def test_segment_merges_across_frames_and_needs_points_and_ground_truth():
     ys, xs = np.indices(inst_FHW.shape[1:])
     xyz_FHW3 = np.broadcast_to(np.stack([xs * 0.1, ys * 0.1, np.zeros_like(xs, float)], -1),
                                (*inst_FHW.shape, 3)).astype(np.float32)
-    seg = SimSAM2(SimRates(split_rate=0, merge_rate=0, miss_rate=0, background_rate=0), merge_voxel=0.05)
+    seg = SimSAM2(SegmenterConfig(kind="sim_sam2", split_rate=0, merge_rate=0, miss_rate=0, background_rate=0,
+                                  merge_voxel=0.05))
     sensor = SensorFrames(scene_id="flat", instances_FHW=inst_FHW)
     images = np.zeros((*inst_FHW.shape, 3), np.uint8)
     out_FHW = seg.segment(images, sensor, xyz_FHW3)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from pipeline.models.toy_models import build_toy_qwen
+from tests.test_trainer_run import _workflow as run_workflow
 from trainer.synthetic import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,13 +41,7 @@ def setup(tmp_path_factory):
 
 def _workflow(root: Path, qwen: Path, records: Path, out: str, stages=STAGES, file: str | None = None,
               **train) -> Path:
-    wf = {"name": "syn", "out": str(root / "data"), "source": {"kind": "toy", "path": str(root / "scenes")},
-          "train": {"model": str(qwen), "proxies": "synthetic", "records": str(records), "out": str(root / out),
-                    "num_obj_tokens": 32, "height_bins": 16, "fourier_dim": 16, "save_every": 2,
-                    "log_every": 1, "stages": stages, **train}}
-    path = root / f"{file or out}.yaml"
-    path.write_text(yaml.safe_dump(wf))
-    return path
+    return run_workflow(root, qwen, records, out, stages, file=file, **{"save_every": 2, **train})
 
 
 def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:

@@ -29,12 +29,14 @@ def setup(tmp_path_factory):
     return root, qwen, shards, records
 
 
-def _workflow(root: Path, qwen: Path, records: Path, out: str, stages: list[dict], **train) -> Path:
+def _workflow(root: Path, qwen: Path, records: Path, out: str, stages: list[dict], file: str | None = None,
+              **train) -> Path:
+    """A workflow file `<root>/<file or out>.yaml` training on the synthetic shards into `<root>/<out>`."""
     wf = {"name": "syn", "out": str(root / "data"), "source": {"kind": "toy", "path": str(root / "scenes")},
           "train": {"model": str(qwen), "proxies": "synthetic", "records": str(records), "out": str(root / out),
                     "num_obj_tokens": 32, "height_bins": 16, "fourier_dim": 16, "save_every": 1000,
                     "log_every": 1, "stages": stages, **train}}
-    path = root / f"{out}.yaml"
+    path = root / f"{file or out}.yaml"
     path.write_text(yaml.safe_dump(wf))
     return path
 

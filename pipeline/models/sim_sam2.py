@@ -28,27 +28,11 @@ import numpy as np
 
 from pipeline.models.mask_merge import merge_frames_3d
 from pipeline.models.protocols import SensorFrames
+from schemas.config_features import SegmenterConfig
 from schemas.store import ModelRef
 
 SIM_SAM2 = "sim:sam2"
 ID_OFFSET_MAX = 10_000  # per-frame ids are a permutation shifted by up to this much
-
-
-@dataclass(frozen=True)
-class SimRates:
-    split_rate: float = 0.15
-    merge_rate: float = 0.1
-    miss_rate: float = 0.1
-    background_rate: float = 0.25
-    background_masks: int = 2
-
-    def __post_init__(self) -> None:
-        for name in ("split_rate", "merge_rate", "miss_rate", "background_rate"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ValueError(f"sim_sam2: {name} must be in [0, 1], got {value}")
-        if self.background_masks < 1:
-            raise ValueError(f"sim_sam2: background_masks must be >= 1, got {self.background_masks}")
 
 
 @dataclass
@@ -83,7 +67,7 @@ def _adjacency(instances_FHW: np.ndarray, objects_O: np.ndarray) -> np.ndarray:
     return adj_OO + adj_OO.T
 
 
-def _plan(instances_FHW: np.ndarray, rates: SimRates, rng: np.random.Generator):
+def _plan(instances_FHW: np.ndarray, rates: SegmenterConfig, rng: np.random.Generator):
     """Scene-level choices (stable across frames): split objects with their axis, merge pairs."""
     objects_O = np.unique(instances_FHW[instances_FHW >= 0])
     num = len(objects_O)
@@ -107,7 +91,7 @@ def _plan(instances_FHW: np.ndarray, rates: SimRates, rng: np.random.Generator):
     return objects_O, split, merged
 
 
-def simulate_frame_masks(instances_FHW: np.ndarray, rates: SimRates,
+def simulate_frame_masks(instances_FHW: np.ndarray, rates: SegmenterConfig,
                          rng: np.random.Generator) -> tuple[np.ndarray, SimLog]:
     """Per-frame label maps (int32 F x H x W, -1 = none, ids unrelated across frames) and the log."""
     if instances_FHW.ndim != 3:
@@ -158,10 +142,11 @@ def simulate_frame_masks(instances_FHW: np.ndarray, rates: SimRates,
 
 
 class SimSAM2:
-    def __init__(self, rates: SimRates, merge_voxel: float = 0.05, merge_min_overlap: float = 0.3,
-                 seed: int = 0):
-        self.rates, self.seed = rates, seed
-        self.merge_voxel, self.merge_min_overlap = merge_voxel, merge_min_overlap
+    """`config` is the workflow's `segmenter` section: its rates, merge settings and seed."""
+
+    def __init__(self, config: SegmenterConfig):
+        self.rates, self.seed = config, config.sim_seed
+        self.merge_voxel, self.merge_min_overlap = config.merge_voxel, config.merge_min_overlap
         self.ref = ModelRef(kind="sim_sam2", model=SIM_SAM2, revision=None, trained=False)
 
     def frame_labels(self, sensor: SensorFrames) -> tuple[np.ndarray, SimLog]:
@@ -183,9 +168,6 @@ class SimSAM2:
         return merge_frames_3d(frame_labels_FHW, xyz_FHW3, self.merge_voxel, self.merge_min_overlap)
 
 
-def load_segmenter(config, data_root, device: str = "cpu") -> SimSAM2:
-    """Factory for the registry: `config` is a `schemas.config_features.SegmenterConfig`."""
-    rates = SimRates(split_rate=config.split_rate, merge_rate=config.merge_rate, miss_rate=config.miss_rate,
-                     background_rate=config.background_rate, background_masks=config.background_masks)
-    return SimSAM2(rates, merge_voxel=config.merge_voxel, merge_min_overlap=config.merge_min_overlap,
-                   seed=config.sim_seed)
+def load_segmenter(config: SegmenterConfig, data_root, device: str = "cpu") -> SimSAM2:
+    """Factory for the registry."""
+    return SimSAM2(config)

@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.models.protocols import GeometryOutput, SensorFrames
 from pipeline.models.vggt.geometry import unproject_depth
+from schemas.config_features import GeometryConfig
 from schemas.store import ModelRef
 
 
@@ -61,14 +62,12 @@ def vggt_intrinsics(intrinsics_F33: np.ndarray, image_hw: tuple[int, int]) -> np
 
 
 class SimVGGT:
-    def __init__(self, depth_noise: float = 0.015, rotation_noise_deg: float = 0.5,
-                 translation_noise_m: float = 0.015, invalid_rate: float = 0.01,
-                 unit_range: tuple[float, float] = (0.3, 3.0), seed: int = 0):
-        if not 0 < unit_range[0] <= unit_range[1]:
-            raise ValueError(f"unit_range must satisfy 0 < low <= high, got {unit_range}")
-        self.depth_noise, self.rotation_noise_deg = depth_noise, rotation_noise_deg
-        self.translation_noise_m, self.invalid_rate = translation_noise_m, invalid_rate
-        self.unit_range, self.seed = unit_range, seed
+    """`config` is the workflow's `geometry` section: its noise levels, unit range and seed."""
+
+    def __init__(self, config: GeometryConfig):
+        self.depth_noise, self.rotation_noise_deg = config.depth_noise, config.rotation_noise_deg
+        self.translation_noise_m, self.invalid_rate = config.translation_noise_m, config.invalid_rate
+        self.unit_range, self.seed = tuple(config.unit_range), config.sim_seed
         self.ref = ModelRef(kind="sim_vggt", model=None, revision=None, trained=False)
 
     def units_for(self, scene_id: str) -> float:
@@ -122,8 +121,6 @@ class SimVGGT:
                               intrinsics_F33=intrinsics_F33.astype(np.float32), frame="camera0")
 
 
-def load_geometry(config, data_root, device: str = "cpu") -> SimVGGT:
-    """Factory for the registry: `config` is a `schemas.config_features.GeometryConfig`."""
-    return SimVGGT(depth_noise=config.depth_noise, rotation_noise_deg=config.rotation_noise_deg,
-                   translation_noise_m=config.translation_noise_m, invalid_rate=config.invalid_rate,
-                   unit_range=tuple(config.unit_range), seed=config.sim_seed)
+def load_geometry(config: GeometryConfig, data_root, device: str = "cpu") -> SimVGGT:
+    """Factory for the registry."""
+    return SimVGGT(config)
