@@ -81,9 +81,25 @@ class FeaturesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     num_frames: int = Field(32, ge=1)
     image_size: tuple[int, int] = Field((448, 588), description="encoder input H, W in pixels")
+    latent_grid: tuple[int, int] | None = Field(
+        None, description="h, w of the stored token grid: the encoder's maps upsampled bilinearly to it "
+                          "and points, labels, confidences patchified at image_size / latent_grid pixels "
+                          "(the paper's 32 x 42 from 448 x 588, Table 4); none = the encoder's own grid")
     encoder: EncoderConfig = EncoderConfig()
     geometry: GeometryConfig = GeometryConfig()
     segmenter: SegmenterConfig = SegmenterConfig()
     num_actors: int = Field(1, ge=1, description="Ray actors (one model set each)")
     gpus_per_actor: float = Field(1.0, ge=0, description="used only when CUDA is available")
     max_in_flight: int = Field(2, ge=1, description="scenes in memory at once per actor")
+
+    @model_validator(mode="after")
+    def _latent_grid_divides_the_image(self) -> FeaturesConfig:
+        if self.latent_grid is None:
+            return self
+        (height, width), (grid_h, grid_w) = self.image_size, self.latent_grid
+        if grid_h < 1 or grid_w < 1 or height % grid_h or width % grid_w \
+                or height // grid_h != width // grid_w:
+            raise ValueError(f"latent_grid {list(self.latent_grid)} must divide image_size "
+                             f"{list(self.image_size)} into square pixel patches (e.g. [32, 42] for "
+                             "[448, 588]: 14 px)")
+        return self

@@ -99,8 +99,11 @@ class StoreAttrs(BaseModel):
     segmenter: ModelRef
     frame_indices: list[int]
     image_size: list[int] = Field(description="encoder input H, W in pixels")
-    patch_size: int = Field(description="pixels per output token side (28 for Qwen2.5-VL)")
-    grid: list[int] = Field(description="h, w")
+    patch_size: int = Field(description="pixels per stored token side (28 for Qwen2.5-VL's own grid, 14 "
+                                        "at a 2x latent_grid)")
+    grid: list[int] = Field(description="h, w of the stored arrays")
+    encoder_grid: list[int] | None = Field(None, description="h, w of the encoder's own maps; differs from "
+                                                             "`grid` when they were upsampled bilinearly")
     scale: float = Field(1.0, description="metric scale factor applied to the geometry")
     scale_method: str = "metric"
     alignment: WorldAlignment | None = Field(None, description="world alignment (set by the feature stage "

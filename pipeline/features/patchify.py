@@ -6,7 +6,9 @@ Each p x p pixel patch becomes one triplet slot:
   xyz    the mean of that label's pixels with valid geometry inside the patch, so the point lies on
          the object the patch is assigned to; NaN when none of them is valid;
   conf   the mean confidence over the same pixels; 0 when none is valid.
-Also the nearest-neighbour resampling used for depth and masks (never blends ids or depths).
+Also the nearest-neighbour resampling used for depth and masks (never blends ids or depths), and
+the bilinear upsampling of encoder feature maps to a finer latent grid (the paper's 32 x 42 maps
+from Qwen's 16 x 21, Table 4): points and labels are then patchified at that grid's pixel patch.
 
 Legend: F frames, H x W pixels, h x w patches (H = h * p), L distinct labels.
 """
@@ -25,6 +27,33 @@ def nearest_resize(maps_FHW: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     rows = np.minimum(((np.arange(out_h) + 0.5) * height / out_h).astype(np.int64), height - 1)
     cols = np.minimum(((np.arange(out_w) + 0.5) * width / out_w).astype(np.int64), width - 1)
     return maps_FHW[:, rows][:, :, cols]
+
+
+def upsample_features(feat_FhwD: np.ndarray, grid_hw: tuple[int, int], frames_per_call: int = 8
+                      ) -> np.ndarray:
+    """Bilinear resize of F x h x w x D token maps to F x grid_h x grid_w x D (float32).
+
+    align_corners=False (PyTorch's default, the convention of Qwen's own image resizing): each token
+    is the value at the centre of its pixel cell, and an output token is sampled at the centre of
+    its smaller cell, so the upsampled map stays aligned with points and labels patchified at
+    H / grid_h pixels. align_corners=True would pin the corner tokens' centres to the image corners
+    and shift every interior sample off its patch centre. Borders replicate the edge tokens (the
+    sample positions outside the outer token centres are clamped).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if feat_FhwD.ndim != 4:
+        raise ValueError(f"upsample_features: features must be F x h x w x D, got shape {feat_FhwD.shape}")
+    if tuple(feat_FhwD.shape[1:3]) == tuple(grid_hw):
+        return feat_FhwD.astype(np.float32, copy=False)
+    chunks = []
+    for start in range(0, len(feat_FhwD), frames_per_call):  # bounds the float32 copy on a 7B's D
+        chunk = torch.from_numpy(np.ascontiguousarray(feat_FhwD[start:start + frames_per_call],
+                                                      dtype=np.float32)).permute(0, 3, 1, 2)
+        out = F.interpolate(chunk, size=tuple(grid_hw), mode="bilinear", align_corners=False)
+        chunks.append(out.permute(0, 2, 3, 1).numpy())
+    return np.concatenate(chunks)
 
 
 def _to_patches(arr: np.ndarray, patch: int) -> np.ndarray:

@@ -5,7 +5,9 @@ the encoder's input size (bicubic, as Qwen's processor) and depth / masks by nea
 (never blending depths or ids), scale intrinsics to match, run encoder, geometry and segmenter, and
 patchify points and labels onto the encoder's token grid. Geometry in camera 0's frame (VGGT,
 `sim_vggt`) is aligned to the scene's world frame right after the geometry backend, before the
-segmenter: the SAM 2 mask merge voxelizes points in metres (features/align.py).
+segmenter: the SAM 2 mask merge voxelizes points in metres (features/align.py). With a
+`latent_grid` the encoder's maps are upsampled bilinearly to it and everything else is patchified
+at its finer pixel patch (patchify.upsample_features says why align_corners=False).
 
 A scene fails with `ValueError` naming it when its frames are malformed, its geometry is all
 invalid, its alignment fails (too few posed frames, a degenerate fit), or its segmenter found no
@@ -26,7 +28,7 @@ import numpy as np
 
 import pipeline
 from pipeline.features.align import align_to_world
-from pipeline.features.patchify import nearest_resize, patchify, patchify_labels
+from pipeline.features.patchify import nearest_resize, patchify, patchify_labels, upsample_features
 from pipeline.models.protocols import (
     ENCODERS,
     GEOMETRIES,
@@ -115,6 +117,24 @@ def prepare_frames(scene: Scene, cfg: FeaturesConfig) -> tuple[np.ndarray, Senso
     return images_FHW3, sensor, np.asarray(scene.frame_indices)[pick]
 
 
+def latent_grid(cfg: FeaturesConfig, encoder_patch: int, image_hw: tuple[int, int]
+                ) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """(encoder grid, stored grid, pixels per stored patch side) for this config and encoder."""
+    height, width = image_hw
+    if height % encoder_patch or width % encoder_patch:
+        raise ValueError(f"image_size {height}x{width} must be a multiple of the encoder's "
+                         f"{encoder_patch} px tokens")
+    encoder_grid = (height // encoder_patch, width // encoder_patch)
+    if cfg.latent_grid is None:
+        return encoder_grid, encoder_grid, encoder_patch
+    grid_hw = (int(cfg.latent_grid[0]), int(cfg.latent_grid[1]))
+    if grid_hw[0] < encoder_grid[0] or grid_hw[1] < encoder_grid[1]:
+        # Bilinear downsampling would alias; a coarser grid is a different encoder input size.
+        raise ValueError(f"latent_grid {list(grid_hw)} is coarser than the encoder's own "
+                         f"{list(encoder_grid)} grid; lower image_size instead")
+    return encoder_grid, grid_hw, height // grid_hw[0]
+
+
 @contextmanager
 def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -126,13 +146,12 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
     seconds: dict[str, float] = {}
     with _timed(seconds, "prepare"):
         images_FHW3, sensor, frame_indices = prepare_frames(scene, cfg)
-    patch = models.encoder.patch_size
     height, width = images_FHW3.shape[1:3]
-    if height % patch or width % patch:
-        raise ValueError(f"image_size {height}x{width} must be a multiple of the encoder's {patch} px tokens")
+    encoder_grid, grid_hw, patch = latent_grid(cfg, models.encoder.patch_size, (height, width))
 
     with _timed(seconds, "encoder"):
         feat_FhwD = models.encoder.encode(images_FHW3).feat_FhwD
+        feat_FhwD = upsample_features(feat_FhwD, grid_hw) if grid_hw != encoder_grid else feat_FhwD
     with _timed(seconds, "geometry"):
         geo = models.geometry.predict(images_FHW3, sensor)
     if not np.isfinite(geo.xyz_FHW3).all(axis=-1).any():
@@ -170,6 +189,7 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         image_size=[int(height), int(width)],
         patch_size=int(patch),
         grid=[int(label_Fhw.shape[1]), int(label_Fhw.shape[2])],
+        encoder_grid=list(encoder_grid),
         scale=alignment.scale,
         scale_method=alignment.scale_method,
         alignment=alignment,
