@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Trainable = Literal["projector", "position", "identifiers", "language_model", "lora"]
+# How the proxies' rotary position ids are laid out (trainer/positions.py says each).
+RopePositions = Literal["height", "bfs"]
+ROPE_POSITIONS: tuple[str, ...] = get_args(RopePositions)
 
 
 class StageConfig(BaseModel):
@@ -49,6 +52,9 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = True
     height_bins: int = Field(64, ge=2, description="quantization of the vertical coordinate for RoPE")
     height_range: tuple[float, float] = (-0.5, 3.5)
+    rope_positions: RopePositions = Field("height", description="proxies' rotary position ids: 'height' "
+                                          "(one time step, height bins; the paper's reading) or 'bfs' (the "
+                                          "temporal row is the proxy's BFS index); see trainer/positions.py")
     fourier_dim: int = Field(64, ge=2)
     max_length: int = Field(2048, ge=16)
     lora_rank: int = Field(16, ge=1)

@@ -157,7 +157,8 @@ class Collator:
         response = response[:room]
         ids = [c.chat_start_id, c.vision_start_id, *[c.scene_token_id] * num_scene, *after, *response]
         labels = [IGNORE] * (len(ids) - len(response)) + response
-        pos_3L = rope_position_ids(2, z_bin_K, len(after) + len(response), c.height_bins)
+        pos_3L = rope_position_ids(2, z_bin_K, len(after) + len(response), c.height_bins,
+                                   c.rope_positions)
         return ids, labels, pos_3L
 
     def __call__(self, items: list[tuple[Example, dict]], with_answer: bool = True) -> dict:

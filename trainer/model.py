@@ -6,7 +6,8 @@ A scene enters the prompt as K `<|image_pad|>` placeholders between `<|vision_st
     proxy mode (stage 4):   projector(feat) + identifier[segment] + fourier(x, y)
     fused mode (stage 1-3): semantic[category] + identifier[segment] + fourier(x, y)   (one per object)
 
-and the rotary position ids carry the quantized height (trainer.positions). The text tokens
+and the rotary position ids carry the quantized height (trainer.positions; `cfg.rope_positions`
+records the layout the model was trained with, which prediction then uses). The text tokens
 `<OBJxxx>` share their input embedding with the identifier table (the paper's embedding-text pair),
 so a question that names `<OBJ012>` and the proxies of segment 12 carry the same vector; the output
 rows of those tokens start as a copy of it.
@@ -27,6 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from schemas.config_train import RopePositions
 from schemas.io import atomic_dir
 from trainer import objects
 from trainer.lora import add_lora, lora_scalings, merge_lora_state_dict
@@ -47,6 +49,7 @@ class P3DModelConfig(BaseModel):
     categories: list[str]  # row i + 1 of the semantic table; row 0 is the unknown category
     height_bins: int
     height_range: tuple[float, float]
+    rope_positions: RopePositions = "height"  # set from train.rope_positions by each stage
     fourier_dim: int
     scene_token_id: int
     vision_start_id: int

@@ -3,19 +3,35 @@
 Height through Qwen2.5-VL's multimodal RoPE
 -------------------------------------------
 Qwen2.5-VL rotates queries and keys with position ids of shape 3 x B x L: one row per frequency
-section (temporal, height, width; `mrope_section` splits head_dim/2 frequencies between them). Text
-tokens carry the same running index on all three rows. We place a scene of K proxy tokens that starts
-at text position `s` like one video frame whose grid is the vertical axis:
+section (temporal, height, width; `mrope_section` splits head_dim/2 frequencies between them, in
+that order from the highest frequency: [16, 24, 24] in the 7B checkpoint). Text tokens carry the
+same running index on all three rows.
 
-    temporal row  = s                 (the whole scene is one time step)
-    height row    = s + z_bin         (quantized vertical coordinate, 0 .. height_bins-1)
-    width row     = s + z_bin         (the height again: it gets the width section's frequencies too)
+The paper says only that RoPE is applied "to the vertical position indices" and that the
+sequence follows the BFS order; which rows carry what, and what the text after the scene
+continues at, it does not say. `train.rope_positions` chooses. For a scene of K proxies in BFS
+order that starts at text position `s`, proxy k at height bin z_k (0 .. height_bins-1):
 
-and the text after the scene continues at `s + height_bins` on all three rows, a fixed offset that
-does not depend on the scene. So raising a scene changes only the rotary ids of its proxies, never
-those of the text, and two proxies at the same height differ only by their content. Horizontal
-position enters additively instead: learnable Fourier features of (x, y) (Li et al., 2021) through a
-small MLP, added to the proxy embedding.
+    "height" (default; our reading: the scene is one video frame whose grid is the vertical axis)
+        temporal row = s                 the whole scene is one time step
+        height row   = s + z_k
+        width row    = s + z_k           the height again, at the width section's frequencies
+        text after   = s + height_bins + i  on all rows, whatever the scene
+
+    "bfs" (the BFS order kept in the rotary positions)
+        temporal row = s + k             the proxy's BFS index
+        height row   = s + z_k
+        width row    = s + z_k
+        text after   = s + max(K, height_bins) + i
+
+Under "height" all proxies share the temporal id and proxies in the same height bin share all
+three, so attention cannot tell two of them apart by position: the BFS order acts only through the
+causal mask (a proxy sees the ones before it). Under "bfs" the highest-frequency section carries
+the order, as it carries the token order of text, and height keeps the other two sections.
+Measured on the toy world: workflows/toy.yaml (`rope_positions`) and the demo's ablation table.
+
+Horizontal position enters additively in both: learnable Fourier features of (x, y) (Li et al.,
+2021) through a small MLP, added to the proxy embedding.
 
 Legend: B batch, K proxies per scene, L sequence length, H hidden size, F Fourier features.
 """
@@ -27,6 +43,8 @@ import math
 import torch
 from torch import nn
 
+from schemas.config_train import ROPE_POSITIONS, RopePositions
+
 
 def quantize_height(z_BK: torch.Tensor, height_range: tuple[float, float], height_bins: int) -> torch.Tensor:
     """Vertical coordinate (metres) -> integer bin in [0, height_bins - 1]; NaN goes to bin 0."""
@@ -36,15 +54,23 @@ def quantize_height(z_BK: torch.Tensor, height_range: tuple[float, float], heigh
 
 
 def rope_position_ids(scene_start: int, z_bin_K: torch.Tensor, num_text_after: int,
-                      height_bins: int) -> torch.Tensor:
+                      height_bins: int, variant: RopePositions = "height") -> torch.Tensor:
     """3 x L position ids of one sequence `text_before | scene | text_after` (see module docstring).
 
-    `scene_start` = number of text tokens before the scene; returns int64 of length
-    scene_start + K + num_text_after.
+    `scene_start` = number of text tokens before the scene; `z_bin_K` the proxies' height bins in
+    sequence (BFS) order; returns int64 of length scene_start + K + num_text_after.
     """
+    num_scene = len(z_bin_K)
     before_L = torch.arange(scene_start).expand(3, -1)
-    scene_3K = torch.stack([torch.full_like(z_bin_K, scene_start), scene_start + z_bin_K, scene_start + z_bin_K])
-    after_L = (scene_start + height_bins + torch.arange(num_text_after)).expand(3, -1)
+    height_K = scene_start + z_bin_K.long()
+    if variant == "height":
+        temporal_K, scene_span = torch.full_like(height_K, scene_start), height_bins
+    elif variant == "bfs":
+        temporal_K, scene_span = scene_start + torch.arange(num_scene), max(num_scene, height_bins)
+    else:
+        raise ValueError(f"rope_positions must be one of {ROPE_POSITIONS}, got {variant!r}")
+    scene_3K = torch.stack([temporal_K, height_K, height_K])
+    after_L = (scene_start + scene_span + torch.arange(num_text_after)).expand(3, -1)
     return torch.cat([before_L, scene_3K, after_L], dim=1).long()
 
 

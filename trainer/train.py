@@ -173,6 +173,9 @@ def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_di
                              f"run --stage {stage - 1} first (or set init_from)")
         model = Proxy3DModel.from_pretrained(previous)
         model.ensure_categories(categories)
+    # The stage's layout, not the one the model it starts from was trained with (a demo ablation
+    # changes it for stage 4 alone); the export records it for prediction.
+    model.cfg.rope_positions = cfg.rope_positions
     if model.cfg.feat_dim != feat_dim:
         raise ValueError(f"proxy features have D={feat_dim} but the model's projector expects "
                          f"{model.cfg.feat_dim}")
