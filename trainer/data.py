@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 from schemas.proxy import INDEX_FILE, check_proxy_format, check_sample_params, read_set_index
+from trainer.chat import IGNORE, chat_layout
 from trainer.objects import identifier_array
 from trainer.positions import quantize_height, rope_position_ids
 from trainer.stages import Example
-
-IGNORE = -100
 
 
 # ------------------------------------------------------------------ shards
@@ -143,21 +142,21 @@ class Collator:
     max_length: int = 2048
     padding_side: str = "right"
 
-    def _text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
     def encode(self, ex: Example, num_scene: int, z_bin_K: torch.Tensor, with_answer: bool = True):
+        """(input ids, labels, 3 x L position ids) of one example in the checkpoint's chat template
+        (trainer/chat.py), its one scene slot repeated `num_scene` times."""
         c = self.cfg
-        after = [c.vision_end_id, *self._text(ex.question), c.chat_end_id, c.chat_start_id]
-        response = [*self._text(ex.answer), c.chat_end_id] if with_answer else []
-        room = self.max_length - 2 - num_scene - len(after)
+        layout = chat_layout(self.tokenizer, ex.question, ex.answer if with_answer else None,
+                             c.scene_token_id, c.chat_end_id)
+        before, after = layout.prompt[:layout.scene_at], layout.prompt[layout.scene_at + 1:]
+        room = self.max_length - len(before) - num_scene - len(after)
         if room < (1 if with_answer else 0):
             raise ValueError(f"scene {ex.scene_id}: {num_scene} scene tokens + prompt exceed "
                              f"max_length {self.max_length}")
-        response = response[:room]
-        ids = [c.chat_start_id, c.vision_start_id, *[c.scene_token_id] * num_scene, *after, *response]
-        labels = [IGNORE] * (len(ids) - len(response)) + response
-        pos_3L = rope_position_ids(2, z_bin_K, len(after) + len(response), c.height_bins,
+        response, response_labels = layout.response[:room], layout.response_labels[:room]
+        ids = [*before, *[c.scene_token_id] * num_scene, *after, *response]
+        labels = [IGNORE] * (len(ids) - len(response)) + response_labels
+        pos_3L = rope_position_ids(len(before), z_bin_K, len(after) + len(response), c.height_bins,
                                    c.rope_positions)
         return ids, labels, pos_3L
 

@@ -33,7 +33,24 @@ TOY_MROPE_SECTION = [4, 6, 6]  # sums to head_dim/2 = 128/4/2
 TOY_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                   fullatt_block_indexes=[1])
+# Qwen2.5-VL-Instruct's chat template reduced to what p3d sends: the same turns and vision markers
+# (text and image parts; no video, no "Picture N:" labels), so toy prompts run through the same
+# `apply_chat_template` code (trainer/chat.py), but without Qwen's default system prompt when none is
+# given: for a random-init model it is a constant prefix that teaches nothing and would add 11 tokens
+# to every toy example (stage 1's are ~25 tokens long).
+TOY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 _BASE_TEXT = [
+    "system\nuser\nassistant\n",  # the chat template's role names, each one token
     "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 10 0.5 1.25 metres meters",
     "What is this object? How many are there? Where is it? left right front behind above below yes no",
 ]
@@ -59,7 +76,8 @@ def train_toy_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(list(_BASE_TEXT) + list(texts), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token=None, model_max_length=TOY_TEXT["max_position_embeddings"])
+                                   unk_token=None, model_max_length=TOY_TEXT["max_position_embeddings"],
+                                   chat_template=TOY_CHAT_TEMPLATE)
 
 
 def build_toy_qwen(out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0) -> Path:
@@ -111,7 +129,12 @@ def _toy_texts(data_root: Path) -> list[str]:
 
 
 def resolve_model(model: str, data_root: str | Path) -> str:
-    """A hub id or folder stays as it is; `toy:<name>` becomes its folder, built on first use."""
+    """A hub id or folder stays as it is; `toy:<name>` and `random:<name>` (real architectures,
+    pipeline/models/real_configs.py) become their folder, built on first use."""
+    from pipeline.models.real_configs import is_random_id, resolve_random
+
+    if is_random_id(model):
+        return resolve_random(model, data_root, family="qwen2_5_vl")
     if not is_toy_id(model):
         return model
     name = model[len(TOY_PREFIX):]
