@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 QWEN_VL_DEFAULT = "Qwen/Qwen2.5-VL-7B-Instruct"
 VGGT_DEFAULT = "facebook/VGGT-1B"
 SAM2_DEFAULT = "facebook/sam2.1-hiera-large"
+DEPTH_METRIC_DEFAULT = "depth-anything/Depth-Anything-V2-Metric-Indoor-Large-hf"  # also -Small-hf, -Base-hf
 
 
 class EncoderConfig(BaseModel):
@@ -23,13 +24,28 @@ class EncoderConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
+class DepthModelConfig(BaseModel):
+    """A metric depth model (pipeline/models/depth_metric.py) for metres when there is no sensor depth."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["depth_anything"] = "depth_anything"
+    model: str = DEPTH_METRIC_DEFAULT
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
 class GeometryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["rgbd", "vggt", "sim_vggt"] = "rgbd"
     model: str = VGGT_DEFAULT
     revision: str | None = None
-    scale_prior: float = Field(1.0, gt=0, description="metres per VGGT unit when neither sensor poses nor "
-                                                      "sensor depth exist (gravity alignment)")
+    scale_prior: float = Field(1.0, gt=0, description="metres per VGGT unit when neither sensor poses, "
+                                                      "sensor depth nor a depth model exist (the last resort)")
+    depth_model: DepthModelConfig | None = Field(None, description="metric depth model giving metres when "
+                                                                   "the source has no sensor poses nor depth")
+    withhold_sensor: list[Literal["poses", "depth"]] = Field(
+        [], description="sensor data the world alignment must not use, as if the source were a video; "
+                        "withheld depth still measures the depth model's scale error")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # World alignment of camera-0 backends (pipeline/features/align.py).
     orientation_weight: float = Field(1.0, ge=0, description="weight of the camera orientations beside the "

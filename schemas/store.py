@@ -70,7 +70,12 @@ class WorldAlignment(BaseModel):
                     "the cameras/floor; identity: the backend was already in the metric world frame")
     similarity: list[list[float]] = Field(description="4x4 world-from-geometry, row-major")
     scale: float = Field(gt=0, description="metres per geometry unit (the s in the similarity)")
-    scale_method: Literal["metric", "camera_centres", "median_depth_ratio", "prior"]
+    scale_method: Literal["metric", "camera_centres", "median_depth_ratio", "depth_model", "prior"] = Field(
+        description="metric: the backend was metric; camera_centres: the sensor-pose fit; median_depth_ratio: "
+                    "sensor depth; depth_model: a metric depth model (no sensor depth); prior: the "
+                    "configured scale_prior, measured by nothing")
+    scale_error: float | None = Field(None, description="depth_model only, where the source has depth the scale "
+                                                        "did not use: scale / sensor-depth scale - 1")
     residual_m: float | None = Field(None, description="RMS camera-centre error of the fit, metres")
     rotation_residual_deg: float | None = Field(None, description="RMS camera orientation error, degrees")
     num_frames: int = Field(0, ge=0, description="frames the fit used")
@@ -97,6 +102,7 @@ class StoreAttrs(BaseModel):
     encoder: ModelRef
     geometry: ModelRef
     segmenter: ModelRef
+    depth_model: ModelRef | None = Field(None, description="the metric depth model, when it gave the scale")
     frame_indices: list[int]
     image_size: list[int] = Field(description="encoder input H, W in pixels")
     patch_size: int = Field(description="pixels per stored token side (28 for Qwen2.5-VL's own grid, 14 "

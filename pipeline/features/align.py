@@ -20,8 +20,10 @@ gravity (a video: no poses)
     dense plane within 40 degrees of it is found among the lower half of the points (a seeded
     RANSAC): cameras pitched down bias the camera estimate; the floor does not. x is camera 0's
     forward direction made horizontal, the origin is below camera 0 on the floor (z = 0 at the floor, or at the 2nd percentile of point heights).
-    Metres from sensor depth (median depth ratio, `estimate_scale`) when present, else the
-    configured prior; `scale_method` records which.
+    Metres from sensor depth (median depth ratio, `estimate_scale`) when present, else from a metric
+    depth model (`metric_depth_scale`: Depth Anything V2 metric indoor), else the configured prior
+    (the last resort, warned about in the run report); `scale_method` records which, and
+    `scale_error` the depth model's error against sensor depth the scale was not allowed to use.
 
 [1] S. Umeyama, "Least-squares estimation of transformation parameters between two point patterns",
     TPAMI 1991.
@@ -254,31 +256,65 @@ def depth_in_cameras(xyz_FHW3: np.ndarray, pose_F44: np.ndarray) -> np.ndarray:
     return np.einsum("fhwi,fi->fhw", rel_FHW3, pose[:, :3, 2])
 
 
+def metric_depth_scale(model_depth_FHW: np.ndarray, geometry_depth_FHW: np.ndarray) -> float:
+    """Metres per geometry unit from a metric depth model: the median over frames of each frame's
+    median ratio model depth / geometry depth, over pixels where both are finite and > 0.
+
+    Two medians because a monocular model's errors come per frame as much as per pixel: a close-up
+    of a blank wall or a window can be off as a whole, so a frame's pixels are not independent
+    votes. Each frame casts one vote (its median tolerates up to half its pixels wrong: reflections,
+    blurred depth edges), and up to half the frames may be wrong as a whole; a pooled median would
+    let the frames with most valid pixels decide. Frames without a usable pixel cast no vote.
+    """
+    model = np.asarray(model_depth_FHW, dtype=np.float64)
+    geometry = np.asarray(geometry_depth_FHW, dtype=np.float64)
+    if model.shape != geometry.shape or model.ndim != 3:
+        raise ValueError(f"model depth {model.shape} and geometry depth {geometry.shape} must both be "
+                         "F x H x W of the same size")
+    usable = np.isfinite(model) & np.isfinite(geometry) & (model > 0) & (geometry > 0)
+    votes = [float(np.median(model[f][usable[f]] / geometry[f][usable[f]]))
+             for f in range(len(model)) if usable[f].any()]
+    if not votes:
+        raise ValueError("no pixel has both a valid metric-model depth and a valid geometry depth")
+    return float(np.median(votes))
+
+
 def align_by_gravity(xyz_FHW3: np.ndarray, pose_F44: np.ndarray, sensor_depth_FHW: np.ndarray | None,
-                     scale_prior: float) -> WorldAlignment:
-    """Gravity frame plus metres: from sensor depth (median ratio) when given, else `scale_prior`."""
+                     scale_prior: float, model_depth_FHW: np.ndarray | None = None,
+                     reference_depth_FHW: np.ndarray | None = None) -> WorldAlignment:
+    """Gravity frame plus metres: from sensor depth (median ratio) when given, else from a metric
+    depth model's depth, else `scale_prior`. `reference_depth_FHW` (sensor depth withheld from the
+    scale) measures the depth model's scale error."""
     from pipeline.models.vggt.geometry import estimate_scale
 
     rigid_44, up_method = gravity_frame(pose_F44, xyz_FHW3)
+    pred_FHW = depth_in_cameras(xyz_FHW3, pose_F44)
+    scale_error = None
     if sensor_depth_FHW is not None:
-        pred_FHW = depth_in_cameras(xyz_FHW3, pose_F44)
         scale, scale_method = estimate_scale(pred_FHW, sensor_depth_FHW), "median_depth_ratio"
+    elif model_depth_FHW is not None:
+        scale, scale_method = metric_depth_scale(model_depth_FHW, pred_FHW), "depth_model"
+        if reference_depth_FHW is not None:
+            scale_error = scale / estimate_scale(pred_FHW, reference_depth_FHW) - 1.0
     else:
         scale, scale_method = float(scale_prior), "prior"
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"metric scale {scale!r} ({scale_method}) is not positive")
     m_44 = np.diag([scale, scale, scale, 1.0]) @ rigid_44
     return WorldAlignment(method="gravity", similarity=m_44.tolist(), scale=scale, scale_method=scale_method,
-                          num_frames=int(valid_poses(pose_F44).sum()), up_method=up_method)
+                          num_frames=int(valid_poses(pose_F44).sum()), up_method=up_method,
+                          scale_error=scale_error)
 
 
 # ---- the stage's entry point --------------------------------------------------------------------
 
 def align_to_world(xyz_FHW3: np.ndarray, pose_F44: np.ndarray, frame: str,
                    sensor_poses_F44: np.ndarray | None, sensor_depth_FHW: np.ndarray | None,
-                   orientation_weight: float = 1.0, scale_prior: float = 1.0
+                   orientation_weight: float = 1.0, scale_prior: float = 1.0,
+                   model_depth_FHW: np.ndarray | None = None, reference_depth_FHW: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, WorldAlignment]:
-    """(world xyz, world poses, how) for a geometry output in `frame` ("world" or "camera0")."""
+    """(world xyz, world poses, how) for a geometry output in `frame` ("world" or "camera0").
+    `model_depth_FHW` and `reference_depth_FHW` matter only without sensor poses (align_by_gravity)."""
     if frame == "world":
         how = WorldAlignment(method="identity", similarity=np.eye(4).tolist(), scale=1.0,
                              scale_method="metric", num_frames=int(valid_poses(pose_F44).sum()))
@@ -288,6 +324,7 @@ def align_to_world(xyz_FHW3: np.ndarray, pose_F44: np.ndarray, frame: str,
     if sensor_poses_F44 is not None:
         how = fit_to_sensor_poses(pose_F44, sensor_poses_F44, orientation_weight)
     else:
-        how = align_by_gravity(xyz_FHW3, pose_F44, sensor_depth_FHW, scale_prior)
+        how = align_by_gravity(xyz_FHW3, pose_F44, sensor_depth_FHW, scale_prior, model_depth_FHW,
+                               reference_depth_FHW)
     m_44 = np.asarray(how.similarity)
     return apply_to_points(xyz_FHW3, m_44), apply_to_poses(pose_F44, m_44), how

@@ -30,11 +30,13 @@ import pipeline
 from pipeline.features.align import align_to_world
 from pipeline.features.patchify import nearest_resize, patchify, patchify_labels, upsample_features
 from pipeline.models.protocols import (
+    DEPTH_MODELS,
     ENCODERS,
     GEOMETRIES,
     SEGMENTERS,
     Encoder,
     Geometry,
+    MetricDepth,
     Segmenter,
     SensorFrames,
     resolve_factory,
@@ -50,6 +52,7 @@ class FeatureModels:
     encoder: Encoder
     geometry: Geometry
     segmenter: Segmenter
+    depth: MetricDepth | None = None  # metres for camera-0 geometry when the source has no depth
 
 
 @dataclass
@@ -66,6 +69,8 @@ def load_models(cfg: FeaturesConfig, data_root: str | Path, device: str = "cpu")
         encoder=resolve_factory(ENCODERS, cfg.encoder.kind)(cfg.encoder, data_root, device),
         geometry=resolve_factory(GEOMETRIES, cfg.geometry.kind)(cfg.geometry, data_root, device),
         segmenter=resolve_factory(SEGMENTERS, cfg.segmenter.kind)(cfg.segmenter, data_root, device),
+        depth=None if cfg.geometry.depth_model is None else resolve_factory(
+            DEPTH_MODELS, cfg.geometry.depth_model.kind)(cfg.geometry.depth_model, data_root, device),
     )
 
 
@@ -156,18 +161,26 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         geo = models.geometry.predict(images_FHW3, sensor)
     if not np.isfinite(geo.xyz_FHW3).all(axis=-1).any():
         raise ValueError(f"scene {scene.scene_id}: geometry is invalid (NaN) at every pixel")
+    withheld = set(cfg.geometry.withhold_sensor)
+    poses_F44 = None if "poses" in withheld else sensor.poses_F44
+    depth_FHW = None if "depth" in withheld else sensor.depth_FHW
+    model_depth_FHW = None
+    if geo.frame == "camera0" and poses_F44 is None and depth_FHW is None and models.depth is not None:
+        with _timed(seconds, "depth_model"):
+            model_depth_FHW = models.depth.predict(images_FHW3)
     with _timed(seconds, "align"):
         try:
             xyz_FHW3, pose_F44, alignment = align_to_world(
-                geo.xyz_FHW3, geo.pose_F44, geo.frame, sensor.poses_F44, sensor.depth_FHW,
-                orientation_weight=cfg.geometry.orientation_weight, scale_prior=cfg.geometry.scale_prior)
+                geo.xyz_FHW3, geo.pose_F44, geo.frame, poses_F44, depth_FHW,
+                orientation_weight=cfg.geometry.orientation_weight, scale_prior=cfg.geometry.scale_prior,
+                model_depth_FHW=model_depth_FHW, reference_depth_FHW=sensor.depth_FHW)
         except ValueError as e:
             raise ValueError(f"scene {scene.scene_id}: world alignment failed: {e}") from e
         geo = replace(geo, xyz_FHW3=xyz_FHW3, pose_F44=pose_F44, frame="world")
     warnings = list(scene.warnings)
     if alignment.scale_method == "prior":
-        warnings.append(f"no sensor poses or depth: metres from the configured scale_prior "
-                        f"({alignment.scale:g} m per geometry unit), not measured")
+        warnings.append(f"no sensor poses, sensor depth or depth model: metres from the configured "
+                        f"scale_prior ({alignment.scale:g} m per geometry unit), the last resort, not measured")
     with _timed(seconds, "segmenter"):
         label_FHW = models.segmenter.segment(images_FHW3, sensor, geo.xyz_FHW3)
     if not (label_FHW >= 0).any():
@@ -185,6 +198,7 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         encoder=models.encoder.ref,
         geometry=models.geometry.ref,
         segmenter=models.segmenter.ref,
+        depth_model=models.depth.ref if alignment.scale_method == "depth_model" else None,
         frame_indices=[int(i) for i in frame_indices],
         image_size=[int(height), int(width)],
         patch_size=int(patch),

@@ -66,6 +66,13 @@ class Segmenter(Protocol):
                 xyz_FHW3: np.ndarray | None = None) -> np.ndarray: ...  # int32 F x H x W, -1 = none
 
 
+@runtime_checkable
+class MetricDepth(Protocol):
+    ref: ModelRef
+
+    def predict(self, images_FHW3: np.ndarray) -> np.ndarray: ...  # float32 F x H x W metres
+
+
 @dataclass
 class SensorFrames:
     """What a scene source measured, resampled to the encoder's H x W (nearest for depth and masks).
@@ -94,6 +101,10 @@ SEGMENTERS: dict[str, str] = {
     "instances": "pipeline.models.instances:load_segmenter",
     "sam2": "pipeline.models.sam2_segmenter:load_segmenter",
     "sim_sam2": "pipeline.models.sim_sam2:load_segmenter",
+}
+
+DEPTH_MODELS: dict[str, str] = {
+    "depth_anything": "pipeline.models.depth_metric:load_depth_model",
 }
 
 
