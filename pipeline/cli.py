@@ -9,11 +9,49 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
 
+VERBOSE = "p3d.verbose"  # ctx.meta key: -v was given
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+class _OneLineErrors(TyperGroup):
+    """Every subcommand ends an error the same way (pipeline/cli_errors.py): bad input is one line
+    and exit 2, the traceback only under -v; a bug prints its traceback. `-v` may come anywhere
+    before a `--` (`p3d cluster ... -v` as well as `p3d -v cluster ...`)."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in VERBOSE_FLAGS]
+        rest = [a for a in args[:end] if a not in VERBOSE_FLAGS]
+        return super().parse_args(ctx, flags[:1] + rest + args[end:])
+
+    def invoke(self, ctx):
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+        from typer.exceptions import Abort, Exit, TyperException
+
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:  # shows the help
+            raise
+        except UsageError as e:  # a flag or argument: one line too, not typer's framed box
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            typer.echo(f"error: {' '.join(e.format_message().split())} (see `{where} --help`)", err=True)
+            raise Exit(e.exit_code) from e
+        except (TyperException, Exit, Abort):  # exits and other errors typer already reports
+            raise
+        except Exception as e:
+            from pipeline.cli_errors import report
+
+            code = report(e, bool(ctx.meta.get(VERBOSE)), echo=lambda line: typer.echo(line, err=True))
+            raise Exit(code) from e
+
+
 app = typer.Typer(
     name="p3d",
+    cls=_OneLineErrors,
     help="Proxy3D: scenes -> features -> proxies -> training -> evaluation.",
     no_args_is_help=True,
     add_completion=False,
@@ -22,7 +60,10 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+def _root(ctx: typer.Context,
+          verbose: bool = typer.Option(False, *VERBOSE_FLAGS, help="debug logging, and the traceback of an error")
+          ) -> None:
+    ctx.meta[VERBOSE] = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -58,13 +99,14 @@ def demo(
 
 
 def _register_all() -> None:
+    from pipeline.ask import cli as ask_cli
     from pipeline.cluster import cli as cluster_cli
     from pipeline.eval import cli as eval_cli
     from pipeline.features import cli as features_cli
     from pipeline.sources import cli as sources_cli
     from trainer import cli as trainer_cli
 
-    for module in (sources_cli, features_cli, cluster_cli, trainer_cli, eval_cli):
+    for module in (sources_cli, features_cli, cluster_cli, trainer_cli, eval_cli, ask_cli):
         module.register(app)
 
 

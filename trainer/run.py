@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, help="override the stage's max_steps")
     p.add_argument("--deepspeed-config", choices=("zero2", "zero3", "zero3_offload"), help="override train.deepspeed")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     return p.parse_args(argv)
 
 
@@ -46,6 +47,17 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     logging.basicConfig(level=logging.INFO if env.rank() == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        _run(args)
+    except Exception as e:  # what p3d's CLI does too (pipeline/cli_errors.py): one line, or a bug's traceback
+        from pipeline.cli_errors import input_error, report
+
+        # Every rank meets the same bad input: rank 0 says it. A bug may be one rank's: each says it.
+        quiet = env.rank() != 0 and input_error(e) is not None
+        sys.exit(report(e, args.verbose, echo=(lambda _line: None) if quiet else None))
+
+
+def _run(args: argparse.Namespace) -> None:
     from schemas.errors import SchemaError
     from schemas.workflow import resolve_workflow
     from trainer import checkpoint

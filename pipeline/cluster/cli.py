@@ -141,7 +141,9 @@ def inspect(
     from pipeline.cluster.inspection import summarize_scene, summarize_shard
 
     try:
-        if target.endswith(".tar") and Path(target).exists():
+        if target.endswith(".tar"):
+            if not Path(target).is_file():
+                raise ValueError(f"{target}: no such shard file")
             lines = summarize_shard(target)
         else:
             root, config, _ = _resolve(workflow, out, sets, name=name)

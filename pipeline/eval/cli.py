@@ -30,7 +30,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _one_line_errors(command):
-    """Bad input files end the command with one line on stderr and exit 2, not a traceback."""
+    """A missing Java ends the command with one line on stderr and exit 2. Bad input files
+    (ValueError, OSError) do too, through the CLI's one error path (pipeline/cli_errors.py), which
+    also shows the traceback under -v."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
@@ -38,7 +40,7 @@ def _one_line_errors(command):
 
         try:
             return command(*args, **kwargs)
-        except (ValueError, OSError, JavaMissingError) as e:  # SchemaError and pydantic's are ValueErrors
+        except JavaMissingError as e:
             typer.echo(f"error: {' '.join(str(e).split())}", err=True)
             raise typer.Exit(EXIT_INVALID) from e
 
