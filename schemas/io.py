@@ -14,13 +14,16 @@ from pydantic import BaseModel
 
 
 @contextmanager
-def atomic_open(path: str | Path):
-    """Yield a text file whose content replaces `path` only if the block finishes."""
+def atomic_open(path: str | Path, mode: str = "w"):
+    """Yield a file (text, or binary with mode "wb") whose content replaces `path` only if the block
+    finishes."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a new file: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with tmp.open("w") as f:
+        with tmp.open(mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
