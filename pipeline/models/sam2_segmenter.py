@@ -193,12 +193,16 @@ def build_toy_sam2(folder: str | Path, seed: int = 0) -> Path:
 
 def load_segmenter(config, data_root, device: str = "cpu") -> SAM2Segmenter:
     """Factory for the registry: `config` is a `schemas.config_features.SegmenterConfig`.
-    `toy:sam2` is built under `<data_root>/models/sam2` on first use."""
+    `toy:sam2` is built under `<data_root>/models/sam2` on first use, `random:` ids as real_configs.py says."""
     model = config.model
     if model == TOY_SAM2:
         from schemas.io import build_once
 
         model = str(build_once(Path(data_root) / "models" / "sam2", TOY_MARKER, build_toy_sam2))
+    elif model.startswith("random:"):  # a real architecture with random weights (real_configs.py)
+        from pipeline.models.real_configs import resolve_random
+
+        model = resolve_random(model, data_root, family="sam2")
     segmenter = SAM2Segmenter(model, revision=config.revision, device=device,
                               points_per_side=config.points_per_side, points_per_batch=config.points_per_batch,
                               pred_iou_thresh=config.pred_iou_thresh, stability_thresh=config.stability_thresh,

@@ -36,5 +36,7 @@ class ScaledVGGT:
 def load_geometry(config, data_root, device: str = "cpu") -> ScaledVGGT:
     """Factory for the registry: `config` is a `schemas.config_features.GeometryConfig`."""
     from pipeline.models.geometry_vggt import VGGTGeometry
+    from pipeline.models.real_configs import is_random_id, resolve_random
 
-    return ScaledVGGT(VGGTGeometry(config.model, device=device, dtype=config.dtype), model_id=config.model)
+    folder = resolve_random(config.model, data_root, family="vggt") if is_random_id(config.model) else config.model
+    return ScaledVGGT(VGGTGeometry(folder, device=device, dtype=config.dtype), model_id=config.model)
