@@ -13,7 +13,8 @@ is written.
 
 Segments are matched to the store's ground-truth instances (`gt_label`, where the source has them)
 by triplet overlap (matching.py); a segment's category is its matched instance's, never the object
-whose id equals the segmenter's label. The run report sums the matched and unmatched instances.
+whose id equals the segmenter's label. The run report sums the matched and unmatched instances and
+names the node that clustered each scene (`RAY_ADDRESS` points a run at a cluster).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class RunReport:
     shards_written: list[str] = field(default_factory=list)
     shards_kept: list[str] = field(default_factory=list)
     executor: str = "local"
+    nodes: dict[str, str] = field(default_factory=dict)  # scene -> Ray node id (or host name) that clustered it
     seconds: float = 0.0
     report_path: str = ""
 
@@ -62,6 +64,7 @@ def params_from_config(config: ClusterConfig) -> ClusterParams:
     return ClusterParams(
         budget=config.proxies, min_per_group=config.min_per_group, grouping=config.grouping,
         space=config.space, feat_weight=config.feat_weight, per_object=config.per_object,
+        caption_proxies=config.caption_proxies,
         unlabeled_cell=config.unlabeled_cell, unlabeled_min_size=config.unlabeled_min_size,
         bfs_neighbors=config.bfs_neighbors, seed=config.seed,
     )
@@ -69,6 +72,8 @@ def params_from_config(config: ClusterConfig) -> ClusterParams:
 
 def _params_record(params: ClusterParams, stats: dict | None) -> dict:
     record = {**asdict(params), "version": CLUSTER_VERSION}
+    if params.caption_proxies is None:  # absent, so sets made before the option stay current
+        del record["caption_proxies"]
     if not params.grouping:  # changed in place: shards made before, one whole-scene segment, are stale
         record["segments_from"] = "proxy majority labels"
     if stats is not None:  # whitening stats change the output, so they are part of its identity
@@ -91,6 +96,13 @@ def cluster_one(out: str, scene_id: str, params: ClusterParams, params_record: d
             feat_mean_D=None if stats is None else np.asarray(stats["feat_mean"], np.float32),
             feat_std_D=None if stats is None else np.asarray(stats["feat_std"], np.float32),
         )
+        focus = None
+        if params.caption_proxies is not None:  # from the arrays already read: no second store read
+            from pipeline.cluster.caption import focus_proxies
+
+            focus = focus_proxies(scene.feat_FhwD, scene.xyz_Fhw3, proxies, params.caption_proxies, params,
+                                  feat_mean_D=None if stats is None else np.asarray(stats["feat_mean"], np.float32),
+                                  feat_std_D=None if stats is None else np.asarray(stats["feat_std"], np.float32))
         num_segments = len(proxies.segments)
         if scene.gt_label_Fhw is None:
             matching = no_ground_truth(num_segments)
@@ -114,7 +126,7 @@ def cluster_one(out: str, scene_id: str, params: ClusterParams, params_record: d
                             "patch_size", "image_size", "frame_indices", "scale", "scale_method")},
         )
         categories = {int(o["id"]): str(o["category"]) for o in attrs.objects if "id" in o and "category" in o}
-        return scene_id, encode_sample(scene_id, proxies, meta, matching, categories), None
+        return scene_id, encode_sample(scene_id, proxies, meta, matching, categories, focus), None
     except Exception as e:  # reported per scene; the run goes on and fails at the end
         log.debug("scene %s failed:\n%s", scene_id, traceback.format_exc())
         return scene_id, None, f"{type(e).__name__}: {e}"
@@ -147,6 +159,9 @@ def _load_stats(out: str, config: ClusterConfig) -> dict | None:
 
 
 def _iter_results(out, scene_ids, params, params_record, stats, executor: str, num_workers: int):
+    """Yields ((scene id, sample, error), node) as scenes finish."""
+    from pipeline.features.driver import node_name
+
     if executor == "local":
         import faiss
 
@@ -155,8 +170,9 @@ def _iter_results(out, scene_ids, params, params_record, stats, executor: str, n
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
+            node = node_name()
             for scene_id in scene_ids:
-                yield cluster_one(out, scene_id, params, params_record, stats)
+                yield cluster_one(out, scene_id, params, params_record, stats), node
         finally:
             faiss.omp_set_num_threads(threads)
         return
@@ -166,7 +182,7 @@ def _iter_results(out, scene_ids, params, params_record, stats, executor: str, n
         import faiss
 
         faiss.omp_set_num_threads(1)  # one core per task; Ray provides the parallelism
-        return cluster_one(*args)
+        return cluster_one(*args), node_name()
 
     remote = ray.remote(num_cpus=1)(task)
     stats_ref = ray.put(stats)
@@ -254,7 +270,8 @@ def run_cluster(out: str | Path, config: ClusterConfig, scenes: list[str] | None
     try:
         results_iter = _iter_results(out, pending_scenes, params, params_record, stats, executor,
                                      config.num_workers)
-        for num_done, (scene_id, sample, error) in enumerate(results_iter, 1):
+        for num_done, ((scene_id, sample, error), node) in enumerate(results_iter, 1):
+            report.nodes[scene_id] = node
             shard = shard_of[scene_id]
             results[shard][scene_id] = sample
             if error:

@@ -3,10 +3,15 @@
 Two executors run the same `FeatureWorker`:
   local  one worker in this process, scenes in order (tests, the benchmark baseline, debugging);
   ray    `num_actors` Ray actors, each loading its model set once in its constructor, with GPUs
-         through Ray resources when CUDA exists and CPUs otherwise. At most `num_actors *
+         through Ray resources when CUDA exists and CPUs otherwise (the cores split evenly between
+         actors, torch threads to match), spread over the cluster's nodes. At most `num_actors *
          max_in_flight` scene ids are queued; a worker loads its scene itself and returns only a
          small status, so memory stays bounded however many scenes there are. `RAY_ADDRESS` (read
          by `ray.init`) points the run at a cluster.
+
+Pipelining: an actor runs up to `max_in_flight` scenes at once in threads, but only one of them on
+the models at a time (a lock): while one scene computes, the next is read and decoded and the last
+is compressed and written. The local executor keeps the naive order (the benchmark's baseline).
 
 Resume: a group is skipped only when it is complete (marker and every chunk), made with the same
 feature config and from the same input (the source's `fingerprint`: its path and the scene's input
@@ -14,13 +19,15 @@ files' sizes and mtimes, or the toy config); temporary and unfinished groups are
 their scenes redone, as is a scene made from other input. A failing scene (unreadable frame, no mask, all-NaN geometry, a crashed
 worker, a failed world alignment) is recorded with its reason and the run goes on. Every run writes
 `<out>/features/_runs/<UTC time>.json` (done / skipped / failed, warnings per scene, how each scene
-was aligned to the world, config, seconds per model).
+was aligned to the world, which node did each scene, config, seconds per model).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -63,6 +70,7 @@ class SceneOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     alignment: dict | None = None  # method, scale_method, scale, residuals (StoreAttrs.alignment)
+    node: str | None = None  # where it ran: the Ray node id, else the host name
 
 
 @dataclass
@@ -73,6 +81,7 @@ class RunReport:
     failed: dict[str, str] = field(default_factory=dict)
     warnings: dict[str, list[str]] = field(default_factory=dict)  # scene -> what the user should know
     alignment: dict[str, dict] = field(default_factory=dict)  # scene -> how it was aligned (done scenes)
+    nodes: dict[str, str] = field(default_factory=dict)  # scene -> node that processed it
     seconds_per_step: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     setup_seconds: float = 0.0  # model loading (the slowest actor's, under Ray)
@@ -84,20 +93,37 @@ class RunReport:
         return not self.failed
 
 
+def node_name() -> str:
+    """The Ray node id inside a Ray worker or a driver connected to Ray, else the host name."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except ImportError:  # pragma: no cover - ray is a core dependency
+        pass
+    return socket.gethostname()
+
+
 class FeatureWorker:
-    """One model set; `process(scene_id)` loads, processes and writes one scene, never raising."""
+    """One model set; `process(scene_id)` loads, processes and writes one scene, never raising.
+    Safe to call from several threads: reading and writing overlap, the models run one scene at a time."""
 
     def __init__(self, cfg: FeaturesConfig, out: str, data_root: str, provider: SceneProvider,
-                 device: str | None = None):
+                 device: str | None = None, num_threads: int | None = None):
+        import torch
+
         from pipeline.features.stage import load_models
 
         if device is None:
-            import torch
-
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         start = time.perf_counter()
         self.cfg, self.out, self.provider = cfg, out, provider
         self.models = load_models(cfg, data_root, device)
+        self.compute_lock = threading.Lock()
+        self.node = node_name()
         self.setup_seconds = time.perf_counter() - start
 
     def ready(self) -> float:
@@ -116,7 +142,8 @@ class FeatureWorker:
             scene_warnings = list(scene.warnings)
             if scene.scene_id != scene_id:
                 raise ValueError(f"scene {scene_id}: the source returned scene {scene.scene_id!r}")
-            result = process_scene(scene, self.models, self.cfg)
+            with self.compute_lock:
+                result = process_scene(scene, self.models, self.cfg)
             result.attrs = result.attrs.model_copy(update={"source_fingerprint": fingerprint})
             seconds.update(result.seconds)
             start = time.perf_counter()
@@ -125,11 +152,11 @@ class FeatureWorker:
             alignment = result.attrs.alignment
             return SceneOutcome(scene_id, "done", seconds=seconds, warnings=result.warnings,
                                 alignment=None if alignment is None else alignment.model_dump(
-                                    mode="json", exclude={"similarity"}))
+                                    mode="json", exclude={"similarity"}), node=self.node)
         except Exception as e:  # one bad scene must not stop the run; the report keeps the reason
             log.debug("scene %s failed:\n%s", scene_id, traceback.format_exc())
             return SceneOutcome(scene_id, "failed", reason=f"{type(e).__name__}: {e}", seconds=seconds,
-                                warnings=scene_warnings)
+                                warnings=scene_warnings, node=self.node)
 
 
 def _progress(total: int, desc: str):
@@ -164,16 +191,28 @@ def _init_ray(num_cpus: int | None):
     return ray
 
 
+def cpus_per_actor(node_cpus: list[float], num_actors: int) -> int:
+    """The cluster's cores split evenly between actors, at most what the largest node has, at least 1."""
+    if not node_cpus:
+        return 1
+    return max(1, min(int(sum(node_cpus) // num_actors), int(max(node_cpus))))
+
+
 def _run_ray(todo: list[str], cfg: FeaturesConfig, out, data_root, provider,
              report: RunReport) -> list[SceneOutcome]:
     start = time.perf_counter()
-    ray = _init_ray(num_cpus=max(cfg.num_actors, 1))
+    # A local runtime gets every core: the actors split them (one torch thread per core each).
+    ray = _init_ray(num_cpus=os.cpu_count() or 1)
     report.startup_seconds = time.perf_counter() - start
     gpus = cfg.gpus_per_actor if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    remote_cls = ray.remote(FeatureWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=1,
-                                                   max_task_retries=0)
     num_actors = max(1, min(cfg.num_actors, len(todo)))
-    actors = [remote_cls.remote(cfg, str(out), str(data_root), provider) for _ in range(num_actors)]
+    cpus = cpus_per_actor([n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]], num_actors)
+    # SPREAD: one model set per node first (each node's GPUs and disks are used), then packing.
+    remote_cls = ray.remote(FeatureWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=1,
+                                                   max_task_retries=0, max_concurrency=cfg.max_in_flight,
+                                                   scheduling_strategy="SPREAD")
+    actors = [remote_cls.remote(cfg, str(out), str(data_root), provider, num_threads=cpus)
+              for _ in range(num_actors)]
     setup = ray.get([a.ready.remote() for a in actors])
     report.setup_seconds = max(setup)
 
@@ -215,6 +254,7 @@ def _write_report(out: str | Path, report: RunReport, cfg: FeaturesConfig, start
         "failed": [{"scene_id": s, "reason": r} for s, r in report.failed.items()],
         "warnings": report.warnings,
         "alignment": report.alignment,
+        "nodes": report.nodes,
         "wall_seconds": report.wall_seconds,
         "setup_seconds": report.setup_seconds,
         "startup_seconds": report.startup_seconds,
@@ -267,6 +307,8 @@ def run_features(cfg: FeaturesConfig, out: str | Path, data_root: str | Path, pr
                     log.warning("scene %s: %s", outcome.scene_id, line)
             if outcome.alignment is not None:
                 report.alignment[outcome.scene_id] = outcome.alignment
+            if outcome.node is not None:
+                report.nodes[outcome.scene_id] = outcome.node
             for step, sec in outcome.seconds.items():
                 report.seconds_per_step[step] = report.seconds_per_step.get(step, 0.0) + sec
     report.wall_seconds = time.perf_counter() - start
