@@ -17,6 +17,9 @@ class ClusterConfig(BaseModel):
     space: Literal["xyz", "xyz+feat"] = "xyz"
     feat_weight: float = Field(1.0, ge=0, description="weight of whitened features in xyz+feat space")
     per_object: int | None = Field(None, ge=1, description="N proxies per object (captioning ablation)")
+    caption_proxies: int | None = Field(None, ge=1, description="Scan2Cap: also store, for each object, N "
+                                        "proxies of its own to swap in when it is the one captioned "
+                                        "(paper Table 5: 5 best); pipeline/cluster/caption.py")
     unlabeled_cell: float = Field(2.0, gt=0, description="metres; voxel cell grouping unlabeled patches")
     unlabeled_min_size: int = Field(8, ge=1, description="unlabeled cells below this join the nearest cell")
     bfs_neighbors: int = Field(6, ge=1)
@@ -48,6 +51,7 @@ _NAME_PARTS = {
     "space": lambda v: v.replace("+", ""),
     "feat_weight": lambda v: f"fw{v:g}",
     "per_object": lambda v: "per-object-off" if v is None else f"per-object{v}",
+    "caption_proxies": lambda v: "caption-off" if v is None else f"caption{v}",
     "min_per_group": lambda v: f"min{v}",
     "unlabeled_cell": lambda v: f"cell{v:g}",
     "unlabeled_min_size": lambda v: f"cellmin{v}",

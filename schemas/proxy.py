@@ -29,6 +29,10 @@ from schemas.manifest import Box3D
 SHARD_PATTERN = "shard-%06d.tar"
 INDEX_FILE = "index.json"
 MEMBERS = ("feat.npy", "xyz.npy", "segment.npy", "segments.json", "meta.json")
+# Only in sets clustered with `caption_proxies` (Scan2Cap, pipeline/cluster/caption.py): N proxies of
+# each instance segment alone (float16 M x D, float32 M x 3, int32 M: the segment's BFS rank), to swap
+# in for that segment's block when it is the object being captioned.
+FOCUS_MEMBERS = ("focus_feat.npy", "focus_xyz.npy", "focus_segment.npy")
 
 
 INDEX_FORMAT = 2  # 2: {"format", "params", "scenes"}; 1 was the bare scene -> shard map

@@ -77,6 +77,8 @@ def cluster(
                                                  "labels; segments from proxies' majority labels"),
     space: Optional[str] = typer.Option(None, "--space", help="xyz | xyz+feat"),
     per_object: Optional[int] = typer.Option(None, "--per-object", help="N proxies per object"),
+    caption_proxies: Optional[int] = typer.Option(None, "--caption-proxies",
+                                                  help="Scan2Cap: N proxies for the captioned object"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     scenes_per_shard: Optional[int] = typer.Option(None, "--scenes-per-shard"),
     workers: Optional[int] = typer.Option(None, "--workers", help="parallel scenes (Ray tasks)"),
@@ -88,7 +90,8 @@ def cluster(
     from pipeline.cluster.shards import proxies_dir
 
     root, config, run = _resolve(workflow, out, sets, name=name, proxies=proxies, min_per_group=min_per_group,
-                            grouping=grouping, space=space, per_object=per_object, seed=seed,
+                            grouping=grouping, space=space, per_object=per_object,
+                            caption_proxies=caption_proxies, seed=seed,
                             scenes_per_shard=scenes_per_shard, num_workers=workers, executor=executor)
     try:
         report = run_cluster(root, config, scenes=scene or None)

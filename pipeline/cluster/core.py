@@ -38,6 +38,7 @@ class ClusterParams:
     space: Literal["xyz", "xyz+feat"] = "xyz"
     feat_weight: float = 1.0
     per_object: int | None = None
+    caption_proxies: int | None = None  # Scan2Cap focus blocks (pipeline/cluster/caption.py)
     unlabeled_cell: float = 2.0
     unlabeled_min_size: int = 8
     bfs_neighbors: int = 6
@@ -53,6 +54,8 @@ class ClusterParams:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
         if self.per_object is not None and self.per_object < 1:
             raise ValueError(f"per_object must be >= 1, got {self.per_object}")
+        if self.caption_proxies is not None and self.caption_proxies < 1:
+            raise ValueError(f"caption_proxies must be >= 1, got {self.caption_proxies}")
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 
 from schemas.manifest import Box3D
 from schemas.proxy import (
-    INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo, check_proxy_format, check_sample_params,
+    FOCUS_MEMBERS, INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo, check_proxy_format, check_sample_params,
     read_set_index,
 )
 
@@ -52,10 +52,11 @@ def check_key(scene_id: str) -> None:
 
 
 def encode_sample(scene_id: str, proxies, meta: ProxyMeta, matching,
-                  categories: dict[int, str]) -> dict[str, bytes]:
+                  categories: dict[int, str], focus=None) -> dict[str, bytes]:
     """WebDataset sample (key + the members of `schemas.proxy.MEMBERS`) for one scene. `matching`
     (pipeline/cluster/matching.py) gives each segment its ground-truth instance; `categories` maps
-    instance ids to categories, so a segment's category is its matched instance's."""
+    instance ids to categories, so a segment's category is its matched instance's. `focus`
+    (pipeline/cluster/caption.py) adds the Scan2Cap members `FOCUS_MEMBERS`."""
     check_key(scene_id)
     if len(matching.instance_S) != len(proxies.segments):
         raise ValueError(f"scene {scene_id}: matching covers {len(matching.instance_S)} segments, "
@@ -73,7 +74,7 @@ def encode_sample(scene_id: str, proxies, meta: ProxyMeta, matching,
         ).model_dump(mode="json")
         for i, seg in enumerate(proxies.segments)
     ]
-    return {
+    sample = {
         "__key__": scene_id,
         "feat.npy": npy_bytes(proxies.feat_KD.astype(np.float16)),
         "xyz.npy": npy_bytes(proxies.xyz_K3.astype(np.float32)),
@@ -81,6 +82,11 @@ def encode_sample(scene_id: str, proxies, meta: ProxyMeta, matching,
         "segments.json": json_bytes(segments),
         "meta.json": json_bytes(meta.model_dump(mode="json")),
     }
+    if focus is not None:
+        sample["focus_feat.npy"] = npy_bytes(focus.feat_MD.astype(np.float16))
+        sample["focus_xyz.npy"] = npy_bytes(focus.xyz_M3.astype(np.float32))
+        sample["focus_segment.npy"] = npy_bytes(focus.segment_M.astype(np.int32))
+    return sample
 
 
 def _fsync_dir(path: Path) -> None:
@@ -163,13 +169,20 @@ def decode_sample(members: dict[str, bytes], where: str = "") -> dict[str, Any]:
     if missing:
         raise ValueError(f"{where}: sample lacks members {missing}")
     check_proxy_format(json.loads(members["meta.json"]), where)
-    return {
+    sample = {
         "feat": np.load(io.BytesIO(members["feat.npy"]), allow_pickle=False),
         "xyz": np.load(io.BytesIO(members["xyz.npy"]), allow_pickle=False),
         "segment": np.load(io.BytesIO(members["segment.npy"]), allow_pickle=False),
         "segments": [SegmentInfo.model_validate(s) for s in json.loads(members["segments.json"])],
         "meta": ProxyMeta.model_validate(json.loads(members["meta.json"])),
     }
+    if any(m in members for m in FOCUS_MEMBERS):
+        missing = [m for m in FOCUS_MEMBERS if m not in members]
+        if missing:
+            raise ValueError(f"{where}: sample has some Scan2Cap focus members but lacks {missing}")
+        for member in FOCUS_MEMBERS:  # "focus_feat.npy" -> sample["focus_feat"]
+            sample[member.removesuffix(".npy")] = np.load(io.BytesIO(members[member]), allow_pickle=False)
+    return sample
 
 
 def read_index(root: str | Path) -> dict[str, str]:
