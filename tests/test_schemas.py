@@ -128,3 +128,19 @@ def test_a_clustering_override_names_its_own_proxy_set():
 
     assert set(ClusterConfig.model_fields) - set(_NAME_PARTS) == {"name", "scenes_per_shard", "num_workers",
                                                                     "executor"}
+
+
+def test_paper_workflows_carry_the_papers_numbers():
+    """scannet: Table 4's main row (448 x 588 frames, maps upsampled to 32 x 42, 700 proxies) and
+    Table 5's 5 Scan2Cap proxies; vsibench: the 450-token row on video, metres from a depth model."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "workflows"
+    scannet = load_workflow(root / "scannet.yaml")
+    assert scannet.features.image_size == (448, 588) and scannet.features.latent_grid == (32, 42)
+    assert scannet.cluster.proxies == 700 and scannet.cluster.caption_proxies == 5
+    vsi = load_workflow(root / "vsibench.yaml")
+    assert vsi.source.kind == "video" and vsi.features.latent_grid is None
+    assert vsi.features.image_size == (448, 588) and vsi.cluster.proxies == 450
+    assert vsi.features.geometry.kind == "vggt" and vsi.features.geometry.depth_model is not None
+    assert "Metric-Indoor" in vsi.features.geometry.depth_model.model
