@@ -15,14 +15,19 @@ ROPE_POSITIONS: tuple[str, ...] = get_args(RopePositions)
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: int = Field(ge=1, le=4)
-    trainable: list[Trainable] = Field(min_length=1)
+    trainable: list[Trainable] = Field(min_length=1, description="the parts this stage trains; the rest stay "
+                                       "frozen. `identifiers` (the <OBJxxx> table, drawn glyphs through the "
+                                       "vision encoder) is frozen unless listed, as the paper's objects are "
+                                       "referenced without learnable embeddings")
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(2e-5, gt=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     batch_size: int = Field(1, ge=1, description="per device")
     grad_accum: int = Field(1, ge=1)
-    records: str | None = Field(None, description="records file for stage 4 (defaults to the workflow's)")
+    records: str | None = Field(None, description="this stage's records file (stage 4's examples, or the "
+                                "record_tasks of stages 1-3, e.g. MMScan's object-object QA for stage 3); "
+                                "default: the workflow's")
     init_from: str | None = Field(None, description="exported p3d folder to start from instead of the "
                                                     "previous stage's (stage 1: instead of `model`)")
     tasks: list[str] | None = Field(None, description="train only the examples of these tasks (stage 1-3: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,109 @@ def test_cli_convert_and_stats(tmp_path):
     stats = runner.invoke(app, ["dataset", "stats", str(out)])
     assert stats.exit_code == 0, stats.output
     assert "scanrefer" in stats.output and "grounding" in stats.output and "4" in stats.output
+
+
+# ------------------------------------------------------------------ MMScan's object-object slice
+def _mmscan_qa(sub_class: str, scan_id: str, n: int, question: str, answers: list[str], object_ids: list[int],
+               names: list[str], shown: list[int] | None) -> dict:
+    """One sample as MMScan_samples/MMScan_QA.json holds it (fields of the devkit's mmscan/mmscan.py;
+    ID `<sub_class>__<scan_id>__<n>`; input boxes 9-DoF, one per shown object)."""
+    boxes = [[1.0 * i, 0.5, 0.4, 0.6, 0.5, 0.8, 0.0, 0.0, 0.0] for i in shown] if shown else None
+    return {"sub_class": sub_class, "scan_id": scan_id, "question": question, "answers": answers,
+            "object_ids": object_ids, "object_names": names, "input_bboxes_id": shown, "input_bboxes": boxes,
+            "output_bboxes_id": None, "output_bboxes": None, "ID": f"{sub_class}__{scan_id}__{n}"}
+
+
+def _mmscan_mixed(path: Path) -> Path:
+    """Every QA sub-class MMScan's generation writes, two of them object-object (scenes of
+    trainer.synthetic: instance ids 1..3 exist in each)."""
+    train = [
+        _mmscan_qa("QA_Single_EQ", "scene0000", 0, "Look carefully at the room, is there a lamp in the room? ",
+                   ["Yes, there is. "], [1], ["lamp"], None),
+        _mmscan_qa("QA_Single_Attribute", "scene0000", 1, "Examine the object closely,  what is the color of it? ",
+                   ["Its color is red. "], [2], ["chair"], [2]),
+        _mmscan_qa("QA_Single_Space", "scene0001", 2, "Examine the object closely,  what is the shape of it? ",
+                   ["Its shape is round. "], [1], ["table"], [1]),
+        _mmscan_qa("QA_Inter_OR", "scene0001", 3, "What is the special role of it in the kitchen? ",
+                   ["Cooking."], [3], ["stove"], [3]),
+        _mmscan_qa("QA_Inter_Space_OO", "scene0000", 4, "Is the lamp higher than the table? ", ["Yes. "], [3, 1],
+                   ["lamp", "table"], [3, 1]),
+        _mmscan_qa("QA_Inter_Attribute_OO", "scene0001", 5, "Carefully compare these two objects, are they similar "
+                   "in color? Given me the answer and reason. ", ["No, one is red and one is blue."], [2, 1],
+                   ["chair", "sofa"], [2, 1]),
+        _mmscan_qa("QA_Inter_Attribute_OO", "scene0001", 6, "Is the sofa bigger than the chair? ", ["Yes. "], [1, 2],
+                   ["sofa", "chair"], [1, 2]),
+    ]
+    val = [_mmscan_qa("QA_Inter_Space_OO", "scene0002", 7, "Is the lamp higher than the bed? ", ["No. "], [1, 2],
+                      ["lamp", "bed"], [1, 2]),
+           _mmscan_qa("QA_Single_EQ", "scene0002", 8, "How many beds are there in the room? ", ["One."], [2], ["bed"],
+                      None)]
+    path.write_text(json.dumps({"train": train, "val": val, "test": []}))
+    return path
+
+
+OO_IDS = ["mmscan-QA_Inter_Space_OO__scene0000__4", "mmscan-QA_Inter_Attribute_OO__scene0001__5",
+          "mmscan-QA_Inter_Attribute_OO__scene0001__6", "mmscan-QA_Inter_Space_OO__scene0002__7"]
+
+
+def test_mmscan_object_object_slice_is_exactly_the_oo_sub_classes_written_atomically(tmp_path):
+    from pipeline.cli import app
+
+    src = _mmscan_mixed(tmp_path / "MMScan_QA.json")
+    out = tmp_path / "mmscan_oo.jsonl"
+    runner = CliRunner()
+    res = runner.invoke(app, ["convert", "mmscan", str(src), "--slice", "object-object", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    recs = load_records(out)
+    assert [r.id for r in recs] == OO_IDS
+    assert {r.question_type for r in recs} == {"QA_Inter_Space_OO", "QA_Inter_Attribute_OO"}
+    assert "left out 5 samples" in res.output
+    # The objects MMScan shows as input boxes are named by placeholder, in order, and lead the targets.
+    compare = recs[1]
+    assert compare.question.startswith("The objects: <OBJ>, <OBJ>. Carefully compare these two objects")
+    assert compare.target_ids == [2, 1] and compare.split == "train" and recs[3].split == "val"
+    # A slice that selects nothing writes nothing: the previous file stays as it was, no temp left.
+    before = out.read_bytes()
+    none = runner.invoke(app, ["convert", "mmscan", str(src), "--slice", "VG_Inter_Space_OO", "--out", str(out)])
+    assert none.exit_code == 2 and out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MMScan_QA.json", "mmscan_oo.jsonl"]
+    bad = runner.invoke(app, ["convert", "mmscan", str(src), "--slice", "object object", "--out", str(out)])
+    assert bad.exit_code == 2 and "--slice" in bad.output and out.read_bytes() == before
+    # Without --slice every sub-class converts.
+    assert len(CONVERTERS["mmscan"]([src], None).records) == 9
+
+
+def test_scannet_stage3_reads_the_object_object_records(tmp_path):
+    """A scannet-like workflow (the shipped scannet.yaml's train section, pointed at synthetic shards)
+    trains stage 3 on exactly the O-O records, their objects named by identifier, and on no synthetic
+    template."""
+    import yaml
+
+    from schemas.workflow import load_workflow
+    from trainer.recipes import stage_config
+    from trainer.train import records_path, resolve_train_config, stage_stream, training_records
+    from trainer.synthetic import write_synthetic
+
+    shards, _ = write_synthetic(tmp_path / "data", num_scenes=3, dim=16)
+    oo = CONVERTERS["mmscan"]([_mmscan_mixed(tmp_path / "MMScan_QA.json")], None, slice_name="object-object")
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflows" / "scannet.yaml").read_text())
+    [stage3] = [s for s in shipped["train"]["stages"] if s["stage"] == 3]
+    assert stage3["records"] == "data/scannet/mmscan_oo.jsonl" and stage3["record_tasks"] == ["qa"]
+    assert all("identifiers" not in s["trainable"] for s in shipped["train"]["stages"])  # frozen, as the paper
+    write_records(oo.records, tmp_path / stage3["records"])
+    train = dict(shipped["train"], proxies="synthetic", records=str(tmp_path / "data" / "records.jsonl"),
+                 out=str(tmp_path / "run"))
+    train["stages"] = [dict(s, records=str(tmp_path / s["records"])) if s["stage"] == 3 else s
+                       for s in train["stages"]]
+    (tmp_path / "wf.yaml").write_text(yaml.safe_dump(dict(shipped, out=str(tmp_path / "data"), train=train)))
+    wf = load_workflow(tmp_path / "wf.yaml")
+    cfg = resolve_train_config(wf, None)
+    scfg = stage_config(cfg, 3)
+    by_scene, held_out = training_records(records_path(wf, cfg, scfg), required=True)
+    assert held_out == {"scene0002"}  # its only O-O record is a val record
+    items = list(stage_stream(cfg, scfg, shards, by_scene, held_out).items(0))
+    assert sorted(ex.record_id for ex, _ in items) == sorted(OO_IDS[:3])
+    asked = {ex.record_id: ex for ex, _ in items}
+    compare = asked["mmscan-QA_Inter_Attribute_OO__scene0001__5"]
+    assert re.match(r"The objects: <OBJ\d{3}>, <OBJ\d{3}>\. Carefully compare", compare.question)
+    assert compare.answer == "No, one is red and one is blue." and {ex.task for ex, _ in items} == {"qa"}

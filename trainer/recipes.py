@@ -11,7 +11,7 @@ from __future__ import annotations
 from schemas.config_train import StageConfig, TrainConfig
 
 PRETRAINED = {
-    1: dict(trainable=["identifiers", "lora"], epochs=1, lr=1e-4, batch_size=4),
+    1: dict(trainable=["lora"], epochs=1, lr=1e-4, batch_size=4),  # identifiers stay drawn (paper 3.2)
     2: dict(trainable=["position", "lora"], epochs=1, lr=1e-4, batch_size=4),
     3: dict(trainable=["position", "lora"], epochs=1, lr=1e-4, batch_size=4),
     4: dict(trainable=["projector", "position", "lora"], epochs=1, lr=5e-5, batch_size=4),

@@ -54,6 +54,7 @@ def convert(
     boxes: Path | None = typer.Option(None, "--boxes", help="scene objects JSON (scene_id -> [ObjectInfo]) or scenes folder"),
     strict: bool = typer.Option(False, "--strict", help="exit 1, writing nothing, if any entry could not be converted"),
     label_map: Path | None = typer.Option(None, "--label-map", help="scanrefer: ScanNet's scannetv2-labels.combined.tsv, for the official unique/multiple split"),
+    slice_name: str | None = typer.Option(None, "--slice", help="mmscan: keep one slice of the samples by their sub_class: object-object (QA_Inter_Space_OO, QA_Inter_Attribute_OO: the paper's stage-3 data) or comma-separated sub_class names"),
 ) -> None:
     """Convert a public dataset's files into p3d annotation records."""
     from pipeline.eval.convert import CONVERTERS
@@ -70,6 +71,16 @@ def convert(
     if label_map is not None and dataset != "scanrefer":
         raise typer.BadParameter("only scanrefer uses it (Multi3DRefer's files carry their own eval_type)",
                                  param_hint="--label-map")
+    if slice_name is not None:
+        if dataset != "mmscan":
+            raise typer.BadParameter("only mmscan has slices", param_hint="--slice")
+        from pipeline.eval.convert.mmscan import slice_sub_classes
+
+        try:
+            slice_sub_classes(slice_name)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--slice") from e
+        converter_kwargs["slice_name"] = slice_name
     if dataset == "scanrefer":
         if label_map is None:
             typer.echo("warning: no --label-map: unique/multiple will not be ScanRefer's official split "
