@@ -36,6 +36,7 @@ from pipeline.models.protocols import (
     SEGMENTERS,
     Encoder,
     Geometry,
+    GeometryOutput,
     MetricDepth,
     Segmenter,
     SensorFrames,
@@ -44,7 +45,7 @@ from pipeline.models.protocols import (
 from pipeline.models.rgbd import scale_intrinsics
 from pipeline.sources.base import Scene, uniform_indices
 from schemas.config_features import FeaturesConfig
-from schemas.store import StoreAttrs
+from schemas.store import StoreAttrs, WorldAlignment
 
 
 @dataclass
@@ -147,20 +148,11 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> SceneResult:
-    seconds: dict[str, float] = {}
-    with _timed(seconds, "prepare"):
-        images_FHW3, sensor, frame_indices = prepare_frames(scene, cfg)
-    height, width = images_FHW3.shape[1:3]
-    encoder_grid, grid_hw, patch = latent_grid(cfg, models.encoder.patch_size, (height, width))
-
-    with _timed(seconds, "encoder"):
-        feat_FhwD = models.encoder.encode(images_FHW3).feat_FhwD
-        feat_FhwD = upsample_features(feat_FhwD, grid_hw) if grid_hw != encoder_grid else feat_FhwD
-    with _timed(seconds, "geometry"):
-        geo = models.geometry.predict(images_FHW3, sensor)
-    if not np.isfinite(geo.xyz_FHW3).all(axis=-1).any():
-        raise ValueError(f"scene {scene.scene_id}: geometry is invalid (NaN) at every pixel")
+def _to_world(scene_id: str, images_FHW3: np.ndarray, sensor: SensorFrames, geo: GeometryOutput,
+              models: FeatureModels, cfg: FeaturesConfig, seconds: dict[str, float]
+              ) -> tuple[GeometryOutput, WorldAlignment]:
+    """The geometry in the world frame, in metres. The depth model runs only when it gives the scale:
+    camera-0 geometry with neither sensor poses nor sensor depth (or both withheld)."""
     withheld = set(cfg.geometry.withhold_sensor)
     poses_F44 = None if "poses" in withheld else sensor.poses_F44
     depth_FHW = None if "depth" in withheld else sensor.depth_FHW
@@ -175,8 +167,25 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
                 orientation_weight=cfg.geometry.orientation_weight, scale_prior=cfg.geometry.scale_prior,
                 model_depth_FHW=model_depth_FHW, reference_depth_FHW=sensor.depth_FHW)
         except ValueError as e:
-            raise ValueError(f"scene {scene.scene_id}: world alignment failed: {e}") from e
-        geo = replace(geo, xyz_FHW3=xyz_FHW3, pose_F44=pose_F44, frame="world")
+            raise ValueError(f"scene {scene_id}: world alignment failed: {e}") from e
+    return replace(geo, xyz_FHW3=xyz_FHW3, pose_F44=pose_F44, frame="world"), alignment
+
+
+def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> SceneResult:
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "prepare"):
+        images_FHW3, sensor, frame_indices = prepare_frames(scene, cfg)
+    height, width = images_FHW3.shape[1:3]
+    encoder_grid, grid_hw, patch = latent_grid(cfg, models.encoder.patch_size, (height, width))
+
+    with _timed(seconds, "encoder"):
+        feat_FhwD = models.encoder.encode(images_FHW3).feat_FhwD
+        feat_FhwD = upsample_features(feat_FhwD, grid_hw) if grid_hw != encoder_grid else feat_FhwD
+    with _timed(seconds, "geometry"):
+        geo = models.geometry.predict(images_FHW3, sensor)
+    if not np.isfinite(geo.xyz_FHW3).all(axis=-1).any():
+        raise ValueError(f"scene {scene.scene_id}: geometry is invalid (NaN) at every pixel")
+    geo, alignment = _to_world(scene.scene_id, images_FHW3, sensor, geo, models, cfg, seconds)
     warnings = list(scene.warnings)
     if alignment.scale_method == "prior":
         warnings.append(f"no sensor poses, sensor depth or depth model: metres from the configured "
