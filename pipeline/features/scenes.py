@@ -95,13 +95,15 @@ def ensure_toy_world(workflow: Workflow, echo=print) -> bool:
     if scenes_dir.is_dir() and any((p / "manifest.json").exists() for p in scenes_dir.iterdir()):
         made = scenes_dir.parent / "toy_world.json"
         try:
-            made_with = json.loads(made.read_text()).get("config") if made.is_file() else None
+            made_info = json.loads(made.read_text()) if made.is_file() else {}
+            made_with = made_info.get("config")
         except (ValueError, AttributeError):
-            made_with = None
-        if made_with is None or made_with == toy.model_dump(mode="json"):
+            made_info, made_with = {}, None
+        interrupted = made_info.get("complete") is False  # a render was killed: old and new scenes mixed
+        if not interrupted and (made_with is None or made_with == toy.model_dump(mode="json")):
             return False  # a world of unknown provenance (hand-made) is kept as it is
-        echo(f"toy world under {scenes_dir} was rendered from another config than the workflow's "
-             f"({made}): rendering it again")
+        why = "was not finished" if interrupted else "was rendered from another config than the workflow's"
+        echo(f"toy world under {scenes_dir} {why} ({made}): rendering it again")
     else:
         echo(f"toy world not found under {scenes_dir}: rendering it first")
     build_toy_world(scenes_dir.parent, scenes_dir, toy, progress=echo)

@@ -2,7 +2,8 @@
 
     <root>/categories.json          ordered category list
     <root>/annotations.jsonl        schemas.Record for every scene
-    <root>/toy_world.json           the generator config and version (provenance)
+    <root>/toy_world.json           the generator config and version (provenance); complete: false
+                                    while a render runs (a killed one is redone)
     <scenes_dir>/<scene_id>/        color/<i>.jpg  depth/<i>.png (uint16 mm)  pose/<i>.txt
                                     instance-filt/<i>.png (uint8, 0 = none, id + 1)
                                     intrinsic/{intrinsic,extrinsic}_{color,depth}.txt
@@ -19,6 +20,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 
 TOY_WORLD_VERSION = 2  # 2: counting records name the counted objects (target_ids)
 SCENE_ID_PATTERN = re.compile(r"^toy\d{4}$")
+TOY_WORLD_FILE = "toy_world.json"
+_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<pid>\d+)$")
 DEPTH_SHIFT = 1000.0  # uint16 depth PNG units per metre, as ScanNet writes them
 MIN_VIEWS = 3  # frames in which every object must be visible
 MIN_PIXELS = 40  # pixels that count as "visible" in one frame
@@ -176,13 +181,55 @@ def _build_scene(index: int, cfg: ToyWorldConfig, scenes_dir: Path, root: Path) 
     return replace(scene, frames=[]), f"{len(scene.layout.objects)} objects, {len(scene.frames)} frames"
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: a rendering worker ends when `p3d toy` does. A SIGKILLed parent cannot stop
+    its pool; orphaned workers would go on writing scenes beside a rerun, then wait forever."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove `.<name>.tmp-<pid>` files and folders (write_scene's, schemas.io.atomic_open's) left
+    by a writer that was killed: its process is gone, so nothing will rename them into place."""
+    for entry in folder.iterdir():
+        found = _TEMPORARY.match(entry.name)
+        if found is None or _pid_alive(int(found["pid"])):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def build_toy_world(root: Path, scenes_dir: Path, cfg: ToyWorldConfig,
                     progress: Callable[[str], None] = print, workers: int | None = None) -> dict:
     """Render and write `cfg.num_scenes` scenes with `workers` processes (default: one per core, at
     most 8; 1 renders in this process); returns a summary (counts, seconds). The world is the
-    same whatever the number of workers: scenes are seeded by index and records kept in index order."""
+    same whatever the number of workers: scenes are seeded by index and records kept in index order.
+    toy_world.json says `complete: false` from the start until the last file is written, so that a
+    world whose rendering was killed (old and new scenes side by side) is never taken as finished."""
     root, scenes_dir = Path(root), Path(scenes_dir)
     scenes_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"version": TOY_WORLD_VERSION, "config": cfg.model_dump(mode="json"),
+               "scenes_dir": os.path.relpath(scenes_dir, root), "num_scenes": cfg.num_scenes}
+    _write_json_atomic(root / TOY_WORLD_FILE, {**summary, "complete": False})
+    for folder in (root, scenes_dir):
+        remove_stale_temporaries(folder)
     wanted = {scene_id_for(i) for i in range(cfg.num_scenes)}
     for stale in sorted(scenes_dir.iterdir()):
         if stale.is_dir() and SCENE_ID_PATTERN.match(stale.name) and stale.name not in wanted:
@@ -194,7 +241,9 @@ def build_toy_world(root: Path, scenes_dir: Path, cfg: ToyWorldConfig,
     build = partial(_build_scene, cfg=cfg, scenes_dir=scenes_dir, root=root)
     with ExitStack() as stack:
         if workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn")))
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                                           initializer=_die_with_parent,
+                                                           initargs=(os.getpid(),)))
             built = pool.map(build, range(cfg.num_scenes))  # in index order
         else:
             built = map(build, range(cfg.num_scenes))
@@ -204,8 +253,6 @@ def build_toy_world(root: Path, scenes_dir: Path, cfg: ToyWorldConfig,
                      f"{len(scene.records)} records, {time.perf_counter() - start:.1f}s")
     num_records = write_records(records, root / "annotations.jsonl")
     _write_json_atomic(root / "categories.json", CATEGORY_NAMES)
-    summary = {"version": TOY_WORLD_VERSION, "config": cfg.model_dump(mode="json"),
-               "scenes_dir": os.path.relpath(scenes_dir, root), "num_scenes": cfg.num_scenes,
-               "num_records": num_records}
-    _write_json_atomic(root / "toy_world.json", summary)
+    summary = {**summary, "num_records": num_records, "complete": True}
+    _write_json_atomic(root / TOY_WORLD_FILE, summary)
     return {**summary, "seconds": time.perf_counter() - start}
