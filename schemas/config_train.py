@@ -38,6 +38,11 @@ class StageConfig(BaseModel):
     record_tasks: list[str] = Field(default_factory=list, description="stages 1-3: also train the records "
                                     "of these tasks (e.g. counting), on the stage's simplified scene")
 
+    replay_tasks: list[str] = Field(default_factory=list, description="also train one record of each of "
+                                    "these tasks per scene and epoch, drawn anew each epoch: keeps what an "
+                                    "earlier stage taught (stage 4: the spatial tasks of stages 2-3) at a "
+                                    "small cost")
+
     @model_validator(mode="after")
     def _record_tasks_before_stage_4(self):
         if self.record_tasks and self.stage == 4:

@@ -76,8 +76,10 @@ class StageStream:
                  num_obj_tokens: int, batch_size: int, *, seed: int = 0, shuffle_scenes: int = 16,
                  rank: int = 0, world_size: int = 1, exclude_scenes: frozenset[str] = frozenset(),
                  shuffle_identifiers: bool = False, tasks: list[str] | None = None,
-                 record_tasks: list[str] | None = None, count_by_listing: bool = False):
+                 record_tasks: list[str] | None = None, count_by_listing: bool = False,
+                 replay_tasks: list[str] | None = None):
         self.tasks = frozenset(tasks) if tasks else None
+        self.replay_tasks = frozenset(replay_tasks or ())
         self.count_by_listing = count_by_listing
         self.record_tasks = frozenset(record_tasks or ())
         self.shard_dir, self.stage, self.records_by_scene = shard_dir, stage, records_by_scene
@@ -95,7 +97,8 @@ class StageStream:
         examples = build_examples(self.stage, scene["scene_id"], scene["segments"],
                                   self.records_by_scene.get(scene["scene_id"], []), self.num_obj_tokens, rng,
                                   tasks=self.tasks, record_tasks=self.record_tasks,
-                                  count_by_listing=self.count_by_listing, skipped=skipped)
+                                  count_by_listing=self.count_by_listing, skipped=skipped,
+                                  replay_tasks=self.replay_tasks)
         if not examples:
             return []
         inputs = scene_inputs(scene, self.mode, self.num_obj_tokens)

@@ -218,15 +218,26 @@ def _mixed(own: list[Example], replay: list[Example], rng: random.Random) -> lis
     return out
 
 
+def replay_sample(records: list[Record], replay_tasks: frozenset[str], rng: random.Random) -> list[Record]:
+    """One record of each of `replay_tasks` that the scene has, drawn by `rng` (so another one each
+    epoch): a replay that keeps a task alive at a fixed, small cost per scene."""
+    by_task: dict[str, list[Record]] = defaultdict(list)
+    for rec in records:
+        if rec.task in replay_tasks:
+            by_task[rec.task].append(rec)
+    return [rng.choice(by_task[task]) for task in sorted(by_task)]
+
+
 def build_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
                    num_obj_tokens: int, rng: random.Random, tasks: frozenset[str] | None = None,
                    record_tasks: frozenset[str] = frozenset(), count_by_listing: bool = False,
-                   skipped: Counter | None = None) -> list[Example]:
+                   skipped: Counter | None = None, replay_tasks: frozenset[str] = frozenset()) -> list[Example]:
     """The stage's examples of one scene, only those of `tasks` when given; stages 1-3 add the
     records of `record_tasks`, asked about the simplified scene (a record question refers to objects
-    by identifier, which the fused tokens carry as well as the proxies do). `count_by_listing`:
-    see `record_example`. `skipped` tallies the records of the stage's tasks that could not be
-    examples (see `stage4_examples`)."""
+    by identifier, which the fused tokens carry as well as the proxies do). Any stage adds one
+    record of each of `replay_tasks` (`replay_sample`). `count_by_listing`: see `record_example`.
+    `skipped` tallies the records of the stage's tasks that could not be examples (see
+    `stage4_examples`)."""
     tally: Counter = Counter()
     examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng, count_by_listing, tally)
     if tasks is not None:
@@ -234,6 +245,10 @@ def build_examples(stage: int, scene_id: str, segments: list[dict], records: lis
         tally = Counter({key: n for key, n in tally.items() if key[0] in tasks})
     if stage < 4 and record_tasks:
         extra = stage4_examples(scene_id, segments, [r for r in records if r.task in record_tasks],
+                                num_obj_tokens, rng, count_by_listing, tally)
+        examples = _mixed(examples, extra, rng)
+    if replay_tasks:
+        extra = stage4_examples(scene_id, segments, replay_sample(records, replay_tasks, rng),
                                 num_obj_tokens, rng, count_by_listing, tally)
         examples = _mixed(examples, extra, rng)
     if skipped is not None:

@@ -83,7 +83,7 @@ def stage_stream(cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, records_b
     return StageStream(shard_dir, scfg.stage, records_by_scene, cfg.num_obj_tokens, scfg.batch_size,
                        seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank, world_size=world,
                        exclude_scenes=held_out, tasks=scfg.tasks, record_tasks=scfg.record_tasks,
-                       count_by_listing=cfg.count_by_listing,
+                       count_by_listing=cfg.count_by_listing, replay_tasks=scfg.replay_tasks,
                        shuffle_identifiers=(cfg.shuffle_identifiers if scfg.shuffle_identifiers is None
                                             else scfg.shuffle_identifiers))
 
@@ -229,8 +229,8 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model.lm, {"use_reentrant": False})
 
-    records_by_scene, held_out = training_records(records_path(wf, cfg, scfg),
-                                                  required=stage == 4 or bool(scfg.record_tasks))
+    needs_records = stage == 4 or bool(scfg.record_tasks or scfg.replay_tasks)
+    records_by_scene, held_out = training_records(records_path(wf, cfg, scfg), required=needs_records)
     if rank == 0 and held_out:
         log.info("stage %d: %d held-out scenes (only val/test records) are left out of training", stage,
                  len(held_out))

@@ -1,0 +1,47 @@
+"""`replay_tasks`: one record of each replayed task per scene and epoch, drawn anew each epoch."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from schemas.record import Record
+from trainer.stages import build_examples, replay_sample
+
+# Three objects (instances 10, 11, 12 matched to segments 0, 1, 2 -> identifiers 0, 1, 2).
+SEGMENTS = [{"id": i, "label": i, "instance_id": 10 + i, "category": "chair",
+             "box": {"center": [i, 0, 0.5], "size": [0.5, 0.5, 1.0]}} for i in range(3)]
+
+
+def _rec(task: str, k: int, targets: list[int], answer: str) -> Record:
+    question = " ".join(["<OBJ>"] * len(targets)) + f" question {k}?"
+    return Record(id=f"s-{task}-{k}", scene_id="s", task=task, source="toy", question=question,
+                  answers=[answer], target_ids=targets, answer_type="number")
+
+
+RECORDS = ([_rec("distance", k, [10, 10 + (k % 2) + 1], f"{k}.0") for k in range(4)]
+           + [_rec("object_size", k, [10 + k], f"0.{k + 1}") for k in range(3)]
+           + [_rec("counting", 0, [], "3")])
+
+
+def test_replay_sample_one_per_task_and_varies_with_the_rng():
+    drawn = [replay_sample(RECORDS, frozenset({"distance", "object_size", "room_size"}), random.Random(seed))
+             for seed in range(40)]
+    # one of each task the scene has (room_size: none here), in task order
+    assert all([r.task for r in d] == ["distance", "object_size"] for d in drawn)
+    # over epochs every distance record comes up, not always the same one
+    assert {d[0].id for d in drawn} == {f"s-distance-{k}" for k in range(4)}
+
+
+def test_stage4_replay_adds_one_example_per_task_beside_the_tasks():
+    skipped: Counter = Counter()
+    examples = build_examples(4, "s", SEGMENTS, RECORDS, 8, random.Random(0), tasks=frozenset({"counting"}),
+                              replay_tasks=frozenset({"distance", "object_size"}), skipped=skipped)
+    assert sorted(ex.task for ex in examples) == ["counting", "distance", "object_size"]
+    distance = next(ex for ex in examples if ex.task == "distance")
+    # the replayed record is a real example: its <OBJ> placeholders became the targets' identifiers
+    assert distance.question.startswith("<OBJ000> <OBJ00")
+    assert float(distance.answer) in {0.0, 1.0, 2.0, 3.0}
+    assert not skipped
+    without = build_examples(4, "s", SEGMENTS, RECORDS, 8, random.Random(0), tasks=frozenset({"counting"}))
+    assert [ex.task for ex in without] == ["counting"]
