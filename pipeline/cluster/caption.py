@@ -68,7 +68,8 @@ def focus_proxies(feat: np.ndarray, xyz: np.ndarray, base: SceneProxies, num_pro
         owners.append(np.full(k, s, dtype=np.int32))
     dim = feat_ND.shape[1]
     if not feats:
-        return FocusProxies(np.zeros((0, dim), np.float32), np.zeros((0, 3), np.float32), np.zeros(0, np.int32))
+        return FocusProxies(np.zeros((0, dim), np.float32), np.zeros((0, 3), np.float32),
+                            np.zeros(0, np.int32))
     return FocusProxies(np.concatenate(feats).astype(np.float32), np.concatenate(points).astype(np.float32),
                         np.concatenate(owners))
 

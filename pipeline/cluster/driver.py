@@ -100,9 +100,10 @@ def cluster_one(out: str, scene_id: str, params: ClusterParams, params_record: d
         if params.caption_proxies is not None:  # from the arrays already read: no second store read
             from pipeline.cluster.caption import focus_proxies
 
-            focus = focus_proxies(scene.feat_FhwD, scene.xyz_Fhw3, proxies, params.caption_proxies, params,
-                                  feat_mean_D=None if stats is None else np.asarray(stats["feat_mean"], np.float32),
-                                  feat_std_D=None if stats is None else np.asarray(stats["feat_std"], np.float32))
+            focus = focus_proxies(
+                scene.feat_FhwD, scene.xyz_Fhw3, proxies, params.caption_proxies, params,
+                feat_mean_D=None if stats is None else np.asarray(stats["feat_mean"], np.float32),
+                feat_std_D=None if stats is None else np.asarray(stats["feat_std"], np.float32))
         num_segments = len(proxies.segments)
         if scene.gt_label_Fhw is None:
             matching = no_ground_truth(num_segments)

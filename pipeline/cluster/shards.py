@@ -19,8 +19,8 @@ import numpy as np
 
 from schemas.manifest import Box3D
 from schemas.proxy import (
-    FOCUS_MEMBERS, INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo, check_proxy_format, check_sample_params,
-    read_set_index,
+    FOCUS_MEMBERS, INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo, check_proxy_format,
+    check_sample_params, read_set_index,
 )
 
 PROXIES_DIR = "proxies"

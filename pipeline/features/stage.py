@@ -189,7 +189,8 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
     warnings = list(scene.warnings)
     if alignment.scale_method == "prior":
         warnings.append(f"no sensor poses, sensor depth or depth model: metres from the configured "
-                        f"scale_prior ({alignment.scale:g} m per geometry unit), the last resort, not measured")
+                        f"scale_prior ({alignment.scale:g} m per geometry unit), the last resort, "
+                        "not measured")
     with _timed(seconds, "segmenter"):
         label_FHW = models.segmenter.segment(images_FHW3, sensor, geo.xyz_FHW3)
     if not (label_FHW >= 0).any():

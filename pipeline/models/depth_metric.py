@@ -103,8 +103,8 @@ def tiny_metric_config(max_depth: int = 20):
     from transformers import DepthAnythingConfig, Dinov2Config
 
     backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            patch_size=14, image_size=56, out_indices=[1, 2, 3, 4], reshape_hidden_states=False,
-                            apply_layernorm=True)
+                            patch_size=14, image_size=56, out_indices=[1, 2, 3, 4],
+                            reshape_hidden_states=False, apply_layernorm=True)
     return DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, patch_size=14,
                                neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
                                depth_estimation_type="metric", max_depth=max_depth)
@@ -136,7 +136,8 @@ def load_depth_model(config, data_root, device: str = "cpu") -> MetricDepthModel
     if model.startswith("toy:"):
         from schemas.io import build_once
 
-        model = str(build_once(Path(data_root) / "models" / "depth_anything", TOY_MARKER, build_toy_depth_model))
+        folder = Path(data_root) / "models" / "depth_anything"
+        model = str(build_once(folder, TOY_MARKER, build_toy_depth_model))
     depth = MetricDepthModel(model, revision=config.revision, device=device, dtype=config.dtype,
                              trained=not (Path(model) / TOY_MARKER).exists())
     depth.ref = depth.ref.model_copy(update={"model": config.model})
