@@ -69,7 +69,9 @@ class PrefixCache:
 
     def _fresh_cache(self):
         if getattr(self.cache, "is_croppable", False) and hasattr(self.cache, "crop"):
-            self.cache.crop(self.num_prefix)
+            extra = self.cache.get_seq_length() - self.num_prefix
+            if extra > 0:  # transformers 5 crops by a negative count: the tokens to remove
+                self.cache.crop(-extra)
             return self.cache
         return copy.deepcopy(self.cache)
 
@@ -122,12 +124,32 @@ def load_model(checkpoint):
     return model, collate, mode
 
 
+def named_objects(text: str, segments: list[dict], num_obj_tokens: int, ask_name) -> list[dict]:
+    """The objects an answer names: segment, identifier, box, and category, the matched ground truth's
+    where there is one, else `ask_name(identifier)` (the model's own naming)."""
+    from trainer.objects import obj_token, segment_identifiers
+    from trainer.predict import answer_objects
+
+    ident_of = segment_identifiers(segments, num_obj_tokens)
+    found = answer_objects(text, segments, False, num_obj_tokens)
+    objects = []
+    for seg_id, box in zip(found.get("object_ids", []), found.get("boxes", [])):
+        seg = next(s for s in segments if s["id"] == seg_id)
+        identifier = obj_token(ident_of[seg_id])
+        if seg.get("category"):
+            category, source = seg["category"], "ground truth (matched instance)"
+        else:
+            category, source = ask_name(identifier), "model"
+        objects.append({"segment_id": seg_id, "identifier": identifier, "category": category,
+                        "category_from": source, "instance_id": seg.get("instance_id"), "box": box})
+    return objects
+
+
 def answer_questions(model, collate, mode: str, sample: dict, questions: list[str], max_new_tokens: int = 32,
                      kv_cache: bool = True) -> list[Answer]:
     """Each question's answer, with the objects it names."""
     from trainer.data import scene_inputs
-    from trainer.objects import obj_token, segment_identifiers
-    from trainer.predict import answer_objects, answer_parts, clean_text
+    from trainer.predict import answer_parts, clean_text
 
     if sample["feat"].shape[1] != model.cfg.feat_dim:
         raise ValueError(f"the scene's features have D={sample['feat'].shape[1]}, the checkpoint's projector reads "
@@ -144,23 +166,16 @@ def answer_questions(model, collate, mode: str, sample: dict, questions: list[st
                else generate_reencoded(model, collate, scene_id, inputs, question, max_new_tokens))
         return clean_text(model.tokenizer.decode(ids, skip_special_tokens=False))
 
-    segments = sample["segments"]
-    ident_of = segment_identifiers(segments, model.cfg.num_obj_tokens)
-    named_as: dict[int, str] = {}
+    names: dict[str, str] = {}  # identifier -> the model's name for it, asked once per scene
+
+    def ask_name(identifier: str) -> str:
+        if identifier not in names:
+            names[identifier] = run(NAMING_QUESTION.format(identifier))
+        return names[identifier]
+
     answers = []
     for question in questions:
         text, objects_text = answer_parts(run(question), "text")
-        found = answer_objects(objects_text, segments, False, model.cfg.num_obj_tokens)
-        objects = []
-        for seg_id, box in zip(found.get("object_ids", []), found.get("boxes", [])):
-            seg = next(s for s in segments if s["id"] == seg_id)
-            if seg.get("category"):
-                category, source = seg["category"], "ground truth (matched instance)"
-            else:
-                if seg_id not in named_as:
-                    named_as[seg_id] = run(NAMING_QUESTION.format(obj_token(ident_of[seg_id])))
-                category, source = named_as[seg_id], "model"
-            objects.append({"segment_id": seg_id, "identifier": obj_token(ident_of[seg_id]), "category": category,
-                            "category_from": source, "instance_id": seg.get("instance_id"), "box": box})
-        answers.append(Answer(question, text, objects))
+        answers.append(Answer(question, text, named_objects(objects_text, sample["segments"],
+                                                            model.cfg.num_obj_tokens, ask_name)))
     return answers

@@ -1,0 +1,233 @@
+"""`p3d ask` as a user runs it: a toy scene filmed into an mp4, a small checkpoint trained here
+through `p3d train` (its resolved workflow saved beside it, with the real networks' backends: the
+tiny `toy:` Qwen2.5-VL encoder, a random VGGT and the tiny SAM 2), then `p3d ask` on the mp4.
+
+Random weights give meaningless answers: the tests check the plumbing and the contracts (format,
+objects, boxes, the frame and scale named, the cache, the KV-cached answers equal to re-encoding),
+and the clear errors. The training step uses synthetic proxy shards of the encoder's width (D=128,
+trainer/synthetic.py) so that the checkpoint costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.ask.prepare import MIN_PARALLAX, check_parallax
+
+FRAMES = 6
+
+
+def _invoke(*argv: str):
+    from pipeline.cli import app
+
+    return CliRunner().invoke(app, list(argv))
+
+
+def _ok(*argv: str):
+    res = _invoke(*argv)
+    assert res.exit_code == 0, f"{argv}:\n{res.output}\n{res.exception!r}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from pipeline.ask.film import film_toy_scene
+    from pipeline.models.toy_models import build_toy_qwen
+    from pipeline.models.vggt.config import VGGTConfig
+    from pipeline.models.vggt.loader import random_vggt, save_vggt
+    from schemas.workflow import ToyWorldConfig
+    from trainer.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("ask")
+    qwen = build_toy_qwen(root / "qwen", ["Find the chair.", "What is a chair?", "How many lamps are in the room?"])
+    _, records = write_synthetic(root / "data", num_scenes=4, dim=128, scenes_per_shard=2)
+    vggt = save_vggt(random_vggt(VGGTConfig.tiny(embed_dim=32, depth=2, num_heads=2), seed=3), root / "vggt", toy=True)
+    toy = ToyWorldConfig(num_scenes=2, frames=12, seed=4, image_size=(112, 140))
+    video = film_toy_scene(toy, 0, root / "videos" / "room.mp4")
+    wf = {
+        "name": "asktest", "out": str(root / "data"),
+        "source": {"kind": "video", "path": str(root / "videos")},
+        "features": {"num_frames": FRAMES, "image_size": [112, 140], "encoder": {"model": "toy:qwen2_5_vl"},
+                     "geometry": {"kind": "vggt", "model": str(vggt)},
+                     "segmenter": {"kind": "sam2", "model": "toy:sam2", "points_per_side": 4, "pred_iou_thresh": 0.0,
+                                   "stability_thresh": 0.0, "min_mask_area": 0.0}},
+        "cluster": {"proxies": 32},
+        "train": {"model": str(qwen), "proxies": "synthetic", "records": str(records), "out": str(root / "train"),
+                  "num_obj_tokens": 32, "height_bins": 16, "fourier_dim": 16, "save_every": 1000,
+                  "stages": [
+                      {"stage": 1, "trainable": ["identifiers", "language_model"], "max_steps": 1, "batch_size": 2},
+                      {"stage": 4, "trainable": ["projector", "position", "identifiers", "language_model"],
+                       "max_steps": 1, "batch_size": 2, "init_from": str(root / "train" / "stage1" / "model")}]},
+    }
+    wf_path = root / "asktest.yaml"
+    wf_path.write_text(yaml.safe_dump(wf))
+    for stage in ("1", "4"):
+        _ok("train", "--stage", stage, "--workflow", str(wf_path))
+    checkpoint = root / "train" / "stage4" / "model"
+    assert (checkpoint.parent / "resolved_workflow.yaml").is_file()
+    return root, checkpoint, video, wf, root / "cache"
+
+
+@pytest.mark.slow
+def test_ask_a_video_prints_the_answer_with_objects_and_boxes_then_reuses_the_cache(trained, tmp_path):
+    root, checkpoint, video, _, cache = trained  # the first test: the cache is empty
+    first = _ok("ask", str(video), "Find the chair.", "--checkpoint", str(checkpoint), "--cache", str(cache), "--json")
+    doc = json.loads(first.stdout)
+    assert doc["scene_id"] == "room" and doc["kind"] == "video" and doc["cached"] is False
+    # A video has no poses: the frame is gravity-aligned and the scale comes from the stated prior.
+    assert doc["frame"]["method"] == "gravity" and doc["frame"]["scale_method"] == "prior"
+    assert "gravity-aligned" in doc["frame"]["description"] and "scale prior" in doc["frame"]["description"]
+    (answer,) = doc["answers"]
+    assert answer["question"] == "Find the chair." and isinstance(answer["text"], str)
+    for obj in answer["objects"]:
+        assert obj["identifier"].startswith("<OBJ") and obj["category_from"] == "model"
+        assert len(obj["box"]["center"]) == 3 and all(s >= 0 for s in obj["box"]["size"])
+    assert answer["boxes"] == [o["box"] for o in answer["objects"]]
+
+    # The store group and the shard are those of the first call: nothing is recomputed.
+    group = next((Path(doc["cache"]) / "features").glob("room"))
+    shard = next((Path(doc["cache"]) / "proxies" / "ask").glob("shard-*.tar"))
+    stamps = (os.stat(group / "zarr.json").st_mtime_ns, os.stat(shard).st_mtime_ns)
+    second = _ok("ask", str(video), "How many lamps are in the room?", "--checkpoint", str(checkpoint),
+                 "--cache", str(cache))
+    assert "cached" in second.stdout and "Q: How many lamps are in the room?" in second.stdout
+    assert "A: " in second.stdout and "boxes in gravity-aligned" in second.stdout
+    assert (os.stat(group / "zarr.json").st_mtime_ns, os.stat(shard).st_mtime_ns) == stamps
+
+
+@pytest.mark.slow
+def test_objects_named_by_an_answer_come_with_segment_box_and_category(trained):
+    """An answer naming two identifiers: each comes back with its segment and box from segments.json,
+    and its category from the model's own answer to the naming question (a video has no ground truth),
+    or from the matched ground-truth instance where the segment has one."""
+    import copy
+
+    from pipeline.ask.answer import NAMING_QUESTION, PrefixCache, generate_reencoded, load_model, named_objects
+    from pipeline.ask.inputs import open_input
+    from pipeline.ask.prepare import checkpoint_workflow, prepare_scene
+    from trainer.data import scene_inputs
+    from trainer.objects import segment_identifiers
+    from trainer.predict import clean_text
+
+    _, checkpoint, video, _, cache = trained
+    scene = prepare_scene(checkpoint_workflow(checkpoint, None, []), open_input(video, FRAMES), cache,
+                          echo=lambda _: None)
+    model, collate, mode = load_model(checkpoint)
+    segments = scene.sample["segments"]
+    ident = segment_identifiers(segments, model.cfg.num_obj_tokens)
+    assert len(ident) >= 2, "the video's scene has instance segments with identifiers"
+    first, second = sorted(ident, key=ident.get)[:2]
+    inputs = scene_inputs(scene.sample, mode, model.cfg.num_obj_tokens)
+    prefix = PrefixCache(model, collate, "room", inputs)
+    asked = []
+
+    def ask_name(identifier):
+        asked.append(identifier)
+        return clean_text(model.tokenizer.decode(prefix.generate(NAMING_QUESTION.format(identifier), 6)))
+
+    text = f"<OBJ{ident[second]:03d}> <OBJ{ident[first]:03d}>"
+    objects = named_objects(text, segments, model.cfg.num_obj_tokens, ask_name)
+    assert [o["segment_id"] for o in objects] == [second, first]  # in the order the answer names them
+    for obj, seg_id in zip(objects, (second, first)):
+        seg = next(s for s in segments if s["id"] == seg_id)
+        assert obj["box"] == seg["box"] and obj["identifier"] == f"<OBJ{ident[seg_id]:03d}>"
+        reference = generate_reencoded(model, collate, "room", inputs, f"What is {obj['identifier']}?", 6)
+        assert obj["category"] == clean_text(model.tokenizer.decode(reference)) and obj["category_from"] == "model"
+    # A segment matched to a ground-truth instance takes that instance's category; the model is not asked.
+    matched = copy.deepcopy(segments)
+    next(s for s in matched if s["id"] == first).update(category="chair", instance_id=7)
+    asked.clear()
+    (obj,) = named_objects(f"<OBJ{ident[first]:03d}>", matched, model.cfg.num_obj_tokens, ask_name)
+    assert (obj["category"], obj["instance_id"], asked) == ("chair", 7, [])
+    assert obj["category_from"].startswith("ground truth")
+    assert named_objects("a chair", segments, model.cfg.num_obj_tokens, ask_name) == []
+
+
+@pytest.mark.slow
+def test_kv_cached_answers_equal_reencoded_ones(trained):
+    from pipeline.ask.answer import PrefixCache, generate_reencoded, load_model
+    from pipeline.ask.inputs import open_input
+    from pipeline.ask.prepare import checkpoint_workflow, prepare_scene
+    from trainer.data import scene_inputs
+
+    _, checkpoint, video, _, cache = trained
+    run = checkpoint_workflow(checkpoint, None, [])
+    scene = prepare_scene(run, open_input(video, FRAMES), cache, echo=lambda _: None)
+    model, collate, mode = load_model(checkpoint)
+    inputs = scene_inputs(scene.sample, mode, model.cfg.num_obj_tokens)
+    prefix = PrefixCache(model, collate, "room", inputs)
+    assert prefix.num_prefix > len(inputs["xyz"])  # the scene tokens are inside the cached prefix
+    questions = ["Find the chair.", "How many lamps are in the room?", "What is <OBJ001>?", "Find the chair."]
+    cached = [prefix.generate(q, 12) for q in questions]
+    again = [generate_reencoded(model, collate, "room", inputs, q, 12) for q in questions]
+    assert cached == again
+    assert cached[0] == cached[3]  # the cache was cut back to the prefix between questions
+    assert all(len(ids) >= 1 for ids in cached)
+
+
+@pytest.mark.slow
+def test_questions_file_answers_each_line(trained, tmp_path):
+    _, checkpoint, video, _, cache = trained
+    qfile = tmp_path / "q.txt"
+    qfile.write_text("# about the room\nFind the chair.\n\nHow many lamps are in the room?\n")
+    res = _ok("ask", str(video), "--questions", str(qfile), "--checkpoint", str(checkpoint), "--cache",
+              str(cache), "--json", "--html", str(tmp_path / "room.html"), "--max-new-tokens", "6")
+    doc = json.loads(res.stdout)
+    assert [a["question"] for a in doc["answers"]] == ["Find the chair.", "How many lamps are in the room?"]
+    page = (tmp_path / "room.html").read_text()
+    assert "Find the chair." in page and "plotly.js" in page and not re.findall(r"<script[^>]*\bsrc=", page)
+
+
+# ---- clear errors -------------------------------------------------------------------------------
+
+def _error_line(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, res.output
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_short_unreadable_and_mismatched_inputs_fail_in_one_line(trained, tmp_path):
+    from pipeline.ask.film import write_video
+
+    root, checkpoint, _, wf, _ = trained
+    short = write_video(np.zeros((3, 48, 64, 3), np.uint8), tmp_path / "short.mp4")
+    args = ["--checkpoint", str(checkpoint), "--cache", str(tmp_path / "cache")]
+    assert "too short: 3 frames" in _error_line(_invoke("ask", str(short), "Find the chair.", *args))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 10)
+    assert "unreadable video" in _error_line(_invoke("ask", str(broken), "Find the chair.", *args))
+    # Another encoder than the checkpoint's own: refused before anything runs.
+    line = _error_line(_invoke("ask", str(root / "videos" / "room.mp4"), "Find the chair.", *args,
+                               "--set", "features.encoder.model=Qwen/Qwen2.5-VL-7B-Instruct"))
+    assert "not the one the checkpoint was trained on" in line and "toy:qwen2_5_vl" in line
+    # A workflow whose geometry needs sensor depth: a video has none.
+    line = _error_line(_invoke("ask", str(root / "videos" / "room.mp4"), "Find the chair.", *args,
+                               "--set", "features.geometry.kind=sim_vggt"))
+    assert "sim_vggt" in line and "sensor depth and poses" in line
+    assert "not a p3d checkpoint" in _error_line(_invoke("ask", str(short), "q", "--checkpoint", str(tmp_path)))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("*/proxies"))
+
+
+def test_parallax_check_on_hand_made_cameras():
+    pose_F44 = np.repeat(np.eye(4)[None], 5, 0)
+    xyz_Fhw3 = np.zeros((5, 2, 2, 3)) + np.array([0.0, 0.0, 3.0])  # the room 3 m in front
+    # A tripod pan: the centres stay put.
+    assert "not enough parallax" in check_parallax(pose_F44, xyz_Fhw3)
+    # A walk of 1 m along x: RMS spread sqrt(mean((x - 0.5)^2)) over x = 0, .25, .5, .75, 1 = 0.354 m.
+    pose_F44[:, 0, 3] = np.linspace(0, 1, 5)
+    spread = np.sqrt(np.mean((np.linspace(0, 1, 5) - 0.5) ** 2))
+    assert spread == pytest.approx(0.3536, abs=1e-4) and spread > MIN_PARALLAX * 3.0
+    assert check_parallax(pose_F44, xyz_Fhw3) is None
+    # Just under the threshold: the walk scaled to MIN_PARALLAX * depth * 0.9.
+    pose_F44[:, 0, 3] *= 0.9 * MIN_PARALLAX * 3.0 / spread
+    assert "not enough parallax" in check_parallax(pose_F44, xyz_Fhw3)
