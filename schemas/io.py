@@ -3,8 +3,10 @@ replaced by `replace_dir` (rename the old aside, rename the new in, then delete 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,15 +15,53 @@ from typing import IO, Any
 from pydantic import BaseModel
 
 
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
+def temporary_sibling(path: str | Path) -> Path:
+    """Where this process writes `path` before renaming it into place (`.<name>.tmp-<pid>`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path, name: str | None = None) -> None:
+    """Remove the temporary siblings (of `name`, else of anything) in `folder` whose writer is gone:
+    a SIGKILL skips every cleanup, and nothing else would ever rename or delete them."""
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for entry in folder.glob(f".{glob.escape(name)}.tmp-*" if name is not None else ".*.tmp-*"):
+        found = _TEMPORARY.match(entry.name)
+        if found is None or _pid_alive(int(found["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w"):
     """Yield a file (text, or binary with mode "wb") whose content replaces `path` only if the block
-    finishes."""
+    finishes. The temporaries of writers of `path` that were killed are removed first."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes a new file: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(path.parent, path.name)
+    tmp = temporary_sibling(path)
     try:
         with tmp.open(mode) as f:
             yield f

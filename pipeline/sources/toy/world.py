@@ -38,7 +38,7 @@ from pipeline.sources.toy.annotate import generate_records
 from pipeline.sources.toy.layout import ToyLayout, camera_path, intrinsics_for, sample_layout
 from pipeline.sources.toy.render import BoxScene, Rendered, render
 from pipeline.sources.toy.shapes import CATEGORY_NAMES
-from schemas.io import replace_dir, write_json_atomic
+from schemas.io import remove_stale_temporaries, replace_dir, temporary_sibling, write_json_atomic
 from schemas.manifest import ObjectInfo, SceneManifest
 from schemas.record import Record, write_records
 from schemas.workflow import ToyWorldConfig
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 TOY_WORLD_VERSION = 2  # 2: counting records name the counted objects (target_ids)
 SCENE_ID_PATTERN = re.compile(r"^toy\d{4}$")
 TOY_WORLD_FILE = "toy_world.json"
-_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<pid>\d+)$")
 DEPTH_SHIFT = 1000.0  # uint16 depth PNG units per metre, as ScanNet writes them
 MIN_VIEWS = 3  # frames in which every object must be visible
 MIN_PIXELS = 40  # pixels that count as "visible" in one frame
@@ -142,7 +141,7 @@ def objects_of(layout: ToyLayout) -> list[ObjectInfo]:
 
 def write_scene(scene: ToyScene, scenes_dir: Path, rel_path: str) -> Path:
     final = scenes_dir / scene.scene_id
-    tmp = scenes_dir / f".{scene.scene_id}.tmp-{os.getpid()}"
+    tmp = temporary_sibling(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     for sub in ("color", "depth", "pose", "instance-filt", "intrinsic"):
@@ -191,29 +190,6 @@ def _die_with_parent(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before the line above
         os._exit(1)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove `.<name>.tmp-<pid>` files and folders (write_scene's, schemas.io.atomic_open's) left
-    by a writer that was killed: its process is gone, so nothing will rename them into place."""
-    for entry in folder.iterdir():
-        found = _TEMPORARY.match(entry.name)
-        if found is None or _pid_alive(int(found["pid"])):
-            continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
 
 
 def build_toy_world(root: Path, scenes_dir: Path, cfg: ToyWorldConfig,
