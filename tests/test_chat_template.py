@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 
-from pipeline.models.toy_models import build_toy_qwen, train_toy_tokenizer
+from pipeline.models.toy_models import TOY_CHAT_TEMPLATE, build_toy_qwen, train_toy_tokenizer
 from tests.conftest import SHARED
 from trainer.chat import IGNORE, chat_layout
 from trainer.data import Collator
@@ -66,12 +66,13 @@ def test_real_qwen_layout_system_user_assistant_and_labels_on_the_answer(qwen_to
               IM_START, *_text(tok, "user\n"), VISION_START]
     after = [VISION_END, *_text(tok, question), IM_END, *_text(tok, "\n"), IM_START, *_text(tok, "assistant\n")]
     response = [*_text(tok, answer), IM_END]
-    expected = [*before, *[IMAGE_PAD] * num_scene, *after, *response, *_text(tok, "\n")]
+    # The template's newline after <|im_end|> is not fed: it would follow the last label.
+    expected = [*before, *[IMAGE_PAD] * num_scene, *after, *response]
     assert ids == expected
     assert _text(tok, "\n") == [198] and _text(tok, "assistant\n") == [77091, 198]  # Qwen's own ids
     # The loss is on the answer and the end-of-turn token the model must emit to stop; everything
-    # before it, and the template's newline after it, is masked.
-    assert labels == [IGNORE] * (len(expected) - len(response) - 1) + response + [IGNORE]
+    # before it is masked.
+    assert labels == [IGNORE] * (len(expected) - len(response)) + response
     # Rotary ids: text before the scene counts 0..s-1, the scene starts at s = len(before).
     s = len(before)
     assert torch.equal(pos_3L[:, :s], torch.arange(s).expand(3, -1))
@@ -111,15 +112,15 @@ def test_toy_model_answer_layout_and_truncation(tmp_path):
     ids, labels, _ = Collator(tok, c, model.category_ids).encode(ex, 2, torch.zeros(2, dtype=torch.long))
     expected = [c.chat_start_id, *_text(tok, "user\n"), c.vision_start_id, c.scene_token_id, c.scene_token_id,
                 c.vision_end_id, *_text(tok, "What is <OBJ001>?"), c.chat_end_id, *_text(tok, "\n"),
-                c.chat_start_id, *_text(tok, "assistant\n"), *_text(tok, "chair"), c.chat_end_id, *_text(tok, "\n")]
+                c.chat_start_id, *_text(tok, "assistant\n"), *_text(tok, "chair"), c.chat_end_id]
     assert ids == expected
     assert _text(tok, "user\n")[0] == tok.convert_tokens_to_ids("user")  # role names are single toy tokens
     answer = [*_text(tok, "chair"), c.chat_end_id]
-    assert [t for t in labels if t != IGNORE] == answer and labels[-1] == IGNORE
+    assert labels == [IGNORE] * (len(expected) - len(answer)) + answer
     # A long answer is cut to max_length; the prompt never is.
-    cut = Collator(tok, c, model.category_ids, max_length=len(expected) - 2)
+    cut = Collator(tok, c, model.category_ids, max_length=len(expected) - 1)
     ids_cut, labels_cut, _ = cut.encode(ex, 2, torch.zeros(2, dtype=torch.long))
-    assert ids_cut == expected[:-2] and labels_cut == labels[:-2]
+    assert ids_cut == expected[:-1] and labels_cut == labels[:-1]
     with pytest.raises(ValueError, match="exceed max_length"):
         Collator(tok, c, model.category_ids, max_length=10).encode(ex, 2, torch.zeros(2, dtype=torch.long))
 
@@ -130,3 +131,12 @@ def test_a_tokenizer_without_a_chat_template_is_refused():
     with pytest.raises(ValueError, match="no chat template"):
         chat_layout(tok, "What is it?", "a chair", tok.convert_tokens_to_ids("<|image_pad|>"),
                     tok.convert_tokens_to_ids("<|im_end|>"))
+
+
+def test_a_toy_folder_saved_without_a_template_gets_the_toy_one(tmp_path):
+    """Toy model folders built before toy tokenizers had a template still train (trainer/model.py)."""
+    folder = build_toy_qwen(tmp_path / "qwen", ["What is a chair?"])
+    (folder / "chat_template.jinja").unlink()
+    model = Proxy3DModel.build(str(folder), feat_dim=128, num_obj_tokens=2, categories=["chair"], height_bins=8,
+                               height_range=(0.0, 4.0), fourier_dim=8)
+    assert model.tokenizer.chat_template == TOY_CHAT_TEMPLATE

@@ -9,12 +9,14 @@ template (no system message given, so its default one is used):
     <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
     <|im_start|>user\\n<|vision_start|><|image_pad|> x K<|vision_end|>question<|im_end|>\\n
     <|im_start|>assistant\\n            <- the generation prompt (prediction ends here)
-    answer<|im_end|>\\n                 <- training only
+    answer<|im_end|>                  <- training only
 
 Labels: -100 on everything up to the generation prompt; the answer's tokens and the template's tail
 up to and including the first end-of-turn token (`<|im_end|>`, the tokenizer's eos) are learned:
 that token is where `Proxy3DModel.generate` stops, so the model must learn to emit it. Whatever the
-template writes after it (Qwen's `\\n`) is masked: generation has stopped before it.
+template writes after it (Qwen's `\\n`) is left out of the sequence: generation has stopped before it,
+and a token after the last label cannot change the loss of a causal model (it would be masked and
+cost compute only).
 
 Pure: a tokenizer and strings in, token id lists out.
 """
@@ -28,13 +30,12 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class ChatLayout:
-    """One example's tokens: `prompt` holds one scene slot at `scene_at`; `response` and
-    `response_labels` are empty for a generation prompt."""
+    """One example's tokens: `prompt` holds one scene slot at `scene_at`; `response` (every token of
+    it learned) is empty for a generation prompt."""
 
     prompt: list[int]
     scene_at: int
     response: list[int]
-    response_labels: list[int]
 
 
 def _messages(question: str, answer: str | None) -> list[dict]:
@@ -61,7 +62,7 @@ def chat_layout(tokenizer, question: str, answer: str | None, scene_token_id: in
         raise ValueError(f"the chat template rendered {len(slots)} scene slots (<|image_pad|>) for one image; "
                          "expected exactly one")
     if answer is None:
-        return ChatLayout(prompt, slots[0], [], [])
+        return ChatLayout(prompt, slots[0], [])
     full_text = tokenizer.apply_chat_template(_messages(question, answer), tokenize=False)
     rest = full_text[len(prompt_text):]
     if not full_text.startswith(prompt_text) or not rest.startswith(answer):
@@ -71,6 +72,4 @@ def chat_layout(tokenizer, question: str, answer: str | None, scene_token_id: in
     if end_of_turn_id not in tail_ids:
         raise ValueError(f"the chat template ends the assistant turn without the end-of-turn token "
                          f"{tokenizer.convert_ids_to_tokens(end_of_turn_id)!r} that generation stops at")
-    learned = tail_ids.index(end_of_turn_id) + 1
-    tail_labels = tail_ids[:learned] + [IGNORE] * (len(tail_ids) - learned)
-    return ChatLayout(prompt, slots[0], answer_ids + tail_ids, answer_ids + tail_labels)
+    return ChatLayout(prompt, slots[0], answer_ids + tail_ids[:tail_ids.index(end_of_turn_id) + 1])

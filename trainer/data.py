@@ -153,9 +153,9 @@ class Collator:
         if room < (1 if with_answer else 0):
             raise ValueError(f"scene {ex.scene_id}: {num_scene} scene tokens + prompt exceed "
                              f"max_length {self.max_length}")
-        response, response_labels = layout.response[:room], layout.response_labels[:room]
+        response = layout.response[:room]
         ids = [*before, *[c.scene_token_id] * num_scene, *after, *response]
-        labels = [IGNORE] * (len(ids) - len(response)) + response_labels
+        labels = [IGNORE] * (len(ids) - len(response)) + response
         pos_3L = rope_position_ids(len(before), z_bin_K, len(after) + len(response), c.height_bins,
                                    c.rope_positions)
         return ids, labels, pos_3L
