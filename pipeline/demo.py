@@ -1,8 +1,9 @@
 """`p3d demo`: the whole chain on one workflow, then a report with the metric and ablation tables.
 
 toy world -> features -> cluster -> train stages 1-4 -> predict (held-out split) -> eval -> viz,
-then the paper's ablations in miniature: semantic grouping versus `--no-grouping`, and proxy
-budgets. Every step runs the same command a user would type (`p3d ...`, `python trainer/run.py`),
+then the paper's ablations in miniature: semantic grouping versus `--no-grouping`, proxy
+budgets, and the layout of the proxies' rotary position ids (`train.rope_positions`: the main
+run's proxy set, stage 4 with the other layout, scored also on the tasks stage 4 replays). Every step runs the same command a user would type (`p3d ...`, `python trainer/run.py`),
 as a child process whose output streams to the console and to `<runs>/<name>/logs/<step>.log`, so
 the demo proves the commands, not a private shortcut. Steps whose outputs exist are skipped by the
 stages themselves (resume), so a second `make demo` only redoes what changed.
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from schemas.config_train import ROPE_POSITIONS
 from schemas.workflow import Workflow, load_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +187,13 @@ def _stage4_and_scores(demo: DemoRun, label: str, wf_path: Path, wf: Workflow, r
     return json.loads(scores.read_text())
 
 
+def positions_variant(wf: Workflow) -> tuple[str, dict]:
+    """The main run's clustering with the other rotary position layout (trainer/positions.py)."""
+    other = next(p for p in ROPE_POSITIONS if p != wf.train.rope_positions)
+    return (f"positions-{other}-k{wf.cluster.proxies}",
+            {"proxies": wf.cluster.proxies, "grouping": wf.cluster.grouping, "rope_positions": other})
+
+
 def ablation_variants(wf: Workflow) -> list[tuple[str, dict]]:
     ab = wf.demo.ablations
     pair_budget = ab.grouping_budget or wf.cluster.proxies
@@ -193,13 +202,18 @@ def ablation_variants(wf: Workflow) -> list[tuple[str, dict]]:
     for k in ab.budgets:
         if k != pair_budget:
             variants.append((f"grouping-k{k}", {"proxies": k, "grouping": True}))
-    return variants
+    return [*variants, positions_variant(wf)]
+
+
+def main_clustering(wf: Workflow, change: dict) -> bool:
+    return change["proxies"] == wf.cluster.proxies and change["grouping"] == wf.cluster.grouping
 
 
 def repeats_main_run(wf: Workflow, change: dict) -> bool:
     """Would this variant train exactly what the main chain trained (module docstring)?"""
     ab, main4 = wf.demo.ablations, wf.train.stage(4)
-    return (change["proxies"] == wf.cluster.proxies and change["grouping"] == wf.cluster.grouping
+    return (main_clustering(wf, change)
+            and change.get("rope_positions", wf.train.rope_positions) == wf.train.rope_positions
             and main4 is not None and main4.init_from is None and main4.records is None
             and main4.epochs == ab.epochs and main4.tasks is not None
             and sorted(main4.tasks) == sorted(ab.tasks))
@@ -245,7 +259,11 @@ def _oracle_changes(wf: Workflow) -> dict:
 def _variant_workflow(wf: Workflow, name: str, change: dict, stage3_model: Path, records: Path,
                       ab_dir: Path, oracle: dict | None = None) -> Workflow:
     ab = wf.demo.ablations
-    cluster = wf.cluster.model_copy(update={"name": f"ablation-{name}", **change})
+    change = dict(change)
+    rope_positions = change.pop("rope_positions", wf.train.rope_positions)
+    # A variant of training alone reads the main run's proxy set; one of the clustering its own.
+    own_set = oracle is not None or not main_clustering(wf, change)
+    cluster = wf.cluster.model_copy(update={"name": f"ablation-{name}", **change}) if own_set else wf.cluster
     stage4 = {"stage": 4, "trainable": ["projector", "position", "identifiers", "language_model"],
               "epochs": ab.epochs, "init_from": str(stage3_model), "records": str(records),
               "tasks": list(ab.tasks)}
@@ -254,7 +272,7 @@ def _variant_workflow(wf: Workflow, name: str, change: dict, stage3_model: Path,
         stage4 = listed.model_copy(update={k: stage4[k] for k in ("epochs", "init_from", "records", "tasks")}
                                    ).model_dump()
     train = {**wf.train.model_dump(), "proxies": cluster.name, "out": str(ab_dir / name / "train"),
-             "records": str(records),
+             "records": str(records), "rope_positions": rope_positions,
              "stages": [s.model_dump() for s in wf.train.stages if s.stage != 4] + [stage4]}
     data = {**wf.model_dump(), "name": f"{wf.name}-{name}", "cluster": cluster.model_dump(), "train": train}
     if oracle is not None:
@@ -270,7 +288,13 @@ def prepare_ablations(demo: DemoRun, stage3_model: Path) -> tuple[list[Variant],
     wf = demo.workflow
     ab = wf.demo.ablations
     ab_dir = demo.run_dir / "ablations"
-    records = _filtered_records(wf, ab.tasks, ab_dir / "records.jsonl")
+    # Every variant trains what the main stage 4 replays beside the ablation's tasks; only the
+    # position-id variant is also scored on them (the spatial tasks, where positions should count).
+    main4 = wf.train.stage(4)
+    replayed = [t for t in (main4.replay_tasks if main4 else []) if t not in ab.tasks]
+    records = _filtered_records(wf, [*ab.tasks, *replayed], ab_dir / "records.jsonl")
+    scored = _filtered_records(wf, ab.tasks, ab_dir / "scored_records.jsonl") if replayed else records
+    positions_name = positions_variant(wf)[0]
     variants: list[Variant] = []
     repeats: list[str] = []
     planned = [(name, change, None) for name, change in ablation_variants(wf)]
@@ -285,8 +309,10 @@ def prepare_ablations(demo: DemoRun, stage3_model: Path) -> tuple[list[Variant],
         path = _write_workflow(variant, ab_dir / f"{name}.yaml")
         if oracle is not None:
             demo.run(f"features {name}", _p3d("features", "--workflow", str(path)))
-        demo.run(f"cluster {name}", _p3d("cluster", "--workflow", str(path)))
-        variants.append(Variant(name, path, variant, records, ab_dir / name))
+        if variant.train.proxies != wf.train.proxies:
+            demo.run(f"cluster {name}", _p3d("cluster", "--workflow", str(path)))
+        variants.append(Variant(name, path, variant, records if name == positions_name else scored,
+                                ab_dir / name))
     return variants, repeats
 
 
@@ -319,8 +345,17 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
     ablations: dict[str, dict] = {}
     tasks = wf.demo.ablations.tasks
     names = [name for name, _ in ablation_variants(wf)] + ([ORACLE_VARIANT] if runs_oracle(wf) else [])
+    positions: dict[str, dict] = {}
+    positions_name, positions_change = positions_variant(wf)
     for name in names if with_ablations else []:
-        if name in repeats:  # the main run's scores on the ablation's tasks
+        if name == positions_name:  # its own table: the main run beside it, on the tasks it scored
+            variant = scores[name]
+            assert isinstance(variant, dict)
+            scored = {r["name"] for r in variant["results"]}
+            positions = {f"{wf.train.rope_positions} (main)": {
+                **main, "results": [r for r in main["results"] if r["name"] in scored]},
+                positions_change["rope_positions"]: variant}
+        elif name in repeats:  # the main run's scores on the ablation's tasks
             ablations[name] = {**main, "results": [r for r in main["results"] if r["name"].split("/")[-1] in tasks]}
         else:
             ablations[name] = scores[name]  # type: ignore[assignment]
@@ -331,6 +366,6 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
         pictures.append(png)
     from pipeline.report import write_report
 
-    report = write_report(demo, main, ablations, pictures)
+    report = write_report(demo, main, ablations, pictures, positions)
     print(f"\nreport: {report}  (whole demo {demo.wall_seconds:.0f}s)")
     return report

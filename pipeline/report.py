@@ -18,6 +18,9 @@ HEADLINE = {
     "object_id": "EM",
     "counting": "EM",
     "relative_direction": "Acc",
+    "distance": "MRA",
+    "object_size": "MRA",
+    "room_size": "MRA",
 }
 
 
@@ -110,7 +113,8 @@ def oracle_finding(main_variant: str, ablations: dict[str, dict], oracle_variant
             f"{ratio}; the oracle backends (sensor depth and poses, ground-truth masks) give {oracle:.1f}.")
 
 
-def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures: list[Path]) -> Path:
+def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures: list[Path],
+                 positions: dict[str, dict] | None = None) -> Path:
     wf = demo.workflow
     path = demo.run_dir / "report.md"
     lines = [f"# p3d demo report: `{wf.name}`", "",
@@ -144,6 +148,13 @@ def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures
         finding = oracle_finding(main_variant, ablations, ORACLE_VARIANT, backends)
         if finding:
             lines += ["", finding]
+    if positions:
+        lines += ["", "## Rotary position ids", "",
+                  "The same stage-3 model, clustering, tasks and epochs; stage 4 with each layout of the "
+                  "proxies' rotary position ids (`train.rope_positions`, trainer/positions.py): `height` "
+                  "gives every proxy one time step and its height bin, `bfs` makes the time step the "
+                  "proxy's BFS index. Held-out scores.", ""]
+        lines += ablation_table(positions)
     if pictures:
         lines += ["", "## Proxies of held-out scenes", "",
                   "Top and 3D views coloured by segment, with the BFS path (`p3d viz`).", ""]

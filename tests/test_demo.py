@@ -121,3 +121,44 @@ def test_a_failing_side_job_lets_the_others_finish_then_fails_the_demo(tmp_path)
     with pytest.raises(SystemExit, match=r"broken.*exit 3"):
         run_side_by_side(demo, {"broken": fails, "slow": slow}, workers=2)
     assert (tmp_path / "slow").exists()
+
+
+def test_position_variant_trains_stage_4_alone_on_the_main_proxy_set(tmp_path):
+    """The position-id variant changes `train.rope_positions` and nothing else: no clustering of its
+    own, stage 4 from the main stage-3 model; a clustering variant keeps the main layout."""
+    from pipeline.demo import _variant_workflow, positions_variant
+
+    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
+    name, change = positions_variant(wf)
+    assert name == f"positions-bfs-k{wf.cluster.proxies}" and wf.train.rope_positions == "height"
+    stage3, records = tmp_path / "stage3", tmp_path / "records.jsonl"
+    variant = _variant_workflow(wf, name, change, stage3, records, tmp_path)
+    assert variant.train.rope_positions == "bfs"
+    assert variant.cluster == wf.cluster and variant.train.proxies == wf.train.proxies
+    stage4 = variant.train.stage(4)
+    assert stage4.init_from == str(stage3) and stage4.tasks == wf.demo.ablations.tasks
+    assert stage4.replay_tasks == wf.train.stage(4).replay_tasks
+    other = _variant_workflow(wf, "no-grouping", {"proxies": wf.cluster.proxies, "grouping": False}, stage3,
+                              records, tmp_path)
+    assert other.train.rope_positions == "height" and other.train.proxies == "ablation-no-grouping"
+    assert other.cluster.grouping is False
+
+
+def test_report_has_the_position_table_with_chance(tmp_path):
+    from pipeline.report import write_report
+
+    def scores(distance, grounding):
+        return {"results": [
+            {"name": "toy/distance", "metrics": {"MRA": distance}, "chance": {"MRA": 37.9}, "num_samples": 9},
+            {"name": "toy/grounding", "metrics": {"Acc@0.25": grounding, "Acc@0.5": 1.0},
+             "chance": {"Acc@0.25": 17.2, "Acc@0.5": 5.0}, "num_samples": 9}]}
+
+    demo = _demo_run(tmp_path)
+    demo.run_dir.mkdir(parents=True)
+    text = write_report(demo, scores(41.0, 30.0), {}, [], {"height (main)": scores(41.0, 30.0),
+                                                           "bfs": scores(44.5, 28.0)}).read_text()
+    table = text.split("## Rotary position ids")[1]
+    assert "| toy/distance | toy/grounding |" in table
+    assert "| height (main) | 41.0 (MRA) | 30.0 (Acc@0.25) |" in table
+    assert "| bfs | 44.5 (MRA) | 28.0 (Acc@0.25) |" in table
+    assert "| chance | 37.9 (MRA) | 17.2 (Acc@0.25) |" in table
