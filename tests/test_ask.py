@@ -231,3 +231,86 @@ def test_parallax_check_on_hand_made_cameras():
     # Just under the threshold: the walk scaled to MIN_PARALLAX * depth * 0.9.
     pose_F44[:, 0, 3] *= 0.9 * MIN_PARALLAX * 3.0 / spread
     assert "not enough parallax" in check_parallax(pose_F44, xyz_Fhw3)
+
+
+# ---- a checkpoint in the real format ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_checkpoint(tmp_path_factory):
+    """Qwen2.5-VL-7B-Instruct's own config (shrunk to a few widths) and tokenizer with its chat template,
+    saved with `save_pretrained`, built into a stage-4 p3d export beside a resolved workflow that names
+    the real checkpoints."""
+    import shutil
+
+    from tests.conftest import SHARED
+
+    qwen_dir = SHARED / "reference" / "configs" / "Qwen__Qwen2.5-VL-7B-Instruct"
+    files = ("vocab.json", "merges.txt", "tokenizer_config.json", "chat_template.json", "preprocessor_config.json")
+    if not all((qwen_dir / f).exists() for f in files + ("config.json",)):
+        pytest.skip(f"Qwen2.5-VL config and tokenizer files not found in {qwen_dir}")
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from schemas.workflow import Workflow
+    from trainer.model import Proxy3DModel
+
+    root = tmp_path_factory.mktemp("real")
+    base = root / "base"
+    base.mkdir()
+    for name in files:
+        shutil.copy(qwen_dir / name, base / name)
+    config = Qwen2_5_VLConfig.from_pretrained(qwen_dir)
+    text, vision = config.text_config, config.vision_config
+    for key, value in dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                           num_key_value_heads=2, layer_types=["full_attention"]).items():
+        setattr(text, key, value)
+    text.rope_parameters = dict(text.rope_parameters, mrope_section=[2, 3, 3])  # head_dim 16 / 2
+    for key, value in dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           fullatt_block_indexes=[0]).items():
+        setattr(vision, key, value)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(base)
+    model = Proxy3DModel.build(str(base), feat_dim=64, num_obj_tokens=8, categories=["chair"], height_bins=16,
+                               height_range=(0.0, 4.0), fourier_dim=8)
+    model.cfg.stages_done = [1, 2, 3, 4]
+    checkpoint = model.export(root / "train" / "stage4" / "model")
+    wf = Workflow.model_validate({
+        "name": "scannet", "out": str(root / "data"), "source": {"kind": "scannet", "path": str(root / "scans")},
+        "features": {"geometry": {"kind": "vggt"}, "segmenter": {"kind": "sam2"}},
+        "train": {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "out": str(root / "train")}})
+    (checkpoint.parent / "resolved_workflow.yaml").write_text(yaml.safe_dump(wf.model_dump(mode="json")))
+    return root, checkpoint
+
+
+@pytest.mark.slow
+def test_real_format_checkpoint_loads_reads_its_workflow_and_answers_from_the_cached_prefix(real_checkpoint, trained):
+    from pipeline.ask.answer import PrefixCache, answer_questions, generate_reencoded, load_model
+    from pipeline.ask.inputs import open_input
+    from pipeline.ask.prepare import AskError, check_backends, check_store_scene, checkpoint_workflow
+    from schemas.config_features import QWEN_VL_DEFAULT
+    from trainer.data import iter_scenes, scene_inputs
+    from trainer.synthetic import write_synthetic
+
+    root, checkpoint = real_checkpoint
+    run = checkpoint_workflow(checkpoint, None, [])
+    assert run.workflow.features.encoder.model == QWEN_VL_DEFAULT
+    check_backends(run, open_input(trained[2], FRAMES))  # VGGT + SAM 2 need nothing a video lacks
+    with pytest.raises(AskError, match="not the one the checkpoint was trained on"):
+        checkpoint_workflow(checkpoint, None, ["features.encoder.model=toy:qwen2_5_vl"])
+    # A store scene made by the toy encoder (the video's, from the module's cache) is refused.
+    (group,) = trained[4].glob("room-*/features/room")
+    with pytest.raises(AskError, match="made by encoder toy:qwen2_5_vl"):
+        check_store_scene(run, open_input(group, FRAMES))
+
+    model, collate, mode = load_model(checkpoint)
+    assert mode == "proxy" and "You are a helpful assistant." in model.tokenizer.chat_template
+    shards, _ = write_synthetic(root / "syn", num_scenes=1, dim=64)
+    sample = next(iter(iter_scenes(shards, shuffle=False)))
+    inputs = scene_inputs(sample, mode, model.cfg.num_obj_tokens)
+    prefix = PrefixCache(model, collate, sample["scene_id"], inputs)
+    # The real template's system turn and the scene are the prefix: K scene tokens and more.
+    assert prefix.num_prefix > len(inputs["xyz"]) + 5
+    for question in ("Find the chair.", "What is <OBJ001>?"):
+        assert prefix.generate(question, 5) == generate_reencoded(model, collate, sample["scene_id"], inputs,
+                                                                  question, 5)
+    texts = [a.text for a in answer_questions(model, collate, mode, sample, ["Find the chair."], 5)]
+    assert texts == [a.text for a in answer_questions(model, collate, mode, sample, ["Find the chair."], 5,
+                                                      kv_cache=False)]
