@@ -180,7 +180,8 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
 
     with _timed(seconds, "encoder"):
         feat_FhwD = models.encoder.encode(images_FHW3).feat_FhwD
-        feat_FhwD = upsample_features(feat_FhwD, grid_hw) if grid_hw != encoder_grid else feat_FhwD
+        if grid_hw != encoder_grid:  # float16 now: the store's dtype, and half the memory
+            feat_FhwD = upsample_features(feat_FhwD, grid_hw, dtype=np.float16)
     with _timed(seconds, "geometry"):
         geo = models.geometry.predict(images_FHW3, sensor)
     if not np.isfinite(geo.xyz_FHW3).all(axis=-1).any():
@@ -224,7 +225,7 @@ def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> S
         config_hash=config_hash(cfg),
     )
     arrays = {
-        "feat": feat_FhwD.astype(np.float16),
+        "feat": feat_FhwD.astype(np.float16, copy=False),
         "xyz": xyz_Fhw3,
         "label": label_Fhw,
         "conf": conf_Fhw.astype(np.float16),
