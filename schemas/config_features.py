@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Hub ids of the real checkpoints; `toy:` ids are random-weight models p3d builds and saves itself.
 QWEN_VL_DEFAULT = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -108,14 +108,15 @@ class FeaturesConfig(BaseModel):
     gpus_per_actor: float = Field(1.0, ge=0, description="used only when CUDA is available")
     max_in_flight: int = Field(2, ge=1, description="scenes in memory at once per actor")
 
-    @model_validator(mode="after")
-    def _latent_grid_divides_the_image(self) -> FeaturesConfig:
-        if self.latent_grid is None:
-            return self
-        (height, width), (grid_h, grid_w) = self.image_size, self.latent_grid
+    @field_validator("latent_grid")
+    @classmethod
+    def _latent_grid_divides_the_image(cls, value: tuple[int, int] | None, info: ValidationInfo
+                                       ) -> tuple[int, int] | None:
+        if value is None or "image_size" not in info.data:
+            return value
+        (height, width), (grid_h, grid_w) = info.data["image_size"], value
         if grid_h < 1 or grid_w < 1 or height % grid_h or width % grid_w \
                 or height // grid_h != width // grid_w:
-            raise ValueError(f"latent_grid {list(self.latent_grid)} must divide image_size "
-                             f"{list(self.image_size)} into square pixel patches (e.g. [32, 42] for "
-                             "[448, 588]: 14 px)")
-        return self
+            raise ValueError(f"latent_grid {list(value)} must divide image_size [{height}, {width}] into "
+                             "square pixel patches (e.g. [32, 42] for [448, 588]: 14 px)")
+        return value
