@@ -18,6 +18,7 @@ from tests.conftest import SHARED
 from trainer.chat import IGNORE, chat_layout
 from trainer.data import Collator
 from trainer.model import P3DModelConfig, Proxy3DModel
+from trainer.predict import stop_ids, until_stop
 from trainer.stages import Example
 
 QWEN_DIR = SHARED / "reference" / "configs" / "Qwen__Qwen2.5-VL-7B-Instruct"
@@ -103,10 +104,15 @@ def test_toy_template_renders_the_real_layout_without_the_default_system_turn(qw
             == qwen_tokenizer.apply_chat_template(with_system, tokenize=False))
 
 
-def test_toy_model_answer_layout_and_truncation(tmp_path):
-    folder = build_toy_qwen(tmp_path / "qwen", ["What is a chair?"])
-    model = Proxy3DModel.build(str(folder), feat_dim=128, num_obj_tokens=4, categories=["chair"], height_bins=8,
-                               height_range=(0.0, 4.0), fourier_dim=8)
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory):
+    folder = build_toy_qwen(tmp_path_factory.mktemp("toy") / "qwen", ["What is a chair?"])
+    return Proxy3DModel.build(str(folder), feat_dim=128, num_obj_tokens=4, categories=["chair"], height_bins=8,
+                              height_range=(0.0, 4.0), fourier_dim=8)
+
+
+def test_toy_model_answer_layout_and_truncation(toy_model):
+    model = toy_model
     tok, c = model.tokenizer, model.cfg
     ex = Example("s0", "object_name", "What is <OBJ001>?", "chair")
     ids, labels, _ = Collator(tok, c, model.category_ids).encode(ex, 2, torch.zeros(2, dtype=torch.long))
@@ -140,3 +146,20 @@ def test_a_toy_folder_saved_without_a_template_gets_the_toy_one(tmp_path):
     model = Proxy3DModel.build(str(folder), feat_dim=128, num_obj_tokens=2, categories=["chair"], height_bins=8,
                                height_range=(0.0, 4.0), fourier_dim=8)
     assert model.tokenizer.chat_template == TOY_CHAT_TEMPLATE
+
+
+def test_an_answer_ends_at_the_first_stop_token(toy_model, qwen_tokenizer):
+    """p3d predict keeps an answer up to <|im_end|> or any eos of the checkpoint's generation config."""
+    from transformers import GenerationConfig
+
+    assert stop_ids(toy_model) == {toy_model.cfg.chat_end_id}
+    real = GenerationConfig.from_pretrained(QWEN_DIR)  # Qwen2.5-VL-7B-Instruct's: eos [151645, 151643]
+    saved = toy_model.lm.generation_config
+    toy_model.lm.generation_config = real
+    try:
+        stops = stop_ids(toy_model)
+    finally:
+        toy_model.lm.generation_config = saved
+    assert stops == {toy_model.cfg.chat_end_id, IM_END, ENDOFTEXT}
+    assert until_stop([7, 8, ENDOFTEXT, 9, IM_END], stops) == [7, 8]
+    assert until_stop([7, 8], stops) == [7, 8] and until_stop([IM_END, 3], stops) == []

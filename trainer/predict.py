@@ -10,6 +10,11 @@ question names an object that matches no segment cannot be asked: it is written 
 and its reason, so that eval counts it as a miss. A stage 1-3 folder
 answers from the simplified scene (fused identifier + semantic tokens); a stage-4 folder from the
 proxies. No DeepSpeed here: the folder loads with `from_pretrained`.
+
+Each question is asked as training wrote it, through the checkpoint's chat template up to its
+generation prompt (`<|im_start|>assistant\n`, trainer/chat.py); an answer ends at the first
+end-of-turn token (`<|im_end|>`, where decoding stops) or any other eos of the checkpoint's
+generation config (Qwen2.5-VL's also lists `<|endoftext|>`), and nothing after it is kept.
 """
 
 from __future__ import annotations
@@ -79,6 +84,18 @@ def clean_text(text: str) -> str:
     return text.replace("<|im_end|>", "").replace("<|endoftext|>", "").strip()
 
 
+def stop_ids(model) -> set[int]:
+    """Token ids that end an answer: the end-of-turn token and the generation config's eos ids."""
+    eos = getattr(getattr(model.lm, "generation_config", None), "eos_token_id", None)
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return {model.cfg.chat_end_id, *(int(i) for i in eos)}
+
+
+def until_stop(ids: list[int], stops: set[int]) -> list[int]:
+    """`ids` up to the first stop token (excluded)."""
+    return next((ids[:i] for i, t in enumerate(ids) if t in stops), ids)
+
+
 def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out: str | Path,
             split: str | None = "val", batch_size: int = 8, max_new_tokens: int = 32,
             limit: int | None = None) -> int:
@@ -104,6 +121,7 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
             by_scene[scene_id] = by_scene[scene_id][:max(0, limit - kept)]
             kept += len(by_scene[scene_id])
 
+    stops = stop_ids(model)
     predictions, seen, not_asked = [], set(), defaultdict(int)
     unmatched_of: dict[str, list[int]] = {}  # record id -> its targets that match no segment
     pending: list[tuple] = []
@@ -115,7 +133,7 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
         with torch.inference_mode():
             generated = model.generate(batch, max_new_tokens=max_new_tokens)
         for (ex, _, rec, segments), ids in zip(pending, generated):
-            text = clean_text(model.tokenizer.decode(ids, skip_special_tokens=False))
+            text = clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False))
             text, objects_text = answer_parts(text, rec.answer_type)
             if rec.task == "caption":
                 objects = caption_objects(rec, segments)
