@@ -65,6 +65,9 @@ class GeometryConfig(BaseModel):
         low, high = self.unit_range
         if not 0 < low <= high:
             raise ValueError(f"unit_range must satisfy 0 < low <= high, got {self.unit_range}")
+        if self.withhold_sensor and self.kind == "rgbd":
+            raise ValueError("withhold_sensor needs a camera-0 backend (vggt, sim_vggt): rgbd is built "
+                             "from the sensor's depth and poses")
         return self
 
 
@@ -74,7 +77,8 @@ class SegmenterConfig(BaseModel):
     model: str = SAM2_DEFAULT
     revision: str | None = None
     points_per_side: int = Field(16, ge=2)
-    points_per_batch: int = Field(64, ge=1, description="point prompts per mask-decoder call")
+    points_per_batch: int = Field(64, ge=1, description="sam2: (frame, point prompt) pairs per mask-decoder call")
+    frames_per_batch: int = Field(8, ge=1, description="sam2: frames per image-encoder call (memory bound)")
     pred_iou_thresh: float = Field(0.7, ge=0, le=1, description="drop masks whose predicted IoU is lower")
     stability_thresh: float = Field(0.9, ge=0, le=1, description="drop masks less stable than this")
     nms_iou: float = Field(0.7, gt=0, le=1, description="mask IoU above which the weaker mask is dropped")
