@@ -77,6 +77,16 @@ def test_depth_model_loads_through_the_user_path_and_refuses_relative_depth(tmp_
         MetricDepthModel(str(tmp_path / "rel"))
 
 
+def test_withholding_sensor_data_needs_a_camera0_backend():
+    from pydantic import ValidationError
+
+    from schemas.config_features import GeometryConfig
+
+    assert GeometryConfig(kind="vggt", withhold_sensor=["depth"]).withhold_sensor == ["depth"]
+    with pytest.raises(ValidationError, match="withhold_sensor needs a camera-0 backend"):
+        GeometryConfig(kind="rgbd", withhold_sensor=["poses"])
+
+
 @pytest.mark.slow
 def test_feature_stage_takes_metres_from_the_depth_model_when_sensor_data_is_withheld(tmp_path):
     from pipeline.features.scenes import ToyRenderedScenes
