@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cluster.core import ClusterParams, SceneProxies, _distance_space
+from pipeline.cluster.core import ClusterParams, SceneProxies, distance_space
 from pipeline.cluster.sampling import cluster_group, segment_mean
 
 
@@ -57,7 +57,7 @@ def focus_proxies(feat: np.ndarray, xyz: np.ndarray, base: SceneProxies, num_pro
             continue
         idx = order_N[bounds_S[s]:bounds_S[s + 1]]
         k = min(num_proxies, len(idx))
-        space_VC = _distance_space(xyz_N3[idx].astype(np.float32),
+        space_VC = distance_space(xyz_N3[idx].astype(np.float32),
                                    feat_ND[idx] if params.space == "xyz+feat" else None,
                                    params, feat_mean_D, feat_std_D)
         _, local = cluster_group(space_VC, k, seed=params.seed + s)

@@ -89,8 +89,9 @@ class SceneProxies:
         return len(self.segment_K)
 
 
-def _distance_space(xyz_N3: np.ndarray, feat_ND: np.ndarray, params: ClusterParams,
-                    feat_mean_D: np.ndarray | None, feat_std_D: np.ndarray | None) -> np.ndarray:
+def distance_space(xyz_N3: np.ndarray, feat_ND: np.ndarray, params: ClusterParams,
+                   feat_mean_D: np.ndarray | None, feat_std_D: np.ndarray | None) -> np.ndarray:
+    """The points FPS and the nearest-center search measure distances in (C = 3 or 3 + D)."""
     if params.space == "xyz":
         return np.ascontiguousarray(xyz_N3, dtype=np.float32)
     feat = feat_ND.astype(np.float32)
@@ -222,7 +223,7 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
     if num_valid < params.budget:
         notes.append(f"{num_valid} valid triplets < budget {params.budget}: every triplet is a proxy")
     feat_VD = feat_ND[idx_valid] if params.space == "xyz+feat" else None
-    space_VC = _distance_space(xyz_V3, feat_VD, params, feat_mean_D, feat_std_D)
+    space_VC = distance_space(xyz_V3, feat_VD, params, feat_mean_D, feat_std_D)
 
     # Cluster each group; proxies are numbered group by group, in FPS order within a group.
     proxy_V = np.full(num_valid, -1, dtype=np.int64)
