@@ -58,8 +58,8 @@ def focus_proxies(feat: np.ndarray, xyz: np.ndarray, base: SceneProxies, num_pro
         idx = order_N[bounds_S[s]:bounds_S[s + 1]]
         k = min(num_proxies, len(idx))
         space_VC = distance_space(xyz_N3[idx].astype(np.float32),
-                                   feat_ND[idx] if params.space == "xyz+feat" else None,
-                                   params, feat_mean_D, feat_std_D)
+                                  feat_ND[idx] if params.space == "xyz+feat" else None,
+                                  params, feat_mean_D, feat_std_D)
         _, local = cluster_group(space_VC, k, seed=params.seed + s)
         # Gathered: one segment's rows are few, and segment_mean over the whole map would convert
         # all of it to float32 once per segment.
