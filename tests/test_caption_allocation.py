@@ -11,10 +11,10 @@ from pipeline.cluster.core import ClusterParams, cluster_scene
 from pipeline.cluster.synthetic import store_arrays, synthetic_scene
 
 
-@pytest.fixture(scope="module")
-def clustered():
+@pytest.fixture(scope="module", params=["xyz", "xyz+feat"])
+def clustered(request):
     scene = synthetic_scene(num_frames=4, h=8, w=10, dim=16, num_objects=10, seed=1)
-    params = ClusterParams(budget=60)
+    params = ClusterParams(budget=60, space=request.param)
     return scene, params, cluster_scene(scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw, params=params)
 
 
