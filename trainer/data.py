@@ -6,9 +6,10 @@ whose position modulo the number of readers is its own (so a job with fewer shar
 sees each scene exactly once per epoch). Members decode with `np.load(allow_pickle=False)` and
 `json.loads`: no pickle anywhere.
 
-A batch holds the prompt tokens with one `<|image_pad|>` slot per scene token, labels on the
-response only (-100 elsewhere), attention masks, 3 x B x L rotary position ids (trainer.positions)
-and the padded scene tensors with a mask.
+A batch holds the prompt tokens in the checkpoint's chat template (trainer/chat.py) with one
+`<|image_pad|>` slot per scene token, labels on the answer and its `<|im_end|>` only (-100
+elsewhere), attention masks, 3 x B x L rotary position ids (trainer.positions) and the padded scene
+tensors with a mask.
 
 Legend: B batch, L tokens, K scene tokens, D feature dim.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from schemas.proxy import INDEX_FILE, check_proxy_format, check_sample_params, read_set_index
+from schemas.proxy import FOCUS_MEMBERS, INDEX_FILE, check_proxy_format, check_sample_params, read_set_index
 from trainer.chat import IGNORE, chat_layout
 from trainer.objects import identifier_array
 from trainer.positions import quantize_height, rope_position_ids
@@ -52,7 +53,7 @@ def decode_sample(raw: dict) -> dict:
     key = raw["__key__"]
     try:
         check_proxy_format(json.loads(raw["meta.json"]), f"scene {key} in {raw.get('__url__', '?')}")
-        return {
+        scene = {
             "scene_id": key,
             "feat": np.load(io.BytesIO(raw["feat.npy"]), allow_pickle=False),
             "xyz": np.load(io.BytesIO(raw["xyz.npy"]), allow_pickle=False),
@@ -60,6 +61,9 @@ def decode_sample(raw: dict) -> dict:
             "segments": json.loads(raw["segments.json"]),
             "meta": json.loads(raw["meta.json"]),
         }
+        for member in FOCUS_MEMBERS if FOCUS_MEMBERS[0] in raw else ():  # Scan2Cap (cluster/caption.py)
+            scene[member.removesuffix(".npy")] = np.load(io.BytesIO(raw[member]), allow_pickle=False)
+        return scene
     except KeyError as e:
         raise ValueError(f"scene {key} in {raw.get('__url__', '?')}: missing member {e}") from e
 
