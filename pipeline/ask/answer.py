@@ -48,14 +48,14 @@ def prefix_length(model, input_ids_L: torch.Tensor) -> int:
     return int(ends[0, 0]) + 1
 
 
-def _step(model, embeds_1LH, position_ids_31L, cache, total_len: int):
-    out = model.lm(inputs_embeds=embeds_1LH, attention_mask=torch.ones(1, total_len, dtype=torch.long),
-                   position_ids=position_ids_31L, cache=cache, use_cache=True)
+def _step(model, embeds_BLH, position_ids_3BL, cache, mask_BL):
+    out = model.lm(inputs_embeds=embeds_BLH, attention_mask=mask_BL, position_ids=position_ids_3BL, cache=cache,
+                   use_cache=True)
     return out, (out.cache if hasattr(out, "cache") else out.past_key_values)
 
 
 class PrefixCache:
-    """The scene's shared prompt prefix, run once; `generate(question)` re-uses it."""
+    """The scene's shared prompt prefix, run once; `generate_batch(questions)` re-uses it."""
 
     def __init__(self, model, collate, scene_id: str, inputs: dict):
         self.model, self.collate, self.scene_id, self.inputs = model, collate, scene_id, inputs
@@ -65,45 +65,60 @@ class PrefixCache:
         with torch.inference_mode():
             embeds_1LH = model.input_embeddings(probe)[:, :self.num_prefix]
             _, self.cache = _step(model, embeds_1LH, probe["position_ids"][:, :, :self.num_prefix], None,
-                                  self.num_prefix)
+                                  torch.ones(1, self.num_prefix, dtype=torch.long))
 
-    def _fresh_cache(self):
-        if getattr(self.cache, "is_croppable", False) and hasattr(self.cache, "crop"):
-            extra = self.cache.get_seq_length() - self.num_prefix
-            if extra > 0:  # transformers 5 crops by a negative count: the tokens to remove
-                self.cache.crop(-extra)
-            return self.cache
-        return copy.deepcopy(self.cache)
+    def generate(self, question: str, max_new_tokens: int) -> list[int]:
+        return self.generate_batch([question], max_new_tokens)[0]
 
     @torch.inference_mode()
-    def generate(self, question: str, max_new_tokens: int) -> list[int]:
-        model, P = self.model, self.num_prefix
-        batch = _batch(model, self.collate, self.scene_id, question, self.inputs)
-        ids_L = batch["input_ids"][0]
-        if not torch.equal(ids_L[:P], self.prefix_ids):  # the Collator's layout changed under us
-            raise AssertionError("the question's prompt does not start with the scene's cached prefix")
+    def generate_batch(self, questions: list[str], max_new_tokens: int) -> list[list[int]]:
+        """Greedy token ids per question, all decoded together on copies of the prefix's cache. Rows are
+        `prefix | padding | question`: the padding is masked out and the rotary positions are each
+        question's own, so a row sees what it would see alone."""
+        model, P, B = self.model, self.num_prefix, len(questions)
+        rows = [_batch(model, self.collate, self.scene_id, q, self.inputs) for q in questions]
+        for row in rows:
+            if not torch.equal(row["input_ids"][0, :P], self.prefix_ids):  # the Collator's layout changed
+                raise AssertionError("a question's prompt does not start with the scene's cached prefix")
+        width = max(row["input_ids"].shape[1] for row in rows) - P
+        ids_BN = torch.full((B, width), model.cfg.pad_id, dtype=torch.long)
+        pos_3BN = torch.zeros((3, B, width), dtype=torch.long)
+        mask_BL = torch.zeros((B, P + width), dtype=torch.long)
+        mask_BL[:, :P] = 1
+        for b, row in enumerate(rows):
+            n = row["input_ids"].shape[1] - P
+            ids_BN[b, width - n:] = row["input_ids"][0, P:]
+            pos_3BN[:, b, width - n:] = row["position_ids"][:, 0, P:]
+            mask_BL[b, P + width - n:] = 1
+        cache = copy.deepcopy(self.cache)
+        if B > 1:
+            cache.batch_repeat_interleave(B)
         # The question's own tokens only: no scene slots after the prefix, so no scene vectors needed.
-        embeds_1LH = _token_embeddings(model, batch["input_ids"][:, P:])
-        cache = self._fresh_cache()
-        out, cache = _step(model, embeds_1LH, batch["position_ids"][:, :, P:], cache, len(ids_L))
-        next_pos = int(batch["position_ids"][0, 0, -1]) + 1
-        total, generated = len(ids_L), []
+        out, cache = _step(model, _token_embeddings(model, ids_BN), pos_3BN, cache, mask_BL)
+        next_pos_B = pos_3BN[0, :, -1] + 1
+        done_B = torch.zeros(B, dtype=torch.bool)
+        generated: list[list[int]] = [[] for _ in range(B)]
         for _ in range(max_new_tokens):
-            token = int(out.logits[0, -1].argmax())
-            generated.append(token)
-            if token == model.cfg.chat_end_id:
+            next_B = out.logits[:, -1].argmax(-1)
+            for b in range(B):
+                if not done_B[b]:
+                    generated[b].append(int(next_B[b]))
+            done_B |= next_B == model.cfg.chat_end_id
+            if bool(done_B.all()):
                 break
-            total += 1
-            out, cache = _step(model, _token_embeddings(model, torch.tensor([[token]])), torch.full((3, 1, 1), next_pos), cache, total)
-            next_pos += 1
-        self.cache = cache
+            mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=1)
+            out, cache = _step(model, _token_embeddings(model, next_B[:, None]),
+                               next_pos_B.view(1, B, 1).expand(3, B, 1), cache, mask_BL)
+            next_pos_B = next_pos_B + 1
         return generated
 
 
-def _token_embeddings(model, input_ids_1L: torch.Tensor) -> torch.Tensor:
-    step = {"input_ids": input_ids_1L, "scene_mask": torch.zeros(1, 0, dtype=torch.bool),
-            "scene_ident": torch.zeros(1, 0, dtype=torch.long), "scene_sem": torch.zeros(1, 0, dtype=torch.long),
-            "scene_xyz": torch.zeros(1, 0, 3), "scene_feat": None}
+def _token_embeddings(model, input_ids_BL: torch.Tensor) -> torch.Tensor:
+    """Text tokens through the model's own input path (`<OBJxxx>` rows are the identifier table's)."""
+    B = input_ids_BL.shape[0]
+    step = {"input_ids": input_ids_BL, "scene_mask": torch.zeros(B, 0, dtype=torch.bool),
+            "scene_ident": torch.zeros(B, 0, dtype=torch.long), "scene_sem": torch.zeros(B, 0, dtype=torch.long),
+            "scene_xyz": torch.zeros(B, 0, 3), "scene_feat": None}
     return model.input_embeddings(step)
 
 
@@ -146,8 +161,9 @@ def named_objects(text: str, segments: list[dict], num_obj_tokens: int, ask_name
 
 
 def answer_questions(model, collate, mode: str, sample: dict, questions: list[str], max_new_tokens: int = 32,
-                     kv_cache: bool = True) -> list[Answer]:
-    """Each question's answer, with the objects it names."""
+                     kv_cache: bool = True, batch_size: int = 8) -> list[Answer]:
+    """Each question's answer, with the objects it names. With `kv_cache` the scene is encoded once and
+    the questions decoded `batch_size` at a time on it; without, each whole prompt is encoded alone."""
     from trainer.data import scene_inputs
     from trainer.predict import answer_parts, clean_text
 
@@ -161,21 +177,20 @@ def answer_questions(model, collate, mode: str, sample: dict, questions: list[st
     scene_id = sample["scene_id"]
     prefix = PrefixCache(model, collate, scene_id, inputs) if kv_cache else None
 
-    def run(question: str) -> str:
-        ids = (prefix.generate(question, max_new_tokens) if prefix is not None
-               else generate_reencoded(model, collate, scene_id, inputs, question, max_new_tokens))
-        return clean_text(model.tokenizer.decode(ids, skip_special_tokens=False))
+    def run(asked: list[str]) -> list[str]:
+        if prefix is not None:
+            ids = [t for lo in range(0, len(asked), batch_size)
+                   for t in prefix.generate_batch(asked[lo:lo + batch_size], max_new_tokens)]
+        else:
+            ids = [generate_reencoded(model, collate, scene_id, inputs, q, max_new_tokens) for q in asked]
+        return [clean_text(model.tokenizer.decode(t, skip_special_tokens=False)) for t in ids]
 
-    names: dict[str, str] = {}  # identifier -> the model's name for it, asked once per scene
-
-    def ask_name(identifier: str) -> str:
-        if identifier not in names:
-            names[identifier] = run(NAMING_QUESTION.format(identifier))
-        return names[identifier]
-
-    answers = []
-    for question in questions:
-        text, objects_text = answer_parts(run(question), "text")
-        answers.append(Answer(question, text, named_objects(objects_text, sample["segments"],
-                                                            model.cfg.num_obj_tokens, ask_name)))
-    return answers
+    parts = [answer_parts(text, "text") for text in run(questions)]
+    # The objects the answers name and ground truth does not: the model names each, once, in one batch.
+    unnamed: set[str] = set()
+    for _, named in parts:
+        named_objects(named, sample["segments"], model.cfg.num_obj_tokens, lambda ident: unnamed.add(ident) or "")
+    wanted = sorted(unnamed)
+    names = dict(zip(wanted, run([NAMING_QUESTION.format(i) for i in wanted]))) if wanted else {}
+    return [Answer(q, text, named_objects(named, sample["segments"], model.cfg.num_obj_tokens, names.__getitem__))
+            for q, (text, named) in zip(questions, parts)]

@@ -53,6 +53,7 @@ def ask(
     sets: Optional[list[str]] = SET_OPTION,
     cache: Optional[Path] = typer.Option(None, "--cache", help="cache root (default $P3D_CACHE/ask, else "
                                                                "~/.cache/p3d/ask)"),
+    save: Optional[Path] = typer.Option(None, "--save", help="also write the JSON document to this file"),
     html: Optional[Path] = typer.Option(None, "--html", help="also write the 3D viewer with the answers here"),
     max_new_tokens: int = typer.Option(32, min=1),
     kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="encode the scene once for all questions"),
@@ -84,6 +85,10 @@ def ask(
            "frame": dict(scene.alignment, description=frame_description(scene.alignment)),
            "answers": [{"question": a.question, "text": a.text, "objects": a.objects,
                         "boxes": [o["box"] for o in a.objects]} for a in answers]}
+    if save is not None:
+        from schemas.io import write_json_atomic
+
+        write_json_atomic(save, doc)
     if html is not None:
         from pipeline.view import write_scene_html
 
