@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.local_rank is not None:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
+    if args.local_rank is not None or "TORCHELASTIC_RUN_ID" in os.environ:  # started by a launcher
+        from pipeline.processes import die_with_parent
+
+        die_with_parent()  # a SIGKILLed torchrun leaves its ranks (own sessions) training on
     logging.basicConfig(level=logging.INFO if env.rank() == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

@@ -20,8 +20,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.processes import die_with_parent
 from pipeline.sources.toy.annotate import generate_records
 from pipeline.sources.toy.layout import ToyLayout, camera_path, intrinsics_for, sample_layout
 from pipeline.sources.toy.render import BoxScene, Rendered, render
@@ -180,18 +179,6 @@ def _build_scene(index: int, cfg: ToyWorldConfig, scenes_dir: Path, root: Path) 
     return replace(scene, frames=[]), f"{len(scene.layout.objects)} objects, {len(scene.frames)} frames"
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Pool initializer: a rendering worker ends when `p3d toy` does. A SIGKILLed parent cannot stop
-    its pool; orphaned workers would go on writing scenes beside a rerun, then wait forever."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the line above
-        os._exit(1)
-
-
 def build_toy_world(root: Path, scenes_dir: Path, cfg: ToyWorldConfig,
                     progress: Callable[[str], None] = print, workers: int | None = None) -> dict:
     """Render and write `cfg.num_scenes` scenes with `workers` processes (default: one per core, at
@@ -218,7 +205,7 @@ def build_toy_world(root: Path, scenes_dir: Path, cfg: ToyWorldConfig,
     with ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                                           initializer=_die_with_parent,
+                                                           initializer=die_with_parent,
                                                            initargs=(os.getpid(),)))
             built = pool.map(build, range(cfg.num_scenes))  # in index order
         else:
