@@ -100,3 +100,46 @@ def test_cluster_stage_writes_the_focus_blocks_reading_each_scene_once(tmp_path,
                                             sample["focus_feat"], sample["focus_xyz"],
                                             sample["focus_segment"], info.id)
             assert (segment == info.id).sum() == min(5, info.size)
+
+
+def test_training_shows_a_caption_its_objects_focus_block_and_other_examples_the_scene(clustered):
+    """Through the shard members and the trainer's decoder: a caption example's scene tokens hold N
+    tokens of its object's identifier (the rest as the scene's own), any other example the scene's own."""
+    from types import SimpleNamespace
+
+    from pipeline.cluster.shards import encode_sample
+    from schemas.proxy import ProxyMeta
+    from schemas.record import Record
+    from trainer.data import decode_sample
+    from trainer.loader import StageStream
+    from trainer.objects import segment_identifiers
+
+    scene, params, base = clustered
+    n = 5
+    focus = focus_proxies(scene.feat_FhwD, scene.xyz_Fhw3, base, n, params)
+    labels = [seg.label for seg in base.segments]
+    # The segments are their labels' instances (a stand-in for matching.py, not under test here).
+    matching = SimpleNamespace(instance_S=[lab if lab >= 0 else None for lab in labels],
+                               iou_S=[1.0 if lab >= 0 else None for lab in labels])
+    meta = ProxyMeta(scene_id="s0", num_proxies=base.num_proxies, budget=params.budget, dim=16,
+                     num_valid_triplets=base.num_valid, params={}, source={})
+    raw = encode_sample("s0", base, meta, matching, {lab: "chair" for lab in labels if lab >= 0}, focus)
+    decoded = decode_sample(raw)
+    captioned = sorted(set(focus.segment_M.tolist()), key=lambda s: -base.segments[s].proxies)[:2]
+    records = [Record(id=f"c{s}", scene_id="s0", task="caption", source="toy", question="Describe <OBJ>.",
+                      answers=["a chair"], target_ids=[labels[s]]) for s in captioned]
+    records.append(Record(id="q", scene_id="s0", task="qa", source="toy", question="Is it a room?",
+                          answers=["yes"]))
+    stream = StageStream("unused", 4, {"s0": records}, num_obj_tokens=64, batch_size=1,
+                         tasks=["caption", "qa"])
+    items = {ex.record_id: inputs for ex, inputs in stream._examples(decoded, epoch=0)}
+    assert set(items) == {"c" + str(s) for s in captioned} | {"q"}
+    ident_of = segment_identifiers(decoded["segments"], 64)
+    base_ident = items["q"]["ident"]
+    assert len(base_ident) == base.num_proxies
+    for s in captioned:
+        assert base.segments[s].proxies != min(n, base.segments[s].size)  # the swap is visible
+        ident = items[f"c{s}"]["ident"]
+        assert (ident == ident_of[s]).sum() == min(n, base.segments[s].size)
+        np.testing.assert_array_equal(ident[ident != ident_of[s]], base_ident[base_ident != ident_of[s]])
+        assert len(ident) == base.num_proxies - base.segments[s].proxies + min(n, base.segments[s].size)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from schemas.proxy import INDEX_FILE, check_proxy_format, check_sample_params, read_set_index
+from schemas.proxy import FOCUS_MEMBERS, INDEX_FILE, check_proxy_format, check_sample_params, read_set_index
 from trainer.chat import IGNORE, chat_layout
 from trainer.objects import identifier_array
 from trainer.positions import quantize_height, rope_position_ids
@@ -53,7 +53,7 @@ def decode_sample(raw: dict) -> dict:
     key = raw["__key__"]
     try:
         check_proxy_format(json.loads(raw["meta.json"]), f"scene {key} in {raw.get('__url__', '?')}")
-        return {
+        scene = {
             "scene_id": key,
             "feat": np.load(io.BytesIO(raw["feat.npy"]), allow_pickle=False),
             "xyz": np.load(io.BytesIO(raw["xyz.npy"]), allow_pickle=False),
@@ -61,6 +61,9 @@ def decode_sample(raw: dict) -> dict:
             "segments": json.loads(raw["segments.json"]),
             "meta": json.loads(raw["meta.json"]),
         }
+        for member in FOCUS_MEMBERS if FOCUS_MEMBERS[0] in raw else ():  # Scan2Cap (cluster/caption.py)
+            scene[member.removesuffix(".npy")] = np.load(io.BytesIO(raw[member]), allow_pickle=False)
+        return scene
     except KeyError as e:
         raise ValueError(f"scene {key} in {raw.get('__url__', '?')}: missing member {e}") from e
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.record import Record
+from pipeline.cluster.caption import captioned_segment, focus_scene
 from trainer.data import iter_scenes, scene_inputs
 from trainer.objects import OBJ_TOKEN_RE, obj_token
 from trainer.stages import STAGE_MODES, Example, build_examples, split_listed_answer
@@ -101,10 +102,20 @@ class StageStream:
                                   replay_tasks=self.replay_tasks)
         if not examples:
             return []
-        inputs = scene_inputs(scene, self.mode, self.num_obj_tokens)
-        if self.shuffle_identifiers:
-            return permute_identifiers(examples, inputs, self.num_obj_tokens, rng)
-        return [(ex, inputs) for ex in examples]
+        # A caption example sees its object's Scan2Cap focus block (pipeline/cluster/caption.py);
+        # without focus blocks every example is in the one group None, the scene's own sequence.
+        focus = self.mode == "proxy" and "focus_segment" in scene
+        groups: dict[int | None, list[Example]] = {}
+        for ex in examples:
+            groups.setdefault(captioned_segment(ex) if focus else None, []).append(ex)
+        items: list[Item] = []
+        for segment, group in groups.items():
+            inputs = scene_inputs(focus_scene(scene, segment), self.mode, self.num_obj_tokens)
+            if self.shuffle_identifiers:
+                items += permute_identifiers(group, inputs, self.num_obj_tokens, rng)
+            else:
+                items += [(ex, inputs) for ex in group]
+        return items
 
     def items(self, epoch: int, skipped: Counter | None = None) -> Iterator[Item]:
         """One pass over this rank's examples, shuffled within groups of `shuffle_scenes` scenes;

@@ -102,6 +102,7 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
     """Answer the records of `split` (None: all); returns the number of predictions written."""
     import torch
 
+    from pipeline.cluster.caption import captioned_segment, focus_scene
     from pipeline.eval.predictions import Prediction, write_predictions
     from schemas.record import load_records
     from trainer.data import Collator, iter_scenes, scene_inputs
@@ -161,7 +162,10 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
                                               not_asked=not_asked_reason(rec, scene["segments"],
                                                                          model.cfg.num_obj_tokens)))
                 continue
-            pending.append((ex, inputs, rec, scene["segments"]))
+            # A caption sees its object's Scan2Cap focus block, as in training (trainer/loader.py).
+            shown = focus_scene(scene, captioned_segment(ex) if mode == "proxy" else None)
+            ex_inputs = inputs if shown is scene else scene_inputs(shown, mode, model.cfg.num_obj_tokens)
+            pending.append((ex, ex_inputs, rec, scene["segments"]))
             if len(pending) == batch_size:
                 flush()
     flush()

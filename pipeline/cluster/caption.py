@@ -9,7 +9,9 @@ unchanged, and the store is read once per scene instead of once per object. Stor
 whole would cost K x S rows per scene (700 x ~50 for ScanNet); the focus blocks cost N x S.
 
 N is exact (or all of a segment's triplets when it has fewer): the variant's sequence length is
-K - k_s + N, where k_s is what the proportional allocation gave s.
+K - k_s + N, where k_s is what the proportional allocation gave s. Training (trainer/loader.py) and
+`p3d predict` show a caption example its object's variant (`focus_scene`), every other example
+the scene's own sequence.
 
 Legend: N triplets, D feature dims, C distance-space dims, K proxies, M focus proxies (all
 segments' blocks, in segment order), S segments.
@@ -93,3 +95,20 @@ def caption_variant(feat_KD: np.ndarray, xyz_K3: np.ndarray, segment_K: np.ndarr
 
     return (splice(feat_KD, focus_feat_MD[focus_M]), splice(xyz_K3, focus_xyz_M3[focus_M]),
             splice(segment_K, focus_segment_M[focus_M]))
+
+
+def captioned_segment(example) -> int | None:
+    """The segment a caption example (trainer.stages.Example) describes; None for other tasks."""
+    object_ids = example.meta.get("object_ids") if example.task == "caption" else None
+    return int(object_ids[0]) if object_ids else None
+
+
+def focus_scene(scene: dict, segment: int | None) -> dict:
+    """A decoded shard sample as seen when `segment` is captioned: its focus block swapped in. The
+    sample itself when `segment` is None or the set has no focus blocks for it."""
+    focus_segment_M = scene.get("focus_segment")
+    if segment is None or focus_segment_M is None or not (focus_segment_M == segment).any():
+        return scene
+    feat, xyz, segment_K = caption_variant(scene["feat"], scene["xyz"], scene["segment"], scene["focus_feat"],
+                                           scene["focus_xyz"], focus_segment_M, segment)
+    return dict(scene, feat=feat, xyz=xyz, segment=segment_K)
