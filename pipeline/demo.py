@@ -363,9 +363,15 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
     for scene_id in _val_scenes(wf, wf.demo.viz_scenes):
         png = run_dir / "viz" / f"{scene_id}.png"
         demo.run(f"viz {scene_id}", _p3d("viz", scene_id, "--workflow", str(workflow_path), "--png", str(png)))
+        demo.run(f"view {scene_id}", _p3d("view", scene_id, "--workflow", str(workflow_path), "--predictions",
+                                          str(run_dir / "main" / "predictions.jsonl"), "--html",
+                                          str(run_dir / "view" / f"{scene_id}.html")))
         pictures.append(png)
+    from pipeline.ask.demo import ask_held_out
     from pipeline.report import write_report
 
-    report = write_report(demo, main, ablations, pictures, positions)
+    shown = _val_scenes(wf, 1)
+    asked = ask_held_out(demo, wf, _records_path(wf), shown[0], _p3d) if shown and wf.source.kind == "toy" else None
+    report = write_report(demo, main, ablations, pictures, positions, asked=asked)
     print(f"\nreport: {report}  (whole demo {demo.wall_seconds:.0f}s)")
     return report

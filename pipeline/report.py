@@ -114,7 +114,7 @@ def oracle_finding(main_variant: str, ablations: dict[str, dict], oracle_variant
 
 
 def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures: list[Path],
-                 positions: dict[str, dict] | None = None) -> Path:
+                 positions: dict[str, dict] | None = None, asked: dict | None = None) -> Path:
     wf = demo.workflow
     path = demo.run_dir / "report.md"
     lines = [f"# p3d demo report: `{wf.name}`", "",
@@ -159,6 +159,12 @@ def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures
         lines += ["", "## Proxies of held-out scenes", "",
                   "Top and 3D views coloured by segment, with the BFS path (`p3d viz`).", ""]
         lines += [f"![{p.stem}]({os.path.relpath(p, demo.run_dir)})" for p in pictures]
+        views = [demo.run_dir / "view" / f"{p.stem}.html" for p in pictures]
+        lines += ["", "3D viewers (`p3d view`, one self-contained HTML file each, with the main run's predictions): "
+                  + ", ".join(f"[{v.stem}](view/{v.name})" for v in views if v.exists())]
+    from pipeline.ask.demo import report_lines
+
+    lines += report_lines(asked, demo.run_dir)
     steps = sorted(demo.steps, key=lambda s: s.started)
     overlap = any(a.started + a.seconds > b.started for a, b in zip(steps, steps[1:]))
     lines += ["", "## Steps", ""]

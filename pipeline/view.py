@@ -50,6 +50,9 @@ def box_lines(center, size) -> tuple[list, list, list]:
 
 
 def segment_name(segment: dict) -> str:
+    """`<id> <category>`; a segment matched to no instance shows the segmenter's label, background says so."""
+    if segment["label"] < 0:
+        return f"{segment['id']} background"
     return f"{segment['id']} {segment.get('category') or 'label ' + str(segment['label'])}"
 
 
@@ -112,7 +115,7 @@ def scene_figure(sample: dict[str, Any], title: str = "", predictions: list[dict
     fig.update_xaxes(title_text="x (m)", row=1, col=2)
     fig.update_layout(title=title or f"{len(xyz_K3)} proxies, {len(segments)} segments",
                       scene=dict(aspectmode="data", xaxis_title="x (m)", yaxis_title="y (m)", zaxis_title="z (m)"),
-                      margin=dict(l=0, r=0, t=60, b=0), legend=dict(itemsizing="constant"),
+                      margin=dict(l=0, r=0, t=60, b=0), legend=dict(itemsizing="constant", font=dict(size=10)),
                       paper_bgcolor="white", plot_bgcolor="white")
     return fig
 
@@ -128,7 +131,8 @@ def _add_prediction(fig, k: int, pred: dict) -> None:
     if not xs:
         return
     fig.add_trace(go.Scatter3d(x=xs, y=ys, z=zs, mode="lines", line=dict(color=PREDICTION_COLOUR, width=6),
-                               name=label[:80], legendgroup=f"q{k}", hovertext=label, hoverinfo="text"),
+                               name=f"Q{k + 1}: {pred.get('text', '')}"[:36], legendgroup=f"q{k}", hovertext=label,
+                               hoverinfo="text"),
                   row=1, col=1)
     for box in pred.get("boxes") or []:
         lo = np.asarray(box["center"]) - np.asarray(box["size"]) / 2

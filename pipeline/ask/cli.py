@@ -15,6 +15,7 @@ _FRAME_WORDS = {"sensor_poses": "the scene's world frame, fitted to the sensor's
                 "none": "the source's own frame"}
 _SCALE_WORDS = {"metric": "metric geometry", "camera_centres": "the sensor's camera centres",
                 "median_depth_ratio": "sensor depth (median depth ratio)",
+                "depth_model": "a metric depth model (geometry.depth_model)",
                 "prior": "the workflow's scale prior (geometry.scale_prior; the true scale is unknown)"}
 
 

@@ -90,10 +90,10 @@ def open_input(source: str | Path, num_frames: int) -> AskInput:
             raise SceneReadError(f"{path}: a triplet-store group lives at <out>/features/<scene_id>")
         return AskInput("store", path, path.name, None, _store_fingerprint(path))
     kind, cls = None, None
-    if (path / f"{path.name}.sens").is_file() or (path / "color").is_dir():
-        kind, cls = "scannet", ScanNetSource
-    elif (path / "manifest.json").is_file():
+    if (path / "manifest.json").is_file():  # before ScanNet's: a toy scene folder has color/ too
         kind, cls = "toy", ToySource
+    elif (path / f"{path.name}.sens").is_file() or (path / "color").is_dir():
+        kind, cls = "scannet", ScanNetSource
     elif any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
         kind, cls = "frames", VideoSource
     if kind is None:
