@@ -13,7 +13,7 @@ WF = $(if $(WORKFLOW),--workflow $(WORKFLOW)) $(foreach s,$(SET),--set $(s))
 # DeepSpeed's CPU accelerator, rendezvous variables and extension cache are set by trainer/env.py.
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test test-fast demo smoke toy features cluster train lint clean
+.PHONY: setup test test-fast demo smoke toy features cluster train bench-scale bench-gpu lint clean
 
 $(BIN)/p3d: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ cluster: $(BIN)/p3d  ## make cluster SET="cluster.proxies=700"
 
 train: $(BIN)/p3d  ## make train STAGE=1..4
 	$(BIN)/python trainer/run.py --stage $(STAGE) $(WF)
+
+bench-scale: $(BIN)/p3d  ## the real architectures: meta-device counts, then reduced widths through features -> cluster -> train (CPU)
+	$(BIN)/python benchmarks/scale.py --preset cpu
+
+bench-gpu: $(BIN)/p3d  ## the GPU rehearsal at ScanNet size (CPU fallback at tiny sizes without a GPU); results in benchmarks/results/
+	$(BIN)/python benchmarks/scale.py --rehearsal
 
 lint: $(BIN)/p3d
 	$(BIN)/pip install -q ruff

@@ -98,6 +98,22 @@ def demo(
     run_demo(resolved if run.sets else run.path, skip_ablations=skip_ablations)
 
 
+@app.command()
+def plan(
+    workflow: Optional[Path] = WORKFLOW_OPTION,
+    sets: Optional[list[str]] = SET_OPTION,
+    gpus: int = typer.Option(1, "--gpus", help="GPUs the ZeRO states are partitioned over"),
+    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="memory of one GPU, GiB"),
+    stage: int = typer.Option(3, "--stage", help="the training stage whose recipe is planned"),
+) -> None:
+    """Predict feature-actor and per-GPU training memory, and say which ZeRO stage / offload / LoRA fits."""
+    from pipeline.cli_workflow import open_workflow
+    from pipeline.plan import plan_workflow, render
+
+    run = open_workflow(workflow, sets)
+    typer.echo("\n".join(render(plan_workflow(run.workflow, gpus, gpu_memory, stage))))
+
+
 def _register_all() -> None:
     from pipeline.ask import cli as ask_cli
     from pipeline.cluster import cli as cluster_cli
