@@ -61,7 +61,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root(ctx: typer.Context,
-          verbose: bool = typer.Option(False, *VERBOSE_FLAGS, help="debug logging, and the traceback of an error")
+          verbose: bool = typer.Option(False, *VERBOSE_FLAGS, help="debug logging, and an error's traceback")
           ) -> None:
     ctx.meta[VERBOSE] = verbose
     logging.basicConfig(

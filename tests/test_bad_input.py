@@ -86,7 +86,8 @@ def _train_on_a_missing_set(data: Path) -> None:
 
 
 def _bad_predictions(data: Path) -> None:
-    (data / "preds.jsonl").write_text('{"id": "a", "scene_id": "s", "task": "qa", "text": "x"}\n{"id": "b", "sce\n')
+    (data / "preds.jsonl").write_text('{"id": "a", "scene_id": "s", "task": "qa", "text": "x"}\n'
+                                      '{"id": "b", "sce\n')
     (data / "records.jsonl").write_text("")
 
 
@@ -154,12 +155,15 @@ CASES = [
     Case("flag-not-a-number", _nothing, ["cluster", "--out", "{data}", "--proxies", "many"], 2,
          "error: Invalid value for '--proxies'"),
     Case("unknown-command", _nothing, ["clsuter"], 2, "error: No such command 'clsuter'"),
-    Case("inspect-missing-tar", _nothing, ["inspect", "{data}/nope.tar"], 2, "error: {data}/nope.tar: no such shard file"),
+    Case("inspect-missing-tar", _nothing, ["inspect", "{data}/nope.tar"], 2,
+         "error: {data}/nope.tar: no such shard file"),
     Case("inspect-unknown-scene", _nothing, ["inspect", "nowhere", "--out", "{data}", "--name", "good"], 2,
          "nowhere"),
-    Case("viz-unknown-scene", _nothing, ["viz", "nowhere", "--out", "{data}", "--name", "good"], 2, "nowhere"),
-    Case("train-missing-proxy-set", _train_on_a_missing_set, ["train", "--stage", "1", "--workflow", "{data}/wf.yaml"],
-         2, "error: train.proxies: proxy set 'nope' not found"),
+    Case("viz-unknown-scene", _nothing, ["viz", "nowhere", "--out", "{data}", "--name", "good"], 2,
+         "nowhere"),
+    Case("train-missing-proxy-set", _train_on_a_missing_set,
+         ["train", "--stage", "1", "--workflow", "{data}/wf.yaml"], 2,
+         "error: train.proxies: proxy set 'nope' not found"),
     Case("predict-not-a-checkpoint", _nothing,
          ["predict", "--checkpoint", "{data}/features", "--shards", "{data}/proxies/good", "--records",
           "{data}/r.jsonl", "--out", "{data}/p.jsonl"], 2, "{data}/features: not a p3d checkpoint"),
@@ -168,12 +172,13 @@ CASES = [
          "error: {data}/preds.jsonl:2: invalid JSON"),
     Case("dataset-stats-bad-line", _records_not_json, ["dataset", "stats", "{data}/records.jsonl"], 2,
          "error: {data}/records.jsonl:2: invalid JSON"),
-    Case("convert-missing-file", _nothing, ["convert", "scanqa", "{data}/nope.json", "--out", "{data}/r.jsonl"], 2,
+    Case("convert-missing-file", _nothing,
+         ["convert", "scanqa", "{data}/nope.json", "--out", "{data}/r.jsonl"], 2,
          "files not found: {data}/nope.json"),
     Case("convert-a-folder", _nothing, ["convert", "scanqa", "{data}/features", "--out", "{data}/r.jsonl"], 2,
          "error: {data}/features: Is a directory"),
-    Case("toy-out-is-a-file", _a_file_where_a_folder_goes, ["toy", "--out", "{data}/afile", "--scenes", "1"], 2,
-         "error: {data}/afile/scenes: Not a directory"),
+    Case("toy-out-is-a-file", _a_file_where_a_folder_goes,
+         ["toy", "--out", "{data}/afile", "--scenes", "1"], 2, "error: {data}/afile/scenes: Not a directory"),
     Case("stats-nothing-there", _nothing, ["stats", "--out", "{data}/empty"], 2, "no complete scenes"),
 ]
 
@@ -227,7 +232,8 @@ def test_a_bug_prints_its_traceback_and_says_so(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["dataset", "stats", str(records)])
     assert result.exit_code == 1
     assert "Traceback" in result.stderr and 'raise KeyError("task")' in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: unexpected KeyError: 'task' (a bug in p3d")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unexpected KeyError: 'task' (a bug in p3d")
 
 
 def test_report_codes_and_lines():
@@ -276,5 +282,6 @@ def test_trainer_entry_errors(tmp_path, monkeypatch, capsys):
             run.main(["--stage", "1", "--out", str(tmp_path / "runs")] + ["-v"] * verbose)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2
-        assert err.strip().splitlines()[-1] == f"error: {tmp_path}/records.jsonl:7: field 'answers': expected a list"
+        expected = f"error: {tmp_path}/records.jsonl:7: field 'answers': expected a list"
+        assert err.strip().splitlines()[-1] == expected
         assert ("Traceback" in err) == verbose

@@ -87,8 +87,8 @@ def test_an_interrupted_world_is_rendered_again_by_features(tmp_path):
     cfg = ToyWorldConfig(num_scenes=1, frames=4, seed=4, image_size=(96, 128))
     world = tmp_path / "world"
     build_toy_world(world, world / "scenes", cfg, progress=lambda _m: None, workers=1)
-    wf = Workflow.model_validate({"name": "t", "out": str(tmp_path / "out"),
-                                  "source": {"kind": "toy", "path": str(world / "scenes"), "toy": cfg.model_dump()}})
+    source = {"kind": "toy", "path": str(world / "scenes"), "toy": cfg.model_dump()}
+    wf = Workflow.model_validate({"name": "t", "out": str(tmp_path / "out"), "source": source})
     messages: list[str] = []
     assert ensure_toy_world(wf, echo=messages.append) is False
     info = json.loads((world / "toy_world.json").read_text())

@@ -41,15 +41,15 @@ def _free_port() -> int:
 
 def _launch(wf: Path, resume: bool) -> tuple[subprocess.Popen, int]:
     """torchrun with two ranks in a session of its own (so the whole group can be killed)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
-               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions")))
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=extensions)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "P3D_WORKFLOW"):
         env.pop(k, None)
     port = _free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(ROOT / "trainer/run.py"), "--stage", "1", "--workflow", str(wf)] + (["--resume"] if resume else [])
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True), port
+           str(ROOT / "trainer/run.py"), "--stage", "1", "--workflow", str(wf)] + ["--resume"] * resume
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True), port
 
 
 def _cleanup_shm(port: int) -> None:
