@@ -1,20 +1,20 @@
 """Greedy answers about one scene, the scene's prefix encoded once for all questions (KV cache).
 
-Every prompt of a scene starts the same way: the template's opening, the vision-start token, the K
-scene tokens and the vision-end token (trainer/data.py's Collator lays it out; K is 128-700, the
-question ~10 tokens). `PrefixCache` runs that prefix through the language model once; each question
-then appends only its own tokens to the cached keys and values, decodes greedily, and the cache is
-cut back to the prefix (`DynamicCache.crop`; a copy where a cache cannot be cropped). The token ids
-and rotary positions a question gets are the Collator's, so the answer is the one
+Every prompt of a scene starts the same way: the template's opening (Qwen's system turn), the
+vision-start token, the K scene tokens and the vision-end token (trainer/data.py's Collator lays it
+out; K is 128-700, a question ~10 tokens). `PrefixCache` runs that prefix through the language model
+once. A batch of questions then gets copies of its keys and values (`batch_repeat_interleave`), each
+row `prefix | padding | question` with the padding masked out and the question's own rotary
+positions from the Collator, and is decoded greedily together, so each answer is the one
 `Proxy3DModel.generate` gives on the whole prompt (tests/test_ask.py checks equality;
-benchmarks/ask.py measures the speed-up).
+benchmarks/ask.py measures the speed-up against re-encoding).
 
 Answers that name objects (`<OBJxxx>`) come back with each object's segment, box (metres, the
 store's world frame) and category: the ground-truth category of the instance matched to the
 segment where the source has ground truth, else the model's own answer to "What is <OBJxxx>?" (the
-naming question it was trained on), asked on the same cached prefix.
+naming question it was trained on), asked in one more batch on the same cached prefix.
 
-Legend: L tokens, P prefix tokens, H hidden size.
+Legend: B questions, L tokens, N question tokens (padded), P prefix tokens, H hidden size.
 """
 
 from __future__ import annotations

@@ -186,6 +186,11 @@ def prepare_scene(run: ResolvedWorkflow, ask_input: AskInput, cache_root: Path, 
     if problem is not None and ask_input.kind != "store":
         raise AskError(f"{ask_input.path}: {problem}")
     cluster_cfg = wf.cluster.model_copy(update={"name": PROXY_SET, "executor": "local", "scenes_per_shard": 1})
+    if cluster_cfg.space == "xyz+feat" and cluster_cfg.stats is None:
+        from pipeline.cluster.stats import default_stats_path
+
+        # Whitened as the training scenes were: their statistics, not this one scene's.
+        cluster_cfg = cluster_cfg.model_copy(update={"stats": str(default_stats_path(wf.out))})
     shard_dir = proxies_dir(cache_dir, PROXY_SET)
     if features_done and (shard_dir / INDEX_FILE).is_file():
         cached = True
