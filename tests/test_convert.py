@@ -227,8 +227,8 @@ def test_scannet_stage3_reads_the_object_object_records(tmp_path):
 
     from schemas.workflow import load_workflow
     from trainer.recipes import stage_config
-    from trainer.train import records_path, resolve_train_config, stage_stream, training_records
     from trainer.synthetic import write_synthetic
+    from trainer.train import records_path, resolve_train_config, stage_stream, training_records
 
     shards, _ = write_synthetic(tmp_path / "data", num_scenes=3, dim=16)
     oo = CONVERTERS["mmscan"]([_mmscan_mixed(tmp_path / "MMScan_QA.json")], None, slice_name="object-object")
