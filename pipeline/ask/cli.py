@@ -73,8 +73,8 @@ def ask(
             raise ValueError("give one question, or --questions FILE")
         asked = read_questions(questions) if questions is not None else [question]
         run = checkpoint_workflow(checkpoint, workflow, sets or [])
-        say(f"workflow: {run.path} ({'the checkpoint' + chr(39) + 's own' if workflow is None else '--workflow'})"
-            + "".join(f" --set {s}" for s in run.sets))
+        origin = "the checkpoint's own" if workflow is None else "--workflow"
+        say(f"workflow: {run.path} ({origin})" + "".join(f" --set {s}" for s in run.sets))
         ask_input = open_input(source, run.workflow.features.num_frames)
         scene = prepare_scene(run, ask_input, cache or default_cache_root(), echo=say)
         model, collate, mode = load_model(checkpoint)
