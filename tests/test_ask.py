@@ -328,3 +328,17 @@ def test_real_format_checkpoint_loads_reads_its_workflow_and_answers_from_the_ca
     texts = [a.text for a in answer_questions(model, collate, mode, sample, ["Find the chair."], 5)]
     assert texts == [a.text for a in answer_questions(model, collate, mode, sample, ["Find the chair."], 5,
                                                       kv_cache=False)]
+
+
+def test_an_alignment_refusal_for_lack_of_parallax_is_named_as_such():
+    """The feature stage's reason for a scene whose sensor cameras barely moved (align.py's own words)
+    becomes the user's one line; other reasons pass through unchanged."""
+    import pipeline.features.align as align
+    from pipeline.ask.prepare import _feature_failure
+
+    still_F44 = np.repeat(np.eye(4)[None], 4, 0)
+    with pytest.raises(ValueError) as refused:
+        align.fit_to_sensor_poses(still_F44, still_F44)
+    line = _feature_failure(f"ValueError: {refused.value}")
+    assert line.startswith("not enough parallax to place the scene in 3D") and "walking around" in line
+    assert _feature_failure("SceneReadError: frame 3 unreadable") == "SceneReadError: frame 3 unreadable"
