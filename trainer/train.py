@@ -142,7 +142,9 @@ def training_records(path: Path, required: bool) -> tuple[dict[str, list], froze
     by_scene: dict[str, list] = defaultdict(list)
     if not path.exists():
         if required:
-            raise ValueError(f"{path}: records file not found (stage 4 trains on records)")
+            raise ValueError(f"{path}: records file not found (stage 4 and the record_tasks of stages 1-3 "
+                             "train on records; scannet.yaml's stage 3 reads what `p3d convert mmscan "
+                             "--slice object-object` writes)")
         log.warning("%s not found: no scene is held out of stages 1-3", path)
         return by_scene, frozenset()
     other: set[str] = set()
