@@ -64,18 +64,25 @@ def test_quantize_height_hand_computed():
 
 @pytest.mark.parametrize("variant", ["height", "bfs"])
 def test_layout_reaches_the_batches_through_the_export(tmp_path, variant):
-    """The stage's train.rope_positions is what an exported model's collator lays out."""
+    """A stage started from a model trained with the other layout takes its train config's
+    layout; the export records it, and the exported model's collator lays it out."""
     import numpy as np
 
     from pipeline.models.toy_models import build_toy_qwen
+    from schemas.config_train import StageConfig
     from trainer.data import Collator
     from trainer.model import Proxy3DModel
     from trainer.stages import Example
+    from trainer.train import _load_model
 
     base = build_toy_qwen(tmp_path / "qwen", ["What is a chair?"])
-    model = Proxy3DModel.build(str(base), feat_dim=8, num_obj_tokens=4, categories=["chair"], height_bins=4,
-                               height_range=(0.0, 4.0), fourier_dim=8)
-    model.cfg.rope_positions = variant  # as trainer.train._load_model sets it from the train config
+    previous = Proxy3DModel.build(str(base), feat_dim=8, num_obj_tokens=4, categories=["chair"], height_bins=4,
+                                  height_range=(0.0, 4.0), fourier_dim=8)
+    previous.cfg.rope_positions = next(p for p in ROPE_POSITIONS if p != variant)
+    previous.export(tmp_path / "stage3")
+    stage4 = StageConfig(stage=4, trainable=["projector"], init_from=str(tmp_path / "stage3"))
+    model = _load_model(None, TrainConfig(rope_positions=variant), stage4, 8, ["chair"])
+    assert model.cfg.rope_positions == variant
     loaded = Proxy3DModel.from_pretrained(model.export(tmp_path / "model"))
     assert loaded.cfg.rope_positions == variant
     scene = {"xyz": np.array([[0, 0, 0.5], [1, 0, 3.5], [0, 1, 1.5]], np.float32), "ident": np.array([0, 1, 2]),
