@@ -3,8 +3,9 @@
 toy world -> features -> cluster -> train stages 1-4 -> predict (held-out split) -> eval -> viz,
 then the paper's ablations in miniature: semantic grouping versus `--no-grouping`, proxy
 budgets, and the layout of the proxies' rotary position ids (`train.rope_positions`: the main
-run's proxy set, stage 4 with the other layout, scored also on the tasks stage 4 replays). Every step runs the same command a user would type (`p3d ...`, `python trainer/run.py`),
-as a child process whose output streams to the console and to `<runs>/<name>/logs/<step>.log`, so
+run's proxy set, stage 4 with the other layout, scored also on the tasks stage 4 replays). Every
+step runs the same command a user would type (`p3d ...`, `python trainer/run.py`), as a child
+process whose output streams to the console and to `<runs>/<name>/logs/<step>.log`, so
 the demo proves the commands, not a private shortcut. Steps whose outputs exist are skipped by the
 stages themselves (resume), so a second `make demo` only redoes what changed.
 
