@@ -76,8 +76,8 @@ def test_layout_reaches_the_batches_through_the_export(tmp_path, variant):
     from trainer.train import _load_model
 
     base = build_toy_qwen(tmp_path / "qwen", ["What is a chair?"])
-    previous = Proxy3DModel.build(str(base), feat_dim=8, num_obj_tokens=4, categories=["chair"], height_bins=4,
-                                  height_range=(0.0, 4.0), fourier_dim=8)
+    previous = Proxy3DModel.build(str(base), feat_dim=8, num_obj_tokens=4, categories=["chair"],
+                                  height_bins=4, height_range=(0.0, 4.0), fourier_dim=8)
     previous.cfg.rope_positions = next(p for p in ROPE_POSITIONS if p != variant)
     previous.export(tmp_path / "stage3")
     stage4 = StageConfig(stage=4, trainable=["projector"], init_from=str(tmp_path / "stage3"))
@@ -85,8 +85,8 @@ def test_layout_reaches_the_batches_through_the_export(tmp_path, variant):
     assert model.cfg.rope_positions == variant
     loaded = Proxy3DModel.from_pretrained(model.export(tmp_path / "model"))
     assert loaded.cfg.rope_positions == variant
-    scene = {"xyz": np.array([[0, 0, 0.5], [1, 0, 3.5], [0, 1, 1.5]], np.float32), "ident": np.array([0, 1, 2]),
-             "categories": None, "feat": np.zeros((3, 8), np.float32)}
+    scene = {"xyz": np.array([[0, 0, 0.5], [1, 0, 3.5], [0, 1, 1.5]], np.float32),
+             "ident": np.array([0, 1, 2]), "categories": None, "feat": np.zeros((3, 8), np.float32)}
     batch = Collator(loaded.tokenizer, loaded.cfg, loaded.category_ids)(
         [(Example("s", "object_name", "What is <OBJ001>?", "chair"), scene)])
     slots = batch["input_ids"][0] == loaded.cfg.scene_token_id
