@@ -17,8 +17,9 @@ Presets: `gpu` is the paper's setting (32 frames at 448 x 588, Qwen2.5-VL-7B, VG
 hiera-large, 700 proxies, bf16); `cpu` keeps the real widths with fewer layers and frames; `tiny` is
 the toy models (the CPU fallback of `make bench-gpu`, and the suite's test). Results go to
 benchmarks/results/scale-<preset>-<device>.json and .md, named after the device that produced them.
-Peak memory: `torch.cuda.max_memory_allocated` per step on a GPU; on CPU the process's peak RSS
-growth (networks: the peak so far in one process, so only the first rise is that network's own).
+Peak memory: `torch.cuda.max_memory_allocated` per step on a GPU (each network also alone, warm); on
+CPU the process's peak RSS (the features: the whole stage's; the training steps: growth from before
+the model is built, so weights, states and activations).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ PRESETS = {
                 dtype="bfloat16"),
     "cpu": dict(lm="random:qwen2_5_vl_3b@layers=1,vision_depth=2,vocab=8192",
                 vggt="random:vggt_1b@depth=2,dino_depth=2,camera_depth=1",
-                sam2="random:sam2.1_hiera_large@image_size=256", frames=4, image=(224, 308), render=(240, 320),
+                sam2="random:sam2.1_hiera_large@image_size=256,depth=4", frames=4, image=(224, 308), render=(240, 320),
                 proxies=64, points_per_side=4, steps=1, dtype="float32"),
     "tiny": dict(lm="toy:qwen2_5_vl", vggt="tiny", sam2="toy:sam2", frames=4, image=(112, 140),
                  render=(120, 160), proxies=32, points_per_side=2, steps=1, dtype="float32"),
@@ -153,31 +154,35 @@ def features_config(p: dict, vggt: str, on_gpu: bool):
                                   pred_iou_thresh=0.0, stability_thresh=0.0, min_mask_area=0.0))
 
 
-def run_features(scene, cfg, data_root: Path, device: str) -> tuple[list[dict], dict, object]:
-    """Each network alone (after a build/load that is timed apart), then the whole feature stage."""
+def run_features(scene, cfg, data_root: Path, device: str) -> tuple[list[dict], dict]:
+    """Build/load the three networks, run the feature stage once (its own per-step seconds); on a GPU
+    then each network alone once more, warm, for its own peak memory."""
     from pipeline.features.stage import load_models, prepare_frames, process_scene
 
     rows = []
     with Meter(device) as m:
         models = load_models(cfg, data_root, device)
     rows.append({"step": "build + load the three networks", "seconds": m.seconds, "peak_mb": m.peak_mb})
-    images, sensor, _ = prepare_frames(scene, cfg)
-    with Meter(device) as m:
-        models.encoder.encode(images)
-    rows.append({"step": f"encoder ({cfg.encoder.model})", "seconds": m.seconds, "peak_mb": m.peak_mb})
-    with Meter(device) as m:
-        geo = models.geometry.predict(images, sensor)
-    rows.append({"step": f"geometry ({cfg.geometry.model})", "seconds": m.seconds, "peak_mb": m.peak_mb})
-    with Meter(device) as m:
-        models.segmenter.segment(images, sensor, geo.xyz_FHW3)
-    rows.append({"step": f"segmenter ({cfg.segmenter.model}, {cfg.segmenter.points_per_side}^2 prompts)",
-                 "seconds": m.seconds, "peak_mb": m.peak_mb})
-    with Meter(device) as m:
+    with Meter(device) as whole:
         result = process_scene(scene, models, cfg)
-    rows.append({"step": "feature stage, whole scene (networks + alignment + patchify)", "seconds": m.seconds,
-                 "peak_mb": m.peak_mb})
+    names = {"encoder": f"encoder ({cfg.encoder.model})", "geometry": f"geometry ({cfg.geometry.model})",
+             "segmenter": f"segmenter ({cfg.segmenter.model}, {cfg.segmenter.points_per_side}^2 prompts)"}
+    for key, seconds in result.seconds.items():
+        rows.append({"step": names.get(key, key), "seconds": seconds, "peak_mb": None})
+    rows.append({"step": "feature stage, whole scene", "seconds": whole.seconds, "peak_mb": whole.peak_mb})
+    if device == "cuda":
+        images, sensor, _ = prepare_frames(scene, cfg)
+        with Meter(device) as m:
+            models.encoder.encode(images)
+        rows.append({"step": f"{names['encoder']}, warm, alone", "seconds": m.seconds, "peak_mb": m.peak_mb})
+        with Meter(device) as m:
+            geo = models.geometry.predict(images, sensor)
+        rows.append({"step": f"{names['geometry']}, warm, alone", "seconds": m.seconds, "peak_mb": m.peak_mb})
+        with Meter(device) as m:
+            models.segmenter.segment(images, sensor, geo.xyz_FHW3)
+        rows.append({"step": f"{names['segmenter']}, warm, alone", "seconds": m.seconds, "peak_mb": m.peak_mb})
     del models
-    return rows, result.arrays, result
+    return rows, result.arrays
 
 
 def run_cluster(arrays: dict, proxies: int, device: str) -> tuple[dict, object]:
@@ -212,6 +217,9 @@ def train_child(spec: dict) -> dict:
     model = Proxy3DModel.build(spec["model"], feat_dim=int(feat.shape[1]), num_obj_tokens=8, categories=["chair"],
                                height_bins=64, height_range=(-0.5, 3.5), fourier_dim=64)
     params = model.set_trainable(spec["trainable"])
+    # Counted before ZeRO-3 partitions them (a partitioned parameter has numel 0).
+    counts = {"trainable_params": int(sum(p.numel() for p in params)),
+              "total_params": int(sum(p.numel() for p in model.parameters()))}
     model.lm.config.use_cache = False
     if spec["checkpointing"]:
         model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -255,8 +263,7 @@ def train_child(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else _rss_peak_mb() - rss0
     return {"seq_len": int(batch["input_ids"].shape[1]), "step_s": float(np.median(times[1:])), "peak_mb": peak,
-            "trainable_params": int(sum(p.numel() for p in params)),
-            "total_params": int(sum(p.numel() for p in model.parameters()))}
+            **counts}
 
 
 def _current_rss_mb() -> float:
@@ -357,13 +364,15 @@ def markdown(report: dict) -> list[str]:
     for r in report["steps"]:
         tokens = r.get("seq_len", "")
         plan = f"{r['predicted_mb']:.0f}" if "predicted_mb" in r else ""
-        lines.append(f"| {r['step']} | {r['seconds']:.3f} | {r['peak_mb']:.0f} | {tokens} | {plan} |")
+        peak = "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
+        lines.append(f"| {r['step']} | {r['seconds']:.3f} | {peak} | {tokens} | {plan} |")
     train = [r for r in report["steps"] if "seq_len" in r]
     if len(train) == 2:
         prox, full = train
         lines += ["", f"Trainable: {prox['trainable']}. All patches / proxies: step time "
-                      f"{full['seconds'] / prox['seconds']:.2f}x, peak memory {full['peak_mb'] / prox['peak_mb']:.2f}x, "
-                      f"sequence {full['seq_len'] / prox['seq_len']:.1f}x (the goal: >= 8x time and memory)."]
+                      f"{full['seconds'] / prox['seconds']:.2f}x, peak memory "
+                      f"{full['peak_mb'] / prox['peak_mb']:.2f}x, sequence {full['seq_len'] / prox['seq_len']:.1f}x "
+                      "(the goal: >= 8x time and memory)."]
     return lines
 
 
@@ -402,7 +411,7 @@ def main() -> None:
     vggt = _tiny_vggt(work) if p["vggt"] == "tiny" else p["vggt"]
     cfg = features_config(p, vggt, on_gpu)
     data_root = work / "data"
-    steps, arrays, _ = run_features(scene, cfg, data_root, device)
+    steps, arrays = run_features(scene, cfg, data_root, device)
     cluster_row, proxies_out = run_cluster(arrays, p["proxies"], device)
     steps.append(cluster_row)
     from pipeline.models.toy_models import resolve_model
