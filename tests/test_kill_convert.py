@@ -31,19 +31,40 @@ def _scanqa_file(path: Path, copies: int) -> Path:
     return path
 
 
-def _kill_run(args: list[str], rng: random.Random, while_writing: bool) -> int:
-    """SIGKILL `p3d convert` a random moment after its start, or after it has converted every entry
-    and prints its summary (it writes --out next)."""
+def _start(args: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "P3D_WORKFLOW"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def _wait_for_summary(proc: subprocess.Popen) -> None:
+    for line in proc.stdout:
+        if " records, " in line:  # the summary: "scanqa: N records, M problems"; it writes --out next
+            return
+
+
+def _phase_seconds(args: list[str]) -> tuple[float, float]:
+    """An uninterrupted run's seconds to its summary and from there to its exit, on this machine
+    now: kill delays are drawn inside them, so the kills land inside the run however fast it is."""
+    start = time.monotonic()
+    proc = _start(args)
+    _wait_for_summary(proc)
+    summary = time.monotonic()
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == 0
+    return summary - start, time.monotonic() - summary
+
+
+def _kill_run(args: list[str], rng: random.Random, while_writing: bool, phases: tuple[float, float]) -> int:
+    """SIGKILL `p3d convert` at a random moment while it reads, or after it has converted every entry
+    and prints its summary (while it writes --out)."""
+    proc = _start(args)
     if while_writing:
-        for line in proc.stdout:
-            if " records, " in line:  # the summary: "scanqa: N records, M problems"
-                break
-        time.sleep(rng.uniform(0.0, 0.2))
+        _wait_for_summary(proc)
+        time.sleep(rng.uniform(0.0, 0.8) * phases[1])
     else:
-        time.sleep(rng.uniform(0.0, 2.0))
+        time.sleep(rng.uniform(0.3, 0.9) * phases[0])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
@@ -68,9 +89,10 @@ def test_convert_killed_at_random_points_then_rerun_equals_uninterrupted(tmp_pat
 
     rng = random.Random(int(os.environ.get("P3D_KILL_SEED", "17")))
     args = ["convert", "scanqa", str(source), "--out", str(out)]
+    phases = _phase_seconds(["convert", "scanqa", str(source), "--out", str(tmp_path / "timed" / "scanqa.jsonl")])
     codes = []
     for i in range(KILLS):
-        codes.append(_kill_run(args, rng, while_writing=i > 0))
+        codes.append(_kill_run(args, rng, while_writing=i > 0, phases=phases))
         assert out.read_bytes() in (old, reference.read_bytes()), "a kill left a partial records file"
     assert -signal.SIGKILL in codes, f"every run finished before its kill: {codes}"
 
