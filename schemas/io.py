@@ -25,13 +25,19 @@ def temporary_sibling(path: str | Path) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Running. A zombie is dead: a killed command's workers stay zombies where the container's PID 1
+    reaps nothing (seen in CI), and their temporaries must still count as stale."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs: what kill(0) said
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def remove_stale_temporaries(folder: str | Path, name: str | None = None) -> None:
