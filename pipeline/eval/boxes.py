@@ -35,10 +35,6 @@ def pairwise_iou(a_A6: np.ndarray, b_B6: np.ndarray) -> np.ndarray:
     return np.where(union_AB > 0, inter_AB / np.where(union_AB > 0, union_AB, 1.0), 0.0)
 
 
-def box_iou(a: Box3D, b: Box3D) -> float:
-    return float(pairwise_iou(boxes_to_array([a]), boxes_to_array([b]))[0, 0])
-
-
 def matched_f1(iou_PG: np.ndarray, threshold: float) -> float:
     """Multi3DRefer F1 of one query: Hungarian matching on IoU, a pair counts if IoU >= threshold.
 

@@ -137,10 +137,6 @@ def parse_number(text: str) -> float | None:
     return None
 
 
-def letter_of(index: int) -> str:
-    return string.ascii_uppercase[index]
-
-
 def strip_choice_prefix(choice: str) -> str:
     """'A. chair' -> 'chair' (VSI-Bench writes the letter into each option)."""
     m = re.match(r"^\s*\(?([A-Za-z])[\.\):]\s+(.*)$", choice)

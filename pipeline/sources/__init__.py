@@ -33,13 +33,5 @@ def open_source(cfg: SourceConfig, num_frames: int) -> SceneSource:
     return SOURCES[cfg.kind](Path(cfg.path), num_frames, only)
 
 
-def default_records_path(cfg: SourceConfig) -> Path | None:
-    """The annotation records that come with a source: the toy world writes them beside its
-    scenes folder (`<root>/annotations.jsonl` for scenes in `<root>/scenes`)."""
-    if cfg.kind == "toy":
-        return Path(cfg.path).parent / "annotations.jsonl"
-    return None
-
-
 __all__ = ["SOURCES", "Scene", "SceneReadError", "SceneSource", "ScanNetSource", "ToySource",
-           "VideoSource", "default_records_path", "open_source", "uniform_indices"]
+           "VideoSource", "open_source", "uniform_indices"]
