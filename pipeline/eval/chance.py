@@ -2,7 +2,9 @@
 
 - choice: mean of 1 / number of choices.
 - number: the score of always answering the most frequent reference (counting, where answers are
-  integers; "majority class") or the mean reference (continuous answers), under MRA and EM.
+  integers; "majority class") or the mean reference (continuous answers), under MRA and EM; one such
+  constant per question type where records carry one (room area vs ceiling height, object height
+  vs longest side): a model that ignores the scene still reads which question it is asked.
 - text / qa / situated_qa: exact match of always answering the most frequent canonical answer;
   object answers (object_id): picking one uniformly random object of the scene.
 - grounding: expected Acc@k of a uniformly random object of the scene (needs the scene objects).
@@ -53,19 +55,30 @@ def chance_level(task: str, records: list[Record], scene_objects: SceneObjects |
 
 
 def _number_chance(records: list[Record]) -> dict[str, float | None]:
-    gts = np.array([parse_number(r.answers[0]) for r in records if r.answers], dtype=float)
+    with_answers = [r for r in records if r.answers]
+    gts = np.array([parse_number(r.answers[0]) for r in with_answers], dtype=float)
     if gts.size == 0:
         return {}
+    # Integral as the metric decides it: over the whole group, so that EM is reported alike.
     integral = bool(np.all(np.mod(gts, 1) == 0))
+    qtypes = np.array([r.question_type or "" for r in with_answers])
+    constant_of_type = {}
+    for qtype in np.unique(qtypes):
+        constant_of_type[qtype] = _constant_answer(gts[qtypes == qtype], integral)
+    constants = np.array([constant_of_type[q] for q in qtypes])
+    out: dict[str, float | None] = {
+        "MRA": 100.0 * float(np.mean([mean_relative_accuracy(c, g) for c, g in zip(constants, gts)]))}
+    if integral:
+        out["EM"] = 100.0 * float(np.mean(gts == constants))
+    return out
+
+
+def _constant_answer(gts: np.ndarray, integral: bool) -> float:
+    """The most frequent reference (integers) or the mean one."""
     if integral:
         values, counts = np.unique(gts, return_counts=True)
-        constant = float(values[np.argmax(counts)])
-    else:
-        constant = float(gts.mean())
-    out: dict[str, float | None] = {"MRA": 100.0 * float(np.mean([mean_relative_accuracy(constant, g) for g in gts]))}
-    if integral:
-        out["EM"] = 100.0 * float(np.mean(gts == constant))
-    return out
+        return float(values[np.argmax(counts)])
+    return float(gts.mean())
 
 
 def _random_object_chance(records: list[Record], scene_objects: SceneObjects | None, prefix: str) -> dict[str, float | None]:

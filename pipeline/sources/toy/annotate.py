@@ -6,6 +6,12 @@ placeholder refers to `target_ids[k]`, and the trainer swaps it for that object'
 Records whose answer is a set of objects (answer_type "objects") keep `answers` empty: the answer is
 `target_ids` (possibly empty, meaning "none").
 Numbers are short strings: counts as integers, metres with one decimal.
+
+The spatial questions (object size, distance, relative direction) name objects by category, as
+VSI-Bench (the paper's spatial benchmark) does, and only objects whose category is unique in the
+room, so that the name is unambiguous: such a question is askable whatever the segmenter merged or
+missed (an identifier-named one is not when its object matches no segment). Their `target_ids` still
+list the objects, in the order the question names them.
 """
 
 from __future__ import annotations
@@ -101,11 +107,14 @@ def generate_records(layout: ToyLayout, scene_id: str, split: str | None,
 
     for o in objs:
         out.add("object_name", f"What is {OBJ}?", [o.category], [o])
-        out.add("object_size", f"How tall is {OBJ} in meters?", [_num(o.size_3[2])], [o],
-                answer_type="number", question_type="height")
-        out.add("object_size", f"How long is the longest side of {OBJ} in meters?",
-                [_num(o.size_3.max())], [o], answer_type="number", question_type="longest_side")
         out.add("caption", f"Describe {OBJ}.", [describe(o, objs)], [o])
+    # Category-named questions: only objects whose category is unique in the room.
+    unique = [o for o in objs if len(by_cat[o.category]) == 1]
+    for o in unique:
+        out.add("object_size", f"How tall is the {o.category} in meters?", [_num(o.size_3[2])], [o],
+                answer_type="number", question_type="height")
+        out.add("object_size", f"How long is the longest side of the {o.category} in meters?",
+                [_num(o.size_3.max())], [o], answer_type="number", question_type="longest_side")
 
     for cat, members in by_cat.items():
         # The counted objects are the targets, so that a trainer can name them before the count.
@@ -125,12 +134,12 @@ def generate_records(layout: ToyLayout, scene_id: str, split: str | None,
         out.add("counting", f"How many {_plural(cat)} are in the room?", ["0"], answer_type="number")
         out.add("multi_grounding", f"Find all {_plural(cat)}.", [], [], answer_type="objects")
 
-    pairs = [(a, b) for i, a in enumerate(objs) for b in objs[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(unique) for b in unique[i + 1:]]
     for k in rng.permutation(len(pairs))[: max(2, len(objs))]:
         a, b = pairs[int(k)]
         dist = float(np.linalg.norm(a.center_3 - b.center_3))
-        out.add("distance", f"How far apart are {OBJ} and {OBJ} in meters?", [_num(dist)], [a, b],
-                answer_type="number")
+        out.add("distance", f"How far apart are the {a.category} and the {b.category} in meters?",
+                [_num(dist)], [a, b], answer_type="number")
 
     lx, ly, lz = layout.size_3
     out.add("room_size", "What is the floor area of the room in square meters?", [_num(lx * ly)],
@@ -138,7 +147,7 @@ def generate_records(layout: ToyLayout, scene_id: str, split: str | None,
     out.add("room_size", "How high is the ceiling in meters?", [_num(lz)], answer_type="number",
             question_type="height")
 
-    triples = [(a, b, c) for a in objs for b in objs for c in objs if len({a.id, b.id, c.id}) == 3]
+    triples = [(a, b, c) for a in unique for b in unique for c in unique if len({a.id, b.id, c.id}) == 3]
     wanted = max(2, len(objs))
     for k in rng.permutation(len(triples)):
         if out.counter["relative_direction"] >= wanted:
@@ -148,6 +157,6 @@ def generate_records(layout: ToyLayout, scene_id: str, split: str | None,
         if side is None:
             continue
         out.add("relative_direction",
-                f"Standing at {OBJ} facing {OBJ}, is {OBJ} to the left or to the right?",
-                [side], [a, b, c], answer_type="choice", choices=["left", "right"])
+                f"Standing at the {a.category} facing the {b.category}, is the {c.category} to the left "
+                "or to the right?", [side], [a, b, c], answer_type="choice", choices=["left", "right"])
     return out.records
