@@ -18,11 +18,15 @@ drawn at a trained model's scale so that answers differ per question). Asserts n
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the synthetic shards are a test fixture (tests/)
 
 QUESTIONS = ["Find the chair.", "How many lamps are in the room?", "What is <OBJ001>?", "Find all tables.",
              "Which object is the sofa?", "How many chairs are in the room?", "What is <OBJ003>?",
@@ -62,7 +66,7 @@ def _randomize(model, seed: int = 0) -> None:
 
 def _scene(folder: Path, num_proxies: int) -> dict:
     from trainer.data import iter_scenes
-    from trainer.synthetic import write_synthetic
+    from tests.synthetic_shards import write_synthetic
 
     shards, _ = write_synthetic(folder, num_scenes=1, dim=128, proxies_per_object=max(1, num_proxies // 6))
     return next(iter(iter_scenes(shards, shuffle=False)))

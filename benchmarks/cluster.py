@@ -2,7 +2,7 @@
 straightforward baseline measured in the same run.
 
 Scenes: 32 frames of 16x21 and of 32x42 patches, D = 1280 (Qwen2.5-VL ViT) and 3584 (LLM width),
-K = 700, power-law group sizes (pipeline.cluster.synthetic). The baseline is what one writes first:
+K = 700, power-law group sizes (tests/synthetic_triplets.py). The baseline is what one writes first:
 per group, FPS and nearest-center assignment with torch.cdist, then each proxy's mean with a
 boolean mask, in a Python loop. Peak memory is the resident high-water mark above the input
 arrays (Linux /proc; reset before each run). Prints, asserts nothing.
@@ -19,10 +19,14 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the synthetic scenes are a test fixture (tests/)
 
 
 def _rss_kib(field: str) -> int:
@@ -97,7 +101,7 @@ def main() -> None:
     import torch
 
     from pipeline.cluster.core import ClusterParams, cluster_scene
-    from pipeline.cluster.synthetic import synthetic_scene
+    from tests.synthetic_triplets import synthetic_scene
 
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)

@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shards, records = args.shards, args.records
         if shards is None:
-            from trainer.synthetic import write_synthetic
+            from tests.synthetic_shards import write_synthetic
 
             shards, records = write_synthetic(Path(tmp) / "data", num_scenes=40, dim=128, scenes_per_shard=8,
                                               proxies_per_object=100)

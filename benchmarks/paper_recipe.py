@@ -23,9 +23,14 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the synthetic scenes are a test fixture (tests/)
 
 
 def best_of(repeats: int, fn) -> tuple[float, object]:
@@ -55,7 +60,7 @@ def bench_focus(dim: int, repeats: int) -> None:
     torch.set_num_threads(1)
     from pipeline.cluster.caption import focus_proxies
     from pipeline.cluster.core import ClusterParams, cluster_scene
-    from pipeline.cluster.synthetic import synthetic_scene
+    from tests.synthetic_triplets import synthetic_scene
 
     scene = synthetic_scene(num_frames=32, h=32, w=42, dim=dim, num_objects=40, seed=0)
     params = ClusterParams(budget=700)

@@ -1,18 +1,20 @@
 """Small synthetic proxy shards and records, in exactly the cluster stage's format.
 
-For tests and benchmarks of the trainer, which must not depend on the features and cluster stages:
-each scene has a few boxes of known categories; a box's proxies carry its category's prototype
-feature plus noise, and positions inside the box. Records follow the toy world's templates.
+For tests and benchmarks of the trainer, which must not depend on the features and cluster stages
+(a test fixture: the real path never imports it): each scene has a few boxes of known categories; a
+box's proxies carry its category's prototype feature plus noise, and positions inside the box.
+Records follow the toy world's templates. Shards go through the cluster stage's own writer
+(`pipeline.cluster.shards.write_shard`), so they are deterministic and written atomically like real ones.
 """
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.cluster.shards import json_bytes, npy_bytes, proxies_dir, write_shard
+from schemas.io import write_json_atomic
 from schemas.proxy import INDEX_FILE, SHARD_PATTERN, ProxyMeta, SegmentInfo, index_payload
 from schemas.record import Record, write_records
 
@@ -20,12 +22,6 @@ CATEGORIES = ("chair", "table", "lamp", "sofa", "bed", "plant")
 FEATURE_RMS = 0.05
 
 SYNTHETIC_PARAMS = {"synthetic": True}  # meta.json params, and the index's
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 def make_scene(scene_id: str, rng: np.random.Generator, dim: int, proxies_per_object: int = 8,
@@ -64,9 +60,9 @@ def make_scene(scene_id: str, rng: np.random.Generator, dim: int, proxies_per_ob
     k = proxies_per_object * len(segments)
     meta = ProxyMeta(scene_id=scene_id, num_proxies=k, budget=k, dim=dim, num_valid_triplets=4 * k,
                      params=SYNTHETIC_PARAMS, source={"kind": "synthetic"}).model_dump()
-    sample = {"__key__": scene_id, "feat.npy": _npy(np.concatenate(feats).astype(np.float16)),
-              "xyz.npy": _npy(np.concatenate(xyzs)), "segment.npy": _npy(np.concatenate(segs)),
-              "segments.json": json.dumps(infos).encode(), "meta.json": json.dumps(meta).encode()}
+    sample = {"__key__": scene_id, "feat.npy": npy_bytes(np.concatenate(feats).astype(np.float16)),
+              "xyz.npy": npy_bytes(np.concatenate(xyzs)), "segment.npy": npy_bytes(np.concatenate(segs)),
+              "segments.json": json_bytes(infos), "meta.json": json_bytes(meta)}
     return sample, [(inst, name, lo, hi) for inst, name, _, lo, hi in segments if inst >= 0]
 
 
@@ -93,29 +89,24 @@ def write_synthetic(out: str | Path, num_scenes: int = 6, dim: int = 128, scenes
                     proxies_per_object: int = 8, val_every: int = 3, seed: int = 0,
                     background_segments: int = 0) -> tuple[Path, Path]:
     """Write `<out>/proxies/synthetic/shard-*.tar` + index.json and `<out>/records.jsonl`."""
-    import webdataset as wds
-
     out = Path(out)
-    shard_dir = out / "proxies" / "synthetic"
+    shard_dir = proxies_dir(out, "synthetic")
     shard_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     index: dict[str, str] = {}
     records: list[Record] = []
-    writer = None
+    samples: list[dict[str, bytes]] = []
     for i in range(num_scenes):
-        if i % scenes_per_shard == 0:
-            if writer:
-                writer.close()
-            name = SHARD_PATTERN % (i // scenes_per_shard)
-            writer = wds.TarWriter(str(shard_dir / name))
         scene_id = f"scene{i:04d}"
         sample, objects = make_scene(scene_id, rng, dim, proxies_per_object,
                                      background_segments=background_segments)
-        writer.write(sample)
-        index[scene_id] = name
+        samples.append(sample)
+        index[scene_id] = SHARD_PATTERN % (i // scenes_per_shard)
         records += scene_records(scene_id, objects, "val" if val_every and i % val_every == val_every - 1
                                  else "train")
-    writer.close()
-    (shard_dir / INDEX_FILE).write_text(json.dumps(index_payload(SYNTHETIC_PARAMS, index)))
+    for start in range(0, num_scenes, scenes_per_shard):
+        shard = shard_dir / (SHARD_PATTERN % (start // scenes_per_shard))
+        write_shard(shard, samples[start:start + scenes_per_shard])
+    write_json_atomic(shard_dir / INDEX_FILE, index_payload(SYNTHETIC_PARAMS, index))
     write_records(records, out / "records.jsonl")
     return shard_dir, out / "records.jsonl"

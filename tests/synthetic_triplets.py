@@ -1,4 +1,5 @@
-"""Synthetic triplets with realistic group statistics, for the cluster tests and benchmark.
+"""Synthetic triplets with realistic group statistics, for the cluster tests and benchmarks (a test
+fixture: the real path never imports it).
 
 A room of axis-aligned boxes: a few large instances (floor, walls) and many small objects whose
 patch counts fall off like a power law, as in real indoor scans; some patches unlabeled, some with

@@ -5,7 +5,7 @@ tiny `toy:` Qwen2.5-VL encoder, a random VGGT and the tiny SAM 2), then `p3d ask
 Random weights give meaningless answers: the tests check the plumbing and the contracts (format,
 objects, boxes, the frame and scale named, the cache, the KV-cached answers equal to re-encoding),
 and the clear errors. The training step uses synthetic proxy shards of the encoder's width (D=128,
-trainer/synthetic.py) so that the checkpoint costs seconds.
+tests/synthetic_shards.py) so that the checkpoint costs seconds.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
     from pipeline.models.vggt.config import VGGTConfig
     from pipeline.models.vggt.loader import random_vggt, save_vggt
     from schemas.workflow import ToyWorldConfig
-    from trainer.synthetic import write_synthetic
+    from tests.synthetic_shards import write_synthetic
 
     root = tmp_path_factory.mktemp("ask")
     qwen = build_toy_qwen(root / "qwen", ["Find the chair.", "What is a chair?", "How many lamps are in the room?"])
@@ -300,7 +300,7 @@ def test_real_format_checkpoint_loads_reads_its_workflow_and_answers_from_the_ca
     from pipeline.ask.prepare import AskError, check_backends, check_store_scene, checkpoint_workflow
     from schemas.config_features import QWEN_VL_DEFAULT
     from trainer.data import iter_scenes, scene_inputs
-    from trainer.synthetic import write_synthetic
+    from tests.synthetic_shards import write_synthetic
 
     root, checkpoint = real_checkpoint
     run = checkpoint_workflow(checkpoint, None, [])

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.cluster.driver import run_cluster
-from pipeline.cluster.synthetic import store_arrays, synthetic_scene
+from tests.synthetic_triplets import store_arrays, synthetic_scene
 from pipeline.features.store import scene_path, write_scene
 from schemas.config_cluster import ClusterConfig
 from schemas.store import ModelRef, StoreAttrs

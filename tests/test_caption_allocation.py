@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.cluster.caption import caption_variant, focus_proxies
 from pipeline.cluster.core import ClusterParams, cluster_scene
-from pipeline.cluster.synthetic import store_arrays, synthetic_scene
+from tests.synthetic_triplets import store_arrays, synthetic_scene
 
 
 @pytest.fixture(scope="module", params=["xyz", "xyz+feat"])

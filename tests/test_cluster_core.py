@@ -15,7 +15,7 @@ from pipeline.cluster.sampling import (
     assign_nearest, assign_nearest_numpy, cluster_group, farthest_point_sampling, segment_mean,
 )
 from pipeline.cluster.serialize import bfs_order
-from pipeline.cluster.synthetic import synthetic_scene
+from tests.synthetic_triplets import synthetic_scene
 
 
 # ---------------------------------------------------------------- allocation

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.cluster.driver import run_cluster
 from pipeline.cluster.shards import load_scene_proxies, proxies_dir
-from pipeline.cluster.synthetic import store_arrays, synthetic_scene
+from tests.synthetic_triplets import store_arrays, synthetic_scene
 from pipeline.features.store import write_scene
 from schemas.config_cluster import ClusterConfig
 from schemas.proxy import MEMBERS, ProxyMeta, SegmentInfo

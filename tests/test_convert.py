@@ -162,7 +162,7 @@ def _mmscan_qa(sub_class: str, scan_id: str, n: int, question: str, answers: lis
 
 def _mmscan_mixed(path: Path) -> Path:
     """Every QA sub-class MMScan's generation writes, two of them object-object (scenes of
-    trainer.synthetic: instance ids 1..3 exist in each)."""
+    tests/synthetic_shards.py: instance ids 1..3 exist in each)."""
     train = [
         _mmscan_qa("QA_Single_EQ", "scene0000", 0, "Look carefully at the room, is there a lamp in the room? ",
                    ["Yes, there is. "], [1], ["lamp"], None),
@@ -227,7 +227,7 @@ def test_scannet_stage3_reads_the_object_object_records(tmp_path):
 
     from schemas.workflow import load_workflow
     from trainer.recipes import stage_config
-    from trainer.synthetic import write_synthetic
+    from tests.synthetic_shards import write_synthetic
     from trainer.train import records_path, resolve_train_config, stage_stream, training_records
 
     shards, _ = write_synthetic(tmp_path / "data", num_scenes=3, dim=16)

@@ -29,7 +29,7 @@ import yaml
 from safetensors.numpy import load_file
 
 from pipeline.models.toy_models import build_toy_qwen
-from trainer.synthetic import write_synthetic
+from tests.synthetic_shards import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"

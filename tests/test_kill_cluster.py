@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.cluster.driver import run_cluster
 from pipeline.cluster.shards import proxies_dir
-from pipeline.cluster.synthetic import store_arrays, synthetic_scene
+from tests.synthetic_triplets import store_arrays, synthetic_scene
 from pipeline.features.store import write_scene
 from schemas.config_cluster import ClusterConfig
 from schemas.proxy import INDEX_FILE

@@ -28,7 +28,7 @@ def exported(tmp_path_factory):
     and synthetic shards + records."""
     from pipeline.models.toy_models import build_toy_qwen
     from trainer.model import Proxy3DModel
-    from trainer.synthetic import CATEGORIES, write_synthetic
+    from tests.synthetic_shards import CATEGORIES, write_synthetic
 
     root = tmp_path_factory.mktemp("predict_kill")
     qwen = build_toy_qwen(root / "qwen", ["What is a chair?", "How many lamps are in the room?"])

@@ -85,7 +85,7 @@ def _run_to_end(wf: Path, resume: bool) -> str:
 @pytest.mark.slow
 def test_two_ranks_killed_at_random_points_then_resumed_equal_uninterrupted(tmp_path):
     from pipeline.models.toy_models import build_toy_qwen
-    from trainer.synthetic import write_synthetic
+    from tests.synthetic_shards import write_synthetic
 
     qwen = build_toy_qwen(tmp_path / "qwen", ["What is a chair?", "How many lamps are in the room?"])
     _, records = write_synthetic(tmp_path / "data", num_scenes=6, dim=128, scenes_per_shard=2)

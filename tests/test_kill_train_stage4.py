@@ -28,7 +28,7 @@ KILLS = 2
 def test_stage4_killed_at_random_points_then_resumed_equals_uninterrupted(tmp_path):
     from pipeline.models.toy_models import build_toy_qwen
     from trainer.model import Proxy3DModel
-    from trainer.synthetic import CATEGORIES, write_synthetic
+    from tests.synthetic_shards import CATEGORIES, write_synthetic
     from trainer.train import train
 
     qwen = build_toy_qwen(tmp_path / "qwen", ["What is a chair?", "How many lamps are in the room?"])

@@ -13,7 +13,7 @@ import pytest
 from pipeline.cluster.driver import run_cluster
 from pipeline.cluster.matching import match_segments, overlap_iou
 from pipeline.cluster.shards import load_scene_proxies
-from pipeline.cluster.synthetic import store_arrays, synthetic_scene
+from tests.synthetic_triplets import store_arrays, synthetic_scene
 from pipeline.features import store
 from schemas.config_cluster import ClusterConfig
 from schemas.record import Record

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.models.toy_models import build_toy_qwen
-from trainer.synthetic import CATEGORIES, write_synthetic
+from tests.synthetic_shards import CATEGORIES, write_synthetic
 
 
 # Without background the model also learns grounding; with unlabeled background segments interleaved

@@ -12,7 +12,7 @@ from pipeline.models.toy_models import build_toy_qwen
 from trainer.data import Collator, iter_scenes, scene_inputs
 from trainer.model import Proxy3DModel
 from trainer.stages import Example, build_examples
-from trainer.synthetic import CATEGORIES, write_synthetic
+from tests.synthetic_shards import CATEGORIES, write_synthetic
 
 NUM_OBJ = 32
 

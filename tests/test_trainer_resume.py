@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from pipeline.models.toy_models import build_toy_qwen
 from tests.test_trainer_run import _workflow as run_workflow
-from trainer.synthetic import write_synthetic
+from tests.synthetic_shards import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from pipeline.models.toy_models import build_toy_qwen
-from trainer.synthetic import write_synthetic
+from tests.synthetic_shards import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 

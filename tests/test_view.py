@@ -29,7 +29,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def page(tmp_path_factory):
     from pipeline.cli import app
     from pipeline.cluster.shards import load_scene_proxies
-    from trainer.synthetic import write_synthetic
+    from tests.synthetic_shards import write_synthetic
 
     root = tmp_path_factory.mktemp("view")
     write_synthetic(root, num_scenes=2, background_segments=1)
