@@ -21,6 +21,7 @@ C categories.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -216,13 +217,24 @@ class Proxy3DModel(nn.Module):
                        position_ids=batch["position_ids"], labels=batch.get("labels"), use_cache=False)
 
     @torch.no_grad()
-    def generate(self, batch: dict, max_new_tokens: int = 32) -> list[list[int]]:
-        """Greedy decoding of a left-padded batch with a KV cache; stops at `<|im_end|>`."""
+    def generate(self, batch: dict, max_new_tokens: int = 32, prefix_cache=None) -> list[list[int]]:
+        """Greedy decoding of a left-padded batch with a KV cache; stops at `<|im_end|>`.
+
+        `prefix_cache`: the KV cache of a one-row prompt prefix every row shares, already run (a
+        scene's prefix, asked many questions: pipeline/ask/answer.py). It is copied, never changed;
+        `batch` then holds only the tokens after the prefix, and its `attention_mask` covers prefix
+        and tokens (B x (P + L)).
+        """
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            if batch["input_ids"].shape[0] > 1:
+                cache.batch_repeat_interleave(batch["input_ids"].shape[0])
         embeds_BLH = self.input_embeddings(batch)
         mask_BL = batch["attention_mask"]
         next_pos_B = batch["position_ids"][0, :, -1] + 1
         out = self.lm(inputs_embeds=embeds_BLH, attention_mask=mask_BL, position_ids=batch["position_ids"],
-                      use_cache=True)
+                      cache=cache, use_cache=True)
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
         B = embeds_BLH.shape[0]
         done_B = torch.zeros(B, dtype=torch.bool, device=embeds_BLH.device)
@@ -235,12 +247,10 @@ class Proxy3DModel(nn.Module):
             done_B |= next_B == self.cfg.chat_end_id
             if bool(done_B.all()):
                 break
-            step = {"input_ids": next_B[:, None], "scene_mask": torch.zeros(B, 0, dtype=torch.bool),
-                    "scene_ident": torch.zeros(B, 0, dtype=torch.long), "scene_sem": torch.zeros(B, 0, dtype=torch.long),
-                    "scene_xyz": torch.zeros(B, 0, 3)}
             mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=1)
-            out = self.lm(inputs_embeds=self.input_embeddings(step), attention_mask=mask_BL,
-                          position_ids=next_pos_B.view(1, B, 1).expand(3, B, 1), cache=cache, use_cache=True)
+            out = self.lm(inputs_embeds=self.input_embeddings(text_only_batch(next_B[:, None])),
+                          attention_mask=mask_BL, position_ids=next_pos_B.view(1, B, 1).expand(3, B, 1),
+                          cache=cache, use_cache=True)
             cache = out.cache if hasattr(out, "cache") else out.past_key_values
             next_pos_B = next_pos_B + 1
         return generated
@@ -266,6 +276,14 @@ class Proxy3DModel(nn.Module):
                 (tmp / "p3d_train.json").write_text(json.dumps(extra, indent=2, default=str))
             (tmp / P3D_CONFIG).write_text(self.cfg.model_dump_json(indent=2))
         return out_dir
+
+
+def text_only_batch(input_ids_BL: torch.Tensor, **fields) -> dict:
+    """A batch of text tokens and no scene (`input_embeddings` then places no scene vector)."""
+    B = input_ids_BL.shape[0]
+    return {"input_ids": input_ids_BL, "scene_mask": torch.zeros(B, 0, dtype=torch.bool),
+            "scene_ident": torch.zeros(B, 0, dtype=torch.long), "scene_sem": torch.zeros(B, 0, dtype=torch.long),
+            "scene_xyz": torch.zeros(B, 0, 3), "scene_feat": None, **fields}
 
 
 def _image_processor(source: str | Path):

@@ -3,9 +3,9 @@
 Every prompt of a scene starts the same way: the template's opening (Qwen's system turn), the
 vision-start token, the K scene tokens and the vision-end token (trainer/data.py's Collator lays it
 out; K is 128-700, a question ~10 tokens). `PrefixCache` runs that prefix through the language model
-once. A batch of questions then gets copies of its keys and values (`batch_repeat_interleave`), each
-row `prefix | padding | question` with the padding masked out and the question's own rotary
-positions from the Collator, and is decoded greedily together, so each answer is the one
+once. A batch of questions then decodes on copies of its keys and values (`Proxy3DModel.generate`'s
+`prefix_cache`), each row `prefix | padding | question` with the padding masked out and the
+question's own rotary positions from the Collator, decoded greedily together, so each answer is the one
 `Proxy3DModel.generate` gives on the whole prompt (tests/test_ask.py checks equality;
 benchmarks/ask.py measures the speed-up against re-encoding).
 
@@ -19,11 +19,11 @@ Legend: B questions, L tokens, N question tokens (padded), P prefix tokens, H hi
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 
+from trainer.model import text_only_batch
 from trainer.stages import Example
 
 NAMING_QUESTION = "What is {}?"  # the toy world's object_name template (pipeline/sources/toy/annotate.py)
@@ -74,7 +74,8 @@ class PrefixCache:
     def generate_batch(self, questions: list[str], max_new_tokens: int) -> list[list[int]]:
         """Greedy token ids per question, all decoded together on copies of the prefix's cache. Rows are
         `prefix | padding | question`: the padding is masked out and the rotary positions are each
-        question's own, so a row sees what it would see alone."""
+        question's own, so a row sees what it would see alone. The question's own tokens only: no
+        scene slots after the prefix, so no scene vectors needed."""
         model, P, B = self.model, self.num_prefix, len(questions)
         rows = [_batch(model, self.collate, self.scene_id, q, self.inputs) for q in questions]
         for row in rows:
@@ -90,36 +91,8 @@ class PrefixCache:
             ids_BN[b, width - n:] = row["input_ids"][0, P:]
             pos_3BN[:, b, width - n:] = row["position_ids"][:, 0, P:]
             mask_BL[b, P + width - n:] = 1
-        cache = copy.deepcopy(self.cache)
-        if B > 1:
-            cache.batch_repeat_interleave(B)
-        # The question's own tokens only: no scene slots after the prefix, so no scene vectors needed.
-        out, cache = _step(model, _token_embeddings(model, ids_BN), pos_3BN, cache, mask_BL)
-        next_pos_B = pos_3BN[0, :, -1] + 1
-        done_B = torch.zeros(B, dtype=torch.bool)
-        generated: list[list[int]] = [[] for _ in range(B)]
-        for _ in range(max_new_tokens):
-            next_B = out.logits[:, -1].argmax(-1)
-            for b in range(B):
-                if not done_B[b]:
-                    generated[b].append(int(next_B[b]))
-            done_B |= next_B == model.cfg.chat_end_id
-            if bool(done_B.all()):
-                break
-            mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=1)
-            out, cache = _step(model, _token_embeddings(model, next_B[:, None]),
-                               next_pos_B.view(1, B, 1).expand(3, B, 1), cache, mask_BL)
-            next_pos_B = next_pos_B + 1
-        return generated
-
-
-def _token_embeddings(model, input_ids_BL: torch.Tensor) -> torch.Tensor:
-    """Text tokens through the model's own input path (`<OBJxxx>` rows are the identifier table's)."""
-    B = input_ids_BL.shape[0]
-    step = {"input_ids": input_ids_BL, "scene_mask": torch.zeros(B, 0, dtype=torch.bool),
-            "scene_ident": torch.zeros(B, 0, dtype=torch.long), "scene_sem": torch.zeros(B, 0, dtype=torch.long),
-            "scene_xyz": torch.zeros(B, 0, 3), "scene_feat": None}
-    return model.input_embeddings(step)
+        batch = text_only_batch(ids_BN, attention_mask=mask_BL, position_ids=pos_3BN)
+        return model.generate(batch, max_new_tokens, prefix_cache=self.cache)
 
 
 def generate_reencoded(model, collate, scene_id: str, inputs: dict, question: str, max_new_tokens: int) -> list[int]:
