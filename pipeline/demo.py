@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from schemas import layout
 from schemas.config_train import ROPE_POSITIONS
 from schemas.workflow import Workflow, load_workflow
 
@@ -144,8 +145,8 @@ def _train(stage: int, workflow: Path) -> list[str]:
 
 
 def _records_path(wf: Workflow) -> Path:
-    """The records scored by the demo: the eval section's, else the ones training reads."""
-    return Path(wf.eval.records or wf.train.records or Path(wf.out) / "annotations.jsonl")
+    """The records scored by the demo: eval's own, else the workflow's (schemas/layout.py's order)."""
+    return layout.records_path(wf, wf.eval.records)
 
 
 def _val_scenes(wf: Workflow, limit: int) -> list[str]:
@@ -175,10 +176,10 @@ def _stage4_and_scores(demo: DemoRun, label: str, wf_path: Path, wf: Workflow, r
                        out_dir: Path, job: str | None = None, threads: int | None = None) -> dict:
     """Stage 4 of a workflow, its predictions on the held-out split and their scores."""
     demo.run("train stage 4" + ("" if label == "main" else f" {label}"), _train(4, wf_path), job, threads)
-    checkpoint = Path(wf.train.out) / "stage4" / "model"
-    preds, scores = out_dir / "predictions.jsonl", out_dir / "eval.json"
+    checkpoint = layout.stage_model(wf.train.out, 4)
+    preds, scores = out_dir / layout.PREDICTIONS_FILE, out_dir / layout.EVAL_FILE
     demo.run(f"predict {label}", _p3d("predict", "--checkpoint", str(checkpoint),
-                                      "--shards", str(Path(wf.out) / "proxies" / wf.train.proxies),
+                                      "--shards", str(layout.proxies_dir(wf.out, wf.train.proxies)),
                                       "--records", str(records), "--out", str(preds),
                                       "--split", wf.eval.split, "--batch-size", str(wf.eval.batch_size),
                                       "--max-new-tokens", str(wf.eval.max_new_tokens)), job, threads)
@@ -320,7 +321,7 @@ def prepare_ablations(demo: DemoRun, stage3_model: Path) -> tuple[list[Variant],
 def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
     workflow_path = Path(workflow_path)
     wf = load_workflow(workflow_path)
-    run_dir = Path(wf.demo.runs) / wf.name
+    run_dir = layout.Layout.of(wf).run_dir
     demo = DemoRun(workflow_path, wf, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if wf.source.kind == "toy":
@@ -333,7 +334,7 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
     with_ablations = wf.demo.ablations.enabled and not skip_ablations
     variants, repeats = [], []
     if with_ablations:
-        variants, repeats = prepare_ablations(demo, Path(wf.train.out) / "stage3" / "model")
+        variants, repeats = prepare_ablations(demo, layout.stage_model(wf.train.out, 3))
     jobs: dict[str, Callable[[str | None, int | None], object]] = {
         "main": lambda job, threads: _stage4_and_scores(demo, "main", workflow_path, wf, _records_path(wf),
                                                         run_dir / "main", job, threads)}
@@ -365,7 +366,7 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
         png = run_dir / "viz" / f"{scene_id}.png"
         demo.run(f"viz {scene_id}", _p3d("viz", scene_id, "--workflow", str(workflow_path), "--png", str(png)))
         demo.run(f"view {scene_id}", _p3d("view", scene_id, "--workflow", str(workflow_path), "--predictions",
-                                          str(run_dir / "main" / "predictions.jsonl"), "--html",
+                                          str(run_dir / "main" / layout.PREDICTIONS_FILE), "--html",
                                           str(run_dir / "view" / f"{scene_id}.html")))
         pictures.append(png)
     from pipeline.ask.demo import ask_held_out

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas import layout
 from schemas.config_train import StageConfig, TrainConfig
 from schemas.record import load_records
 from schemas.workflow import Workflow, load_workflow
@@ -69,7 +70,7 @@ def check_stage_inputs(workflow: Workflow, cfg: TrainConfig, stage: int) -> None
         raise StageInputError(f"train.proxies: {problem}")
     scfg = stage_config(cfg, stage)
     if stage > 1 and not scfg.init_from:
-        previous = stage_dir(cfg, stage - 1) / "model"
+        previous = layout.stage_model(cfg.out, stage - 1)
         if not (previous / "p3d_config.json").exists():
             raise StageInputError(f"stage {stage} starts from stage {stage - 1}'s model, and {previous} has no "
                                   f"finished export: run --stage {stage - 1} first", make_stage=stage - 1)
@@ -89,14 +90,16 @@ def stage_stream(cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, records_b
 
 
 def stage_dir(cfg: TrainConfig, stage: int) -> Path:
-    return Path(cfg.out) / f"stage{stage}"
+    return layout.stage_dir(cfg.out, stage)
 
 
 def records_path(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig) -> Path:
-    return Path(scfg.records or cfg.records or workflow.eval.records or Path(workflow.out) / "annotations.jsonl")
+    """The stage's records: its own `records` first, then the workflow's (schemas/layout.py's order),
+    with `cfg` (the train section after this run's overrides) as the workflow's train section."""
+    return layout.records_path(workflow.model_copy(update={"train": cfg}), scfg.records)
 
 
-SKIPPED_FILE = "skipped_records.json"
+SKIPPED_FILE = layout.SKIPPED_FILE
 
 
 def skipped_by_task(tallies) -> dict[str, dict[str, int]]:
@@ -169,7 +172,7 @@ def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_di
                                    height_range=cfg.height_range, fourier_dim=cfg.fourier_dim,
                                    glyph_folder=cfg.glyph_folder)
     else:
-        previous = Path(scfg.init_from) if scfg.init_from else stage_dir(cfg, stage - 1) / "model"
+        previous = Path(scfg.init_from) if scfg.init_from else layout.stage_model(cfg.out, stage - 1)
         if not (previous / "p3d_config.json").exists():
             raise ValueError(f"stage {stage} starts from {previous}, which has no finished export; "
                              f"run --stage {stage - 1} first (or set init_from)")
@@ -201,7 +204,7 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     scfg = stage_config(cfg, stage)
     check_stage_inputs(wf, cfg, stage)
     identity = checkpoint.run_identity(wf.out, cfg, scfg, env.world_size())
-    marker = checkpoint.check_resume(stage_dir(cfg, stage) / "checkpoints", identity,
+    marker = checkpoint.check_resume(layout.stage_checkpoints(cfg.out, stage), identity,
                                      allow_changed_config) if resume else None
 
     env.setup_environment()
@@ -211,8 +214,8 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
 
     from trainer.data import Collator, categories_in, iter_scenes
     out_dir = stage_dir(cfg, stage)
-    ckpt_dir, export_dir = out_dir / "checkpoints", out_dir / "model"
-    shard_dir = Path(wf.out) / "proxies" / cfg.proxies
+    ckpt_dir, export_dir = out_dir / layout.STAGE_CHECKPOINTS, out_dir / layout.STAGE_MODEL
+    shard_dir = layout.proxies_dir(wf.out, cfg.proxies)
     on_gpu = torch.cuda.is_available()
 
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
@@ -280,14 +283,14 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     if rank == 0:
         if marker is None:
             checkpoint.forget(ckpt_dir)
-            (out_dir / "train_log.jsonl").unlink(missing_ok=True)
+            (out_dir / layout.STAGE_LOG).unlink(missing_ok=True)
         else:
-            checkpoint.truncate_log(out_dir / "train_log.jsonl", micro // scfg.grad_accum)
+            checkpoint.truncate_log(out_dir / layout.STAGE_LOG, micro // scfg.grad_accum)
         out_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events a killed run logged after the checkpoint it resumes from
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=None if marker is None else
+        writer = SummaryWriter(str(out_dir / layout.STAGE_TENSORBOARD), purge_step=None if marker is None else
                                micro // scfg.grad_accum + 1)
         log.info("stage %d: %s, %d rank(s), %d batches/epoch, %d optimizer steps, trainable %s (%.2fM params)",
                  stage, cfg.deepspeed, world, batches_per_epoch, total_opt, scfg.trainable,
@@ -315,7 +318,7 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
                 tokens_per_s = window_tokens * world / max(elapsed, 1e-9)
                 log.info("stage %d step %d/%d epoch %d loss %.4f lr %.2e tokens/s %.0f", stage, opt_step,
                          total_opt, epoch, mean_loss, lr, tokens_per_s)
-                with (out_dir / "train_log.jsonl").open("a") as f:
+                with (out_dir / layout.STAGE_LOG).open("a") as f:
                     f.write(json.dumps({"step": opt_step, "epoch": epoch, "loss": mean_loss, "lr": lr,
                                         "tokens_per_s": tokens_per_s}) + "\n")
                 writer.add_scalar("train/loss", mean_loss, opt_step)
