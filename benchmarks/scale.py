@@ -67,8 +67,8 @@ def device_name(device: str) -> str:
 
 def _reset_rss_peak() -> None:
     """Start the peak over from now (Linux: `5` to clear_refs resets VmHWM). Without it the peak is
-    the process's lifetime one, which the imports can set before the model exists (seen: both
-    trainable sets measured the same 820 MB, the import spike, on a fresh checkout)."""
+    the process's lifetime one, which the imports can set before the model exists
+    (measured: docs/RESULTS.md#bench-scale-rss-reset)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -17,8 +17,8 @@ instead of training the same thing twice.
 
 After stage 3 the main stage 4 and the variants' stage 4s are independent, so they run side by
 side (`demo.jobs` at a time, the cores split among them; each console line then starts with its
-job's name). A tiny model gains little from a second intra-op thread (stage 4 on 2 cores: 1.25x
-the speed of 1 thread, measured), so two 1-thread jobs finish sooner than the same two in turn.
+job's name). A tiny model gains little from a second intra-op thread
+(measured: docs/RESULTS.md#demo-parallel-jobs), so two 1-thread jobs finish sooner than the same two in turn.
 """
 
 from __future__ import annotations

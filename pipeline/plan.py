@@ -24,7 +24,8 @@ from pathlib import Path
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-OVERHEAD_BYTES = int(1.5 * GIB)  # CUDA context, NCCL / allocator slack: measured ~1-1.5 GiB on A100/H100 runs
+# CUDA context, NCCL / allocator slack; measured: docs/RESULTS.md#plan-gpu-overhead
+OVERHEAD_BYTES = int(1.5 * GIB)
 TEXT_TOKENS = 96  # prompt + answer tokens beside the scene in one stage-3/4 example (chat template included)
 
 

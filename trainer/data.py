@@ -120,9 +120,8 @@ def scene_inputs(scene: dict, mode: str, num_obj_tokens: int) -> dict:
         # The simplified scene is one token per object (paper 3.2): the segments matched to a
         # dataset object, which have an identifier and a category. Others (background; a
         # segmenter's masks of walls, floor or object parts, which get identifiers but match no
-        # instance) would only add tokens to search through (toy world, stage 1 held-out naming:
-        # 0.30 with its ~22 background tokens, 0.88 without; with sim_sam2's ~4 unmatched masks
-        # per scene, stage-1 loss stalled at 0.45 against 0.01 on the oracle segments).
+        # instance) would only add tokens to search through.
+        # measured: docs/RESULTS.md#simplified-scene-objects
         objs = [s for s in segments if ident_of_S[s["id"]] >= 0 and s.get("category") is not None]
         xyz_K3 = np.array([s["box"]["center"] for s in objs], np.float32).reshape(-1, 3)
         ident_K = np.array([ident_of_S[s["id"]] for s in objs], np.int64)

@@ -36,9 +36,8 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
 
     Identifiers are arbitrary names. With fixed names, a small model fits the training scenes by
     memorizing (scene, identifier) -> answer instead of reading the scene tokens, and then fails on
-    unseen scenes. Fresh names per scene and epoch leave nothing to memorize. Measured on the toy
-    world (90 scenes, stage 4 on naming, grounding, counting): held-out naming 0.83 with fixed names
-    against 0.88 renamed, with training-scene naming at 1.00 against 0.95. The toy workflow renames
+    unseen scenes. Fresh names per scene and epoch leave nothing to memorize
+    (measured: docs/RESULTS.md#identifier-renaming). The toy workflow renames
     in stage 1 as well, where the category -> identifier lookup must be learned as a lookup
     (`shuffle_identifiers` per stage; workflows/toy.yaml).
     """

@@ -4,9 +4,9 @@ Identifiers name object instances. The instance segments of a proxy shard (label
 BFS order (segments.json order), are written `<OBJ000>`, `<OBJ001>`, ...; segments that are no
 instance (label -1: unlabeled background such as the toy world's wall and floor cells) get none,
 and neither do instances beyond the first M. Why not the BFS position itself: a scene with many
-background segments would spread its few objects over sparse, scene-specific numbers (toy world,
-~6 objects among ~29 segments: a small model then memorizes (scene, number) -> answer, held-out
-naming after stage 1 0.14, against 0.88 with dense names). Dense names make every identifier
+background segments would spread its few objects over sparse, scene-specific numbers, and a small
+model then memorizes (scene, number) -> answer (measured: docs/RESULTS.md#dense-identifiers).
+Dense names make every identifier
 frequent and keep the M tokens for what can be referenced. An identifier's embedding comes from
 an image of the drawn number passed through the model's own vision
 encoder (`model.model.visual`); a category's semantic embedding from one symbol image per category

@@ -28,7 +28,7 @@ Under "height" all proxies share the temporal id and proxies in the same height 
 three, so attention cannot tell two of them apart by position: the BFS order acts only through the
 causal mask (a proxy sees the ones before it). Under "bfs" the highest-frequency section carries
 the order, as it carries the token order of text, and height keeps the other two sections.
-Measured on the toy world: workflows/toy.yaml (`rope_positions`) and the demo's ablation table.
+measured: docs/RESULTS.md#rope-positions
 
 Horizontal position enters additively in both: learnable Fourier features of (x, y) (Li et al.,
 2021) through a small MLP, added to the proxy embedding.

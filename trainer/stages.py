@@ -139,9 +139,8 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
     With `count_by_listing`, a counting record whose counted objects are known (its target ids)
     is answered by naming them first, "<OBJ002> <OBJ005>: 2": the count is then the length of a list
     the model has just written, and each item is a category -> object lookup it learns anyway for
-    grounding. Answering the bare number asks a small model to count in one step (toy world, stage 1
-    also on multi_grounding records: held-out counting EM 0.62 bare against 0.72 listed, where always
-    "1" scores 0.59)."""
+    grounding. Answering the bare number asks a small model to count in one step.
+    measured: docs/RESULTS.md#count-by-listing"""
     seg_of_instance = instances_to_segments(segments)
     ident_of_seg = segment_identifiers(segments, num_obj_tokens)
     seg_ids = [seg_of_instance.get(t) for t in record.target_ids]
@@ -262,8 +261,8 @@ def _stage_examples(stage: int, scene_id: str, segments: list[dict], records: li
     if stage == 1:
         return stage1_examples(scene_id, segments, num_obj_tokens, rng)
     # Stages 2 and 3 replay stage 1's naming: without it a small language model forgets how to name
-    # objects while it learns coordinates (toy world: held-out naming 0.99 after stage 1, 0.00
-    # after stages 2-3 without replay), and stage 4 then starts from scratch.
+    # objects while it learns coordinates, and stage 4 then starts from scratch.
+    # measured: docs/RESULTS.md#naming-replay
     if stage == 2:
         return _mixed(stage2_examples(scene_id, segments, num_obj_tokens, rng),
                       stage1_examples(scene_id, segments, num_obj_tokens, rng), rng)

@@ -146,8 +146,8 @@ class Category:
 # Each category has its own hue family, two named shades of it. Why: the toy encoder is a
 # random-weight ViT, which sees colour but cannot recognise shapes the way a pretrained encoder
 # does; with shared palettes (three categories in the same woods) the category was barely
-# recoverable from the features (linear probe 46% on held-out objects), so no tiny model could
-# name objects it had not seen. A distinct hue per category stands in for what a real encoder
+# recoverable from the features, so no tiny model could name objects it had not seen
+# (measured: docs/RESULTS.md#toy-hue-families). A distinct hue per category stands in for what a real encoder
 # recognises; shape and size still vary inside a category, and the two shades keep colour
 # words ("the maroon chair") meaningful for grounding.
 CATEGORIES: tuple[Category, ...] = (
