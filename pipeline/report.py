@@ -113,6 +113,19 @@ def oracle_finding(main_variant: str, ablations: dict[str, dict], oracle_variant
             f"{ratio}; the oracle backends (sensor depth and poses, ground-truth masks) give {oracle:.1f}.")
 
 
+def _weights_note(model: str) -> str:
+    """What the report says of a model id's weights: `toy:` and `random:` ids have random weights
+    that p3d built, and only this run trained."""
+    from pipeline.models.real_configs import is_random_id
+    from pipeline.models.toy_models import is_toy_id
+
+    if is_toy_id(model):
+        return " (random-weight toy models built by p3d, trained only here)."
+    if is_random_id(model):
+        return " (the real architecture with random weights, built by p3d, trained only here)."
+    return "."
+
+
 def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures: list[Path],
                  positions: dict[str, dict] | None = None, asked: dict | None = None) -> Path:
     wf = demo.workflow
@@ -120,8 +133,7 @@ def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures
     lines = [f"# p3d demo report: `{wf.name}`", "",
              f"Workflow `{demo.workflow_path}`; {wf.cluster.proxies} proxies per scene; evaluated on the "
              f"`{wf.eval.split}` split (scenes never seen in training). Models: `{wf.train.model}`"
-             + (" (random-weight toy models built by p3d, trained only here)." if wf.train.model.startswith("toy:")
-                else "."), "",
+             + _weights_note(wf.train.model), "",
              "## Held-out metrics after stage 4", ""]
     stage4 = wf.train.stage(4)
     if stage4 is not None and stage4.tasks:

@@ -168,3 +168,11 @@ def test_report_has_the_position_table_with_chance(tmp_path):
     assert "| height (main) | 41.0 (MRA) | 30.0 (Acc@0.25) |" in table
     assert "| bfs | 44.5 (MRA) | 28.0 (Acc@0.25) |" in table
     assert "| chance | 37.9 (MRA) | 17.2 (Acc@0.25) |" in table
+
+
+def test_report_says_which_model_ids_have_random_weights():
+    from pipeline.report import _weights_note
+
+    assert "toy models" in _weights_note("toy:qwen2_5_vl")
+    assert "real architecture with random weights" in _weights_note("random:qwen2_5_vl_3b@layers=1")
+    assert _weights_note("Qwen/Qwen2.5-VL-7B-Instruct") == "."

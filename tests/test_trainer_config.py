@@ -34,14 +34,16 @@ def test_schedule_warms_up_then_decays_to_floor():
     assert fn(100) == pytest.approx(0.1)
 
 
-def test_recipes_listed_stage_wins_and_toy_defaults_train_the_language_model():
-    toy = TrainConfig(model="toy:qwen2_5_vl")
-    assert "language_model" in stage_config(toy, 1).trainable
-    assert "lora" in stage_config(TrainConfig(), 4).trainable
+def test_recipes_listed_stage_wins_and_the_default_is_the_papers_for_every_model_id():
+    # the paper's stage 4 (LoRA with the projector and positions, lr 5e-5), whatever the id says
+    for model in ("Qwen/Qwen2.5-VL-7B-Instruct", "toy:qwen2_5_vl", "random:qwen2_5_vl_7b", "/some/folder"):
+        default4 = stage_config(TrainConfig(model=model), 4)
+        assert default4.trainable == ["projector", "position", "lora"] and default4.lr == 5e-5, model
+        assert stage_config(TrainConfig(model=model), 1).trainable == ["lora"], model
     listed = TrainConfig(model="toy:qwen2_5_vl", stages=[StageConfig(stage=2, trainable=["position"], lr=0.1)])
     assert stage_config(listed, 2).trainable == ["position"] and stage_config(listed, 2).lr == 0.1
     with pytest.raises(ValueError, match="1-4"):
-        stage_config(toy, 5)
+        stage_config(listed, 5)
     with pytest.raises(ValueError, match="listed 2 times"):
         TrainConfig(stages=[StageConfig(stage=1, trainable=["projector"])] * 2).stage(1)
 
@@ -53,12 +55,14 @@ def test_run_py_accepts_the_launcher_flag():
     assert args.stage == 2 and args.local_rank == 1 and args.resume
 
 
-def test_the_toy_workflow_lists_the_toy_recipe():
-    """workflows/toy.yaml spells out trainer/recipes.py's TOY recipe (with the reasons); a change to one
-    alone would make `p3d demo` and a bare `trainer/run.py` on a toy model train different things."""
+def test_the_toy_workflow_lists_every_stage():
+    """The toy recipe's one home is workflows/toy.yaml: its random-weight model must train the whole
+    language model, which the default (LoRA, for a pretrained model) would not, so no stage may fall
+    back to the default."""
     from schemas import load_workflow
 
     wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
-    bare = TrainConfig(model=wf.train.model)
     for stage in (1, 2, 3, 4):
-        assert wf.train.stage(stage) == stage_config(bare, stage), f"stage {stage}"
+        listed = wf.train.stage(stage)
+        assert listed is not None and stage_config(wf.train, stage) is listed, f"stage {stage}"
+        assert "language_model" in listed.trainable and "lora" not in listed.trainable, f"stage {stage}"
