@@ -1,9 +1,14 @@
 """What the SIGKILL tests (tests/test_kill_*.py) share: the processes a command started, whether
-one is still running, and a digest of every file under a folder (hidden temporaries included)."""
+one is still running, a digest of every file under a folder (hidden temporaries included), and a
+training run killed once its log reaches a step."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -41,3 +46,32 @@ def tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file under `root` by relative path; a leftover temporary shows as an extra key."""
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def last_logged_step(log_path: Path) -> int:
+    """The highest step in a training log being written (0 before its first line; a line cut mid-write
+    is skipped)."""
+    steps = []
+    for line in log_path.read_text().splitlines() if log_path.exists() else []:
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass  # a line being written
+    return max(steps, default=0)
+
+
+def kill_once_logged(cmd: list[str], env: dict, cwd: Path, log_path: Path, step: int, delay_s: float,
+                     timeout_s: float = 300) -> int:
+    """Run `cmd`, SIGKILL it `delay_s` after its training log reaches `step`; its exit status
+    (-SIGKILL, or 0 when it finished first; anything else fails with its stderr's tail)."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + timeout_s
+    while last_logged_step(log_path) < step and proc.poll() is None:
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.01)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode in (-signal.SIGKILL, 0), err[-3000:]
+    return proc.returncode

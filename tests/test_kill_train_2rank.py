@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.kill_helpers import alive, descendants
+from tests.kill_helpers import alive, descendants, last_logged_step
 from tests.test_trainer_run import _workflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,16 +58,6 @@ def _cleanup_shm(port: int) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def _logged_steps(path: Path) -> int:
-    steps = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            steps.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError):
-            pass  # a line being written
-    return max(steps, default=0)
-
-
 def _log(stage_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (stage_dir / "train_log.jsonl").read_text().splitlines()]
 
@@ -100,7 +90,7 @@ def test_two_ranks_killed_at_random_points_then_resumed_equal_uninterrupted(tmp_
     for target in kill_at:
         proc, port = _launch(wf, resume=True)
         deadline = time.monotonic() + 600
-        while _logged_steps(stage_dir / "train_log.jsonl") < target and proc.poll() is None:
+        while last_logged_step(stage_dir / "train_log.jsonl") < target and proc.poll() is None:
             assert time.monotonic() < deadline, "training made no progress"
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.15))  # a step takes ~0.1 s: some kills land inside a save

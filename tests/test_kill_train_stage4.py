@@ -10,13 +10,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.test_trainer_resume import _assert_same_weights, _log_steps_so_far, _logged_steps
+from tests.kill_helpers import kill_once_logged
+from tests.test_trainer_resume import _assert_same_weights, _logged_steps
 from tests.test_trainer_run import _workflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,18 +51,9 @@ def test_stage4_killed_at_random_points_then_resumed_equals_uninterrupted(tmp_pa
     kill_at = sorted(rng.sample(range(1, STEPS - 1), KILLS))
     codes = []
     for target in kill_at:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
-        deadline = time.monotonic() + 300
-        while _log_steps_so_far(stage_dir / "train_log.jsonl") < target and proc.poll() is None:
-            assert time.monotonic() < deadline, "training made no progress"
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate()
-        assert proc.returncode in (-signal.SIGKILL, 0), err[-3000:]
-        codes.append(proc.returncode)
-        if proc.returncode == 0:
+        delay_s = rng.uniform(0.0, 0.3)
+        codes.append(kill_once_logged(cmd, env, ROOT, stage_dir / "train_log.jsonl", target, delay_s))
+        if codes[-1] == 0:
             break  # it finished first
     assert -signal.SIGKILL in codes, f"every run finished before its kill: {codes}"
 

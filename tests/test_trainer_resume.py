@@ -8,10 +8,8 @@ import os
 import pickle
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.models.toy_models import build_toy_qwen
+from tests.kill_helpers import kill_once_logged
 from tests.test_trainer_run import _workflow as run_workflow
 from tests.synthetic_shards import write_synthetic
 
@@ -56,18 +55,6 @@ def _logged_steps(stage_dir: Path) -> list[int]:
     return [json.loads(x)["step"] for x in (stage_dir / "train_log.jsonl").read_text().splitlines()]
 
 
-def _log_steps_so_far(path: Path) -> int:
-    if not path.exists():
-        return 0
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError):
-            pass  # a line being written
-    return max(steps, default=0)
-
-
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(setup):
     root, qwen, records, full = setup
     wf = _workflow(root, qwen, records, "killed")
@@ -81,16 +68,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(setup):
     # so some kills land inside DeepSpeed's save, between it and p3d's state, or before the marker.
     kill_at = sorted(rng.sample(range(1, STEPS), 3))
     for target in kill_at:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
-        deadline = time.monotonic() + 300
-        while _log_steps_so_far(stage_dir / "train_log.jsonl") < target and proc.poll() is None:
-            assert time.monotonic() < deadline, "training made no progress"
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate()
-        assert proc.returncode in (-signal.SIGKILL, 0), err[-3000:]
+        kill_once_logged(cmd, env, ROOT, stage_dir / "train_log.jsonl", target, rng.uniform(0.0, 0.4))
         marker = json.loads((stage_dir / "checkpoints/p3d_latest.json").read_text())
         assert (stage_dir / "checkpoints" / marker["tag"] / "p3d_state_rank0.json").exists()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -282,8 +282,9 @@ def text_only_batch(input_ids_BL: torch.Tensor, **fields) -> dict:
     """A batch of text tokens and no scene (`input_embeddings` then places no scene vector)."""
     B = input_ids_BL.shape[0]
     return {"input_ids": input_ids_BL, "scene_mask": torch.zeros(B, 0, dtype=torch.bool),
-            "scene_ident": torch.zeros(B, 0, dtype=torch.long), "scene_sem": torch.zeros(B, 0, dtype=torch.long),
-            "scene_xyz": torch.zeros(B, 0, 3), "scene_feat": None, **fields}
+            "scene_ident": torch.zeros(B, 0, dtype=torch.long),
+            "scene_sem": torch.zeros(B, 0, dtype=torch.long), "scene_xyz": torch.zeros(B, 0, 3),
+            "scene_feat": None, **fields}
 
 
 def _image_processor(source: str | Path):
