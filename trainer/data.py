@@ -144,8 +144,8 @@ class Collator:
     category_ids: object  # callable: list[str | None] -> list[int]
     max_length: int = 2048
     padding_side: str = "right"
-    # (question, answer) -> ChatLayout. Rendering the template and tokenizing doubled the collation
-    # time of a toy stage-1 batch (18 -> 31-43 ms); epochs ask the same questions again.
+    # (question, answer) -> ChatLayout: rendering and tokenizing per example is slow, and epochs ask
+    # the same questions again. measured: docs/RESULTS.md#chat-layout-cache
     _layouts: dict = field(default_factory=dict, repr=False)
 
     def _layout(self, question: str, answer: str | None):

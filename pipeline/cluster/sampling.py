@@ -108,9 +108,9 @@ def cluster_group(points_NC: np.ndarray, k: int, seed: int) -> tuple[np.ndarray,
 def _half_to_float_blocks(values_NX: np.ndarray, block: int):
     """Yield (column offset, float32 block) with one reused buffer.
 
-    numpy's float16 -> float32 cast is scalar code (~5 ns an element) and a fresh float32 copy
-    page-faults on every use; torch's `copy_` into a resident buffer is vectorized (F16C) and
-    ~10x faster, which makes it most of this stage's speed on half-precision features."""
+    numpy's float16 -> float32 cast is scalar code and a fresh float32 copy page-faults on every use;
+    torch's `copy_` into a resident buffer is vectorized (F16C) and much faster.
+    measured: docs/RESULTS.md#half-precision-cast"""
     num_rows, num_cols = values_NX.shape
     try:
         import torch

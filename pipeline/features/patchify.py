@@ -32,7 +32,8 @@ def nearest_resize(maps_FHW: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 def upsample_features(feat_FhwD: np.ndarray, grid_hw: tuple[int, int], frames_per_call: int = 8,
                       dtype: type = np.float32) -> np.ndarray:
     """Bilinear resize of F x h x w x D token maps to F x grid_h x grid_w x D (computed in float32,
-    returned as `dtype`: torch's cast to float16 is vectorized, numpy's is ~10x slower).
+    returned as `dtype`: torch's cast to float16 is vectorized, numpy's is not;
+    measured: docs/RESULTS.md#half-precision-cast).
 
     align_corners=False (PyTorch's default, the convention of Qwen's own image resizing): each token
     is the value at the centre of its pixel cell, and an output token is sampled at the centre of
