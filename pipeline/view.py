@@ -182,14 +182,10 @@ def load_scene_predictions(path: str | Path, scene_id: str) -> list[dict]:
     if isinstance(whole, dict) and isinstance(whole.get("answers"), list):
         return [dict(a, scene_id=whole.get("scene_id")) for a in whole["answers"]] \
             if whole.get("scene_id") == scene_id else []
+    from schemas.record import iter_json_lines
+
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            pred = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from e
+    for n, pred in iter_json_lines(path):
         if not isinstance(pred, dict):
             raise ValueError(f"{path}:{n}: expected a JSON object per line")
         if pred.get("scene_id") == scene_id:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -74,28 +74,34 @@ def load_records(path: str | Path) -> list[Record]:
     return list(iter_records(path))
 
 
-def iter_records(path: str | Path) -> Iterator[Record]:
-    """Records of a JSONL file; a bad line or a repeated id is a `SchemaError` naming the lines."""
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; a line that is not JSON is a
+    `SchemaError` naming it."""
     path = Path(path)
-    first_line: dict[str, int] = {}  # record id -> line it first appeared on
     with path.open() as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as e:
                 raise SchemaError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
-            try:
-                rec = Record.model_validate(data)
-            except ValidationError as e:
-                raise describe(e, path, line_no) from e
-            # Predictions join records by id: a repeated id would score one answer twice.
-            if rec.id in first_line:
-                raise SchemaError(f"{path}:{line_no}: duplicate record id {rec.id!r} "
-                                  f"(first on line {first_line[rec.id]})")
-            first_line[rec.id] = line_no
-            yield rec
+
+
+def iter_records(path: str | Path) -> Iterator[Record]:
+    """Records of a JSONL file; a bad line or a repeated id is a `SchemaError` naming the lines."""
+    first_line: dict[str, int] = {}  # record id -> line it first appeared on
+    for line_no, data in iter_json_lines(path):
+        try:
+            rec = Record.model_validate(data)
+        except ValidationError as e:
+            raise describe(e, path, line_no) from e
+        # Predictions join records by id: a repeated id would score one answer twice.
+        if rec.id in first_line:
+            raise SchemaError(f"{path}:{line_no}: duplicate record id {rec.id!r} "
+                              f"(first on line {first_line[rec.id]})")
+        first_line[rec.id] = line_no
+        yield rec
 
 
 def write_records(records: Iterable[Record], path: str | Path) -> int:

@@ -77,7 +77,7 @@ def test_bad_predictions_file_is_one_line(page, tmp_path):
     bad.write_text("{not json\n")
     res = CliRunner().invoke(app, ["view", SCENE, "--out", str(Path(page[0]).parent), "--name", "synthetic",
                                    "--predictions", str(bad), "--html", str(tmp_path / "x.html")])
-    assert res.exit_code == 2 and "bad.jsonl:1: not JSON" in res.output
+    assert res.exit_code == 2 and "bad.jsonl:1: invalid JSON" in res.output
     assert not (tmp_path / "x.html").exists()
 
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.errors import SchemaError, describe
 from schemas.io import write_jsonl_atomic
 from schemas.manifest import Box3D, ObjectInfo
+from schemas.record import iter_json_lines
 
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -51,21 +52,15 @@ class Prediction(BaseModel):
 
 def load_predictions(path: str | Path) -> dict[str, Prediction]:
     """Predictions keyed by record id; a repeated id is an error (which answer would count?)."""
-    path = Path(path)
     out: dict[str, Prediction] = {}
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                pred = Prediction.model_validate(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise SchemaError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
-            except ValidationError as e:
-                raise describe(e, path, line_no) from e
-            if pred.id in out:
-                raise SchemaError(f"{path}:{line_no}: duplicate prediction for record id {pred.id!r}")
-            out[pred.id] = pred
+    for line_no, data in iter_json_lines(path):
+        try:
+            pred = Prediction.model_validate(data)
+        except ValidationError as e:
+            raise describe(e, path, line_no) from e
+        if pred.id in out:
+            raise SchemaError(f"{path}:{line_no}: duplicate prediction for record id {pred.id!r}")
+        out[pred.id] = pred
     return out
 
 
