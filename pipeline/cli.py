@@ -92,9 +92,10 @@ def demo(
     step reads that resolved file."""
     from pipeline.cli_workflow import open_workflow
     from pipeline.demo import run_demo
+    from schemas.layout import RESOLVED_WORKFLOW, Layout
 
     run = open_workflow(workflow, sets)
-    resolved = run.save(Path(run.workflow.demo.runs) / run.workflow.name / "resolved_workflow.yaml")
+    resolved = run.save(Layout.of(run.workflow).run_dir / RESOLVED_WORKFLOW)
     run_demo(resolved if run.sets else run.path, skip_ablations=skip_ablations)
 
 

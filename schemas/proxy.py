@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.layout import proxies_dir, proxies_root
 from schemas.manifest import Box3D
 
 SHARD_PATTERN = "shard-%06d.tar"
@@ -74,13 +75,13 @@ def check_sample_params(made_with: Any, params: dict[str, Any], where: str, inde
 
 def proxy_sets(out: str | Path) -> list[str]:
     """The finished proxy sets under `<out>/proxies/` (those with an index), sorted."""
-    root = Path(out) / "proxies"
+    root = proxies_root(out)
     return sorted(p.name for p in root.iterdir() if (p / INDEX_FILE).is_file()) if root.is_dir() else []
 
 
 def missing_set_error(out: str | Path, name: str) -> str | None:
     """None when `<out>/proxies/<name>` is a finished set, else a message listing the sets that are."""
-    folder = Path(out) / "proxies" / name
+    folder = proxies_dir(out, name)
     if (folder / INDEX_FILE).is_file():
         return None
     there = proxy_sets(out)

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-FEATURES_DIR = "features"
-RUNS_DIR = "_runs"
+from schemas.layout import FEATURES_DIR, RUNS_DIR  # noqa: F401  (their home; importers read them here too)
+
 ARRAYS: dict[str, str] = {
     "feat": "float16",
     "xyz": "float32",

@@ -24,10 +24,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Batched greedy answers; `<OBJxxx>` answers come back with segment ids, labels and boxes."""
         from pipeline.cli_workflow import fail
+        from schemas.layout import is_proxy_set_dir
         from schemas.proxy import missing_set_error
         from trainer.predict import predict as run_predict
 
-        problem = missing_set_error(shards.parent.parent, shards.name) if shards.parent.name == "proxies" else None
+        problem = missing_set_error(shards.parent.parent, shards.name) if is_proxy_set_dir(shards) else None
         if problem is not None:
             fail(f"--shards: {problem}")
         try:
@@ -49,6 +50,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train one stage in this process (multi-process: `deepspeed trainer/run.py`)."""
         from pipeline.cli_workflow import fail, open_workflow
+        from schemas import layout
         from trainer import checkpoint, env
         from trainer.recipes import stage_config
         from trainer.train import StageInputError, check_stage_inputs, resolve_train_config, stage_dir
@@ -60,11 +62,11 @@ def register(app: typer.Typer) -> None:
         try:
             check_stage_inputs(run.workflow, cfg, stage)
             if resume:
-                checkpoint.check_resume(stage_dir(cfg, stage) / "checkpoints",
+                checkpoint.check_resume(layout.stage_checkpoints(cfg.out, stage),
                                         checkpoint.run_identity(run.workflow.out, cfg, stage_config(cfg, stage),
                                                                 env.world_size()), allow_changed_config)
         except (StageInputError, checkpoint.ResumeConfigError) as e:
             fail(str(e))
-        run.save(stage_dir(cfg, stage) / "resolved_workflow.yaml", train=cfg)
+        run.save(stage_dir(cfg, stage) / layout.RESOLVED_WORKFLOW, train=cfg)
         folder = run_train(run.workflow, stage, overrides, resume=resume, allow_changed_config=allow_changed_config)
         typer.echo(str(folder))

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from schemas import layout
     from schemas.errors import SchemaError
     from schemas.workflow import resolve_workflow
     from trainer import checkpoint
@@ -87,11 +88,11 @@ def _run(args: argparse.Namespace) -> None:
         cfg = resolve_train_config(wf, overrides)
         check_stage_inputs(wf, cfg, args.stage)
         if args.resume:  # before the resolved workflow is overwritten with a refused one
-            checkpoint.check_resume(stage_dir(cfg, args.stage) / "checkpoints",
+            checkpoint.check_resume(layout.stage_checkpoints(cfg.out, args.stage),
                                     checkpoint.run_identity(wf.out, cfg, stage_config(cfg, args.stage),
                                                             env.world_size()), args.allow_changed_config)
         if env.rank() == 0:
-            run.save(stage_dir(cfg, args.stage) / "resolved_workflow.yaml", train=cfg)
+            run.save(stage_dir(cfg, args.stage) / layout.RESOLVED_WORKFLOW, train=cfg)
         folder = train(wf, args.stage, overrides, resume=args.resume, allow_changed_config=args.allow_changed_config)
     except StageInputError as e:
         _fail(e.text(_same_workflow_args(args)))

@@ -12,6 +12,10 @@ Stage 1 starts from `train.model` (a hub id, folder or toy:<name>); stage N > 1 
 and the position in the epoch (the data order is a function of seed, epoch and rank; see loader.py).
 It refuses a checkpoint made under another configuration unless `allow_changed_config`, and cuts
 train_log.jsonl back to the checkpoint's step, so a step is never logged twice.
+
+`train` is the stage in one screen; the parts it assembles are built above it, one function each:
+the process group (`start_distributed`), the model, the per-rank example stream, the DeepSpeed
+engine, the resume position (`restore_progress`), the step log (`StepLog`) and the export.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import os
 import random
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from schemas import layout
 from schemas.config_train import StageConfig, TrainConfig
+from schemas.io import write_json_atomic
 from schemas.record import load_records
 from schemas.workflow import Workflow, load_workflow
 from trainer import env
@@ -187,6 +193,215 @@ def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_di
     return model
 
 
+# ------------------------------------------------------------------ the stage's parts
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the process group, and whether it trains on a GPU."""
+
+    rank: int
+    world: int
+    on_gpu: bool
+
+
+def start_distributed(seed: int) -> Ranks:
+    """Join the process group (gloo on CPU, nccl on GPUs) and seed every RNG."""
+    env.setup_environment()  # before deepspeed is imported
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    on_gpu = torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    ranks = Ranks(dist.get_rank(), dist.get_world_size(), on_gpu)
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    return ranks
+
+
+def build_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, shard_dir: Path):
+    """The stage's model, sized to the shards' features and categories, and its trainable parameters."""
+    from trainer.data import categories_in, iter_scenes
+
+    first = next(iter_scenes(shard_dir, shuffle=False))
+    model = _load_model(workflow, cfg, scfg, int(first["feat"].shape[1]), categories_in(shard_dir))
+    trainable = model.set_trainable(scfg.trainable, cfg.lora_rank)
+    model.lm.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model.lm, {"use_reentrant": False})
+    return model, trainable
+
+
+def build_stream(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, out_dir: Path,
+                 ranks: Ranks):
+    """This rank's example stream and the batches per epoch every rank runs (the longest rank's).
+    Rank 0 writes `skipped_records.json`: records that could not be examples are counted, never
+    dropped silently."""
+    import torch
+    import torch.distributed as dist
+
+    stage = scfg.stage
+    needs_records = stage == 4 or bool(scfg.record_tasks or scfg.replay_tasks)
+    records_by_scene, held_out = training_records(records_path(workflow, cfg, scfg), required=needs_records)
+    if ranks.rank == 0 and held_out:
+        log.info("stage %d: %d held-out scenes (only val/test records) are left out of training", stage,
+                 len(held_out))
+    stream = stage_stream(cfg, scfg, shard_dir, records_by_scene, held_out, ranks.rank, ranks.world)
+    local = torch.tensor([stream.local_batches_per_epoch()])
+    dist.all_reduce(local, op=dist.ReduceOp.MAX)
+    tallies = [None] * ranks.world
+    dist.all_gather_object(tallies, dict(stream.skipped))
+    if ranks.rank == 0:
+        skipped = skipped_by_task(tallies)
+        write_json_atomic(out_dir / SKIPPED_FILE, {"stage": stage, "skipped": skipped})
+        for task, reasons in skipped.items():
+            log.warning("stage %d: %s records skipped: %s", stage, task,
+                        ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in reasons.items()))
+    if int(local) == 0:
+        raise ValueError(f"stage {stage}: no training examples in {shard_dir}")
+    return stream, int(local)
+
+
+def micro_steps(scfg: StageConfig, batches_per_epoch: int) -> int:
+    """Micro-batches the stage runs: `max_steps` optimizer steps, else its epochs rounded up to whole
+    optimizer steps."""
+    if scfg.max_steps:
+        return scfg.max_steps * scfg.grad_accum
+    return math.ceil(scfg.epochs * batches_per_epoch / scfg.grad_accum) * scfg.grad_accum
+
+
+def build_engine(model, trainable: list, cfg: TrainConfig, scfg: StageConfig, total_opt: int, ranks: Ranks):
+    """The DeepSpeed engine: AdamW on the trainable parameters, warmup then cosine (`lr_lambda`)."""
+    import deepspeed
+    import torch
+
+    optimizer = torch.optim.AdamW(trainable, lr=scfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_opt, int(scfg.warmup_ratio * total_opt)))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg.deepspeed, scfg.batch_size, scfg.grad_accum, ranks.world, ranks.on_gpu))
+    return engine
+
+
+@dataclass
+class Progress:
+    """Where the stage is: micro-batches done, the epoch, and the batches done in it."""
+
+    micro: int = 0
+    epoch: int = 0
+    in_epoch: int = 0
+
+    def resume_state(self, batches_per_epoch: int, stage: int) -> dict:
+        """What a checkpoint stores to continue from here: a finished epoch is the next one's start."""
+        epoch_done = self.in_epoch == batches_per_epoch
+        return {"micro_step": self.micro, "epoch": self.epoch + epoch_done,
+                "step_in_epoch": 0 if epoch_done else self.in_epoch, "stage": stage}
+
+
+def restore_progress(engine, ckpt_dir: Path, marker: dict | None, resume: bool, scfg: StageConfig,
+                     rank: int) -> Progress:
+    """Step 0 (no earlier checkpoint may be resumed from any more), or the position of the checkpoint
+    `marker` names, with its weights, optimizer, schedule and RNGs loaded into `engine`."""
+    from trainer import checkpoint
+
+    if marker is None:
+        if resume and rank == 0:
+            log.info("%s holds no complete checkpoint: stage %d starts from step 0", ckpt_dir, scfg.stage)
+        if rank == 0:
+            checkpoint.forget(ckpt_dir)
+        return Progress()
+    state = checkpoint.load(engine, ckpt_dir, marker["tag"])
+    progress = Progress(state["micro_step"], state["epoch"], state["step_in_epoch"])
+    if rank == 0:
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_dir / marker["tag"],
+                 progress.micro // scfg.grad_accum, progress.epoch, progress.in_epoch)
+    return progress
+
+
+def epoch_batches(stream, progress: Progress, batches_per_epoch: int):
+    """The stream's batches from `progress` on, epoch after epoch; a resumed epoch replays its consumed
+    part without computing (the data order is a function of seed, epoch and rank)."""
+    while True:
+        batches = stream.batches(progress.epoch, batches_per_epoch)
+        for _ in range(progress.in_epoch):
+            next(batches)
+        yield from batches
+        progress.epoch, progress.in_epoch = progress.epoch + 1, 0
+
+
+class StepLog:
+    """Rank 0's log of optimizer steps (mean loss, learning rate, tokens/s since the last line) to the
+    console, `train_log.jsonl` and TensorBoard. A fresh run starts both anew; a resumed one cuts them
+    back to its checkpoint's step, so no step is logged twice. Other ranks log nothing."""
+
+    def __init__(self, out_dir: Path, stage: int, total_opt: int, ranks: Ranks, resumed_step: int | None):
+        from trainer import checkpoint
+
+        self.path, self.stage, self.total_opt = out_dir / layout.STAGE_LOG, stage, total_opt
+        self.world, self.writer = ranks.world, None
+        if ranks.rank == 0:
+            if resumed_step is None:
+                self.path.unlink(missing_ok=True)
+            else:
+                checkpoint.truncate_log(self.path, resumed_step)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run logged after the checkpoint it resumes from
+            self.writer = SummaryWriter(str(out_dir / layout.STAGE_TENSORBOARD),
+                                        purge_step=None if resumed_step is None else resumed_step + 1)
+        self.restart()
+
+    def restart(self) -> None:
+        self.losses, self.tokens, self.start = [], 0, time.perf_counter()
+
+    def add(self, loss, batch: dict) -> None:
+        if self.writer is not None:
+            self.losses.append(float(loss.detach()))
+            self.tokens += int(batch["attention_mask"].sum())
+
+    def write(self, step: int, epoch: int, lr: float) -> None:
+        if self.writer is None:
+            return
+        mean_loss = sum(self.losses) / len(self.losses)
+        tokens_per_s = self.tokens * self.world / max(time.perf_counter() - self.start, 1e-9)
+        log.info("stage %d step %d/%d epoch %d loss %.4f lr %.2e tokens/s %.0f", self.stage, step,
+                 self.total_opt, epoch, mean_loss, lr, tokens_per_s)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                                "tokens_per_s": tokens_per_s}) + "\n")
+        for name, value in (("loss", mean_loss), ("lr", lr), ("tokens_per_s", tokens_per_s)):
+            self.writer.add_scalar(f"train/{name}", value, step)
+        self.restart()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def export_stage(engine, model, workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, total_opt: int,
+                 ranks: Ranks, export_dir: Path) -> Path:
+    """Gather the full weights (ZeRO-3 partitions them) and write the stage's model folder on rank 0."""
+    import torch.distributed as dist
+
+    if engine.zero_optimization_partition_weights():
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = model.state_dict() if ranks.rank == 0 else None
+    if ranks.rank == 0:
+        model.cfg.stages_done = sorted(set(model.cfg.stages_done) | {scfg.stage})
+        model.export(export_dir, state_dict=state, extra={
+            "stage": scfg.stage, "stage_config": scfg.model_dump(), "train_config": cfg.model_dump(),
+            "workflow": workflow.name, "optimizer_steps": total_opt, "world_size": ranks.world})
+        log.info("stage %d: exported %s", scfg.stage, export_dir)
+    dist.barrier()
+    env.cleanup_shm()
+    return export_dir
+
+
 # ------------------------------------------------------------------ the stage
 def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = None, *,
           resume: bool = False, allow_changed_config: bool = False,
@@ -204,157 +419,53 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     scfg = stage_config(cfg, stage)
     check_stage_inputs(wf, cfg, stage)
     identity = checkpoint.run_identity(wf.out, cfg, scfg, env.world_size())
-    marker = checkpoint.check_resume(layout.stage_checkpoints(cfg.out, stage), identity,
-                                     allow_changed_config) if resume else None
+    out_dir, ckpt_dir = stage_dir(cfg, stage), layout.stage_checkpoints(cfg.out, stage)
+    marker = checkpoint.check_resume(ckpt_dir, identity, allow_changed_config) if resume else None
 
-    env.setup_environment()
-    import deepspeed
-    import torch
+    ranks = start_distributed(cfg.seed)
     import torch.distributed as dist
 
-    from trainer.data import Collator, categories_in, iter_scenes
-    out_dir = stage_dir(cfg, stage)
-    ckpt_dir, export_dir = out_dir / layout.STAGE_CHECKPOINTS, out_dir / layout.STAGE_MODEL
+    from trainer.data import Collator
     shard_dir = layout.proxies_dir(wf.out, cfg.proxies)
-    on_gpu = torch.cuda.is_available()
-
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if on_gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-
-    first = next(iter_scenes(shard_dir, shuffle=False))
-    model = _load_model(wf, cfg, scfg, int(first["feat"].shape[1]), categories_in(shard_dir))
-    trainable = model.set_trainable(scfg.trainable, cfg.lora_rank)
+    model, trainable = build_model(wf, cfg, scfg, shard_dir)
     num_trainable = sum(p.numel() for p in trainable)  # before ZeRO-3 partitions them
-    model.lm.config.use_cache = False
-    if cfg.gradient_checkpointing:
-        _enable_checkpointing(model.lm, {"use_reentrant": False})
-
-    needs_records = stage == 4 or bool(scfg.record_tasks or scfg.replay_tasks)
-    records_by_scene, held_out = training_records(records_path(wf, cfg, scfg), required=needs_records)
-    if rank == 0 and held_out:
-        log.info("stage %d: %d held-out scenes (only val/test records) are left out of training", stage,
-                 len(held_out))
-    stream = stage_stream(cfg, scfg, shard_dir, records_by_scene, held_out, rank, world)
-    local = torch.tensor([stream.local_batches_per_epoch()])
-    dist.all_reduce(local, op=dist.ReduceOp.MAX)
-    batches_per_epoch = int(local)
-    tallies = [None] * world
-    dist.all_gather_object(tallies, dict(stream.skipped))
-    if rank == 0:
-        # Records whose targets match no segment are counted, never dropped silently.
-        skipped = skipped_by_task(tallies)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{SKIPPED_FILE}.tmp"
-        tmp.write_text(json.dumps({"stage": stage, "skipped": skipped}, indent=1))
-        os.replace(tmp, out_dir / SKIPPED_FILE)
-        for task, reasons in skipped.items():
-            log.warning("stage %d: %s records skipped: %s", stage, task,
-                        ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in reasons.items()))
-    if batches_per_epoch == 0:
-        raise ValueError(f"stage {stage}: no training examples in {shard_dir}")
-    total_micro = (scfg.max_steps * scfg.grad_accum if scfg.max_steps
-                   else math.ceil(scfg.epochs * batches_per_epoch / scfg.grad_accum) * scfg.grad_accum)
+    stream, batches_per_epoch = build_stream(wf, cfg, scfg, shard_dir, out_dir, ranks)
+    total_micro = micro_steps(scfg, batches_per_epoch)
     total_opt = total_micro // scfg.grad_accum
-
-    optimizer = torch.optim.AdamW(trainable, lr=scfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_opt, int(scfg.warmup_ratio * total_opt)))
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(cfg.deepspeed, scfg.batch_size, scfg.grad_accum, world, on_gpu))
+    engine = build_engine(model, trainable, cfg, scfg, total_opt, ranks)
     collate = Collator(model.tokenizer, model.cfg, model.category_ids, max_length=cfg.max_length)
+    progress = restore_progress(engine, ckpt_dir, marker, resume, scfg, ranks.rank)
+    steps_log = StepLog(out_dir, stage, total_opt, ranks,
+                        None if marker is None else progress.micro // scfg.grad_accum)
+    if ranks.rank == 0:
+        log.info("stage %d: %s, %d rank(s), %d batches/epoch, %d optimizer steps, trainable %s "
+                 "(%.2fM params)", stage, cfg.deepspeed, ranks.world, batches_per_epoch, total_opt,
+                 scfg.trainable, num_trainable / 1e6)
 
-    micro, epoch, in_epoch = 0, 0, 0
-    if marker is not None:
-        state = checkpoint.load(engine, ckpt_dir, marker["tag"])
-        micro, epoch, in_epoch = state["micro_step"], state["epoch"], state["step_in_epoch"]
-        if rank == 0:
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_dir / marker["tag"],
-                     micro // scfg.grad_accum, epoch, in_epoch)
-    elif resume and rank == 0:
-        log.info("%s holds no complete checkpoint: stage %d starts from step 0", ckpt_dir, stage)
-
-    writer = None
-    if rank == 0:
-        if marker is None:
-            checkpoint.forget(ckpt_dir)
-            (out_dir / layout.STAGE_LOG).unlink(missing_ok=True)
-        else:
-            checkpoint.truncate_log(out_dir / layout.STAGE_LOG, micro // scfg.grad_accum)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step drops events a killed run logged after the checkpoint it resumes from
-        writer = SummaryWriter(str(out_dir / layout.STAGE_TENSORBOARD), purge_step=None if marker is None else
-                               micro // scfg.grad_accum + 1)
-        log.info("stage %d: %s, %d rank(s), %d batches/epoch, %d optimizer steps, trainable %s (%.2fM params)",
-                 stage, cfg.deepspeed, world, batches_per_epoch, total_opt, scfg.trainable,
-                 num_trainable / 1e6)
-
-    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-    while micro < total_micro:
-        batches = stream.batches(epoch, batches_per_epoch)
-        for _ in range(in_epoch):  # resume: replay the consumed part of the epoch without computing
-            next(batches)
-        for items in batches:
-            batch = {k: (v.to(engine.device) if v is not None else None) for k, v in collate(items).items()}
-            loss = engine(batch).loss
-            engine.backward(loss)
-            engine.step()
-            micro, in_epoch = micro + 1, in_epoch + 1
-            window_loss.append(float(loss.detach()))
-            window_tokens += int(batch["attention_mask"].sum())
-            opt_step = micro // scfg.grad_accum
-            boundary = micro % scfg.grad_accum == 0
-            if boundary and opt_step % cfg.log_every == 0 and rank == 0:
-                elapsed = time.perf_counter() - window_start
-                lr = engine.get_lr()[0]
-                mean_loss = sum(window_loss) / len(window_loss)
-                tokens_per_s = window_tokens * world / max(elapsed, 1e-9)
-                log.info("stage %d step %d/%d epoch %d loss %.4f lr %.2e tokens/s %.0f", stage, opt_step,
-                         total_opt, epoch, mean_loss, lr, tokens_per_s)
-                with (out_dir / layout.STAGE_LOG).open("a") as f:
-                    f.write(json.dumps({"step": opt_step, "epoch": epoch, "loss": mean_loss, "lr": lr,
-                                        "tokens_per_s": tokens_per_s}) + "\n")
-                writer.add_scalar("train/loss", mean_loss, opt_step)
-                writer.add_scalar("train/lr", lr, opt_step)
-                writer.add_scalar("train/tokens_per_s", tokens_per_s, opt_step)
-                window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-            if boundary and (opt_step % cfg.save_every == 0 or micro == total_micro):
-                epoch_done = in_epoch == batches_per_epoch
-                checkpoint.save(engine, ckpt_dir, opt_step, {"micro_step": micro, "epoch": epoch + epoch_done,
-                                                             "step_in_epoch": 0 if epoch_done else in_epoch,
-                                                             "stage": stage}, identity)
-            if micro >= total_micro or (stop_after is not None and boundary and opt_step >= stop_after):
-                break
-        else:
-            epoch, in_epoch = epoch + 1, 0
-            continue
-        break
-
-    if writer:
-        writer.close()
-    if micro < total_micro:  # stopped early on request: the checkpoint is the result
+    batches = epoch_batches(stream, progress, batches_per_epoch)
+    while progress.micro < total_micro:
+        batch = {k: (v.to(engine.device) if v is not None else None)
+                 for k, v in collate(next(batches)).items()}
+        loss = engine(batch).loss
+        engine.backward(loss)
+        engine.step()
+        progress.micro, progress.in_epoch = progress.micro + 1, progress.in_epoch + 1
+        steps_log.add(loss, batch)
+        if progress.micro % scfg.grad_accum:
+            continue  # within a gradient accumulation: no optimizer step yet
+        opt_step = progress.micro // scfg.grad_accum
+        if opt_step % cfg.log_every == 0:
+            steps_log.write(opt_step, progress.epoch, engine.get_lr()[0])
+        if opt_step % cfg.save_every == 0 or progress.micro == total_micro:
+            checkpoint.save(engine, ckpt_dir, opt_step, progress.resume_state(batches_per_epoch, stage),
+                            identity)
+        if stop_after is not None and opt_step >= stop_after:
+            break
+    steps_log.close()
+    if progress.micro < total_micro:  # stopped early on request: the checkpoint is the result
         dist.barrier()
         return None
-    if engine.zero_optimization_partition_weights():
-        state = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        state = model.state_dict() if rank == 0 else None
-    if rank == 0:
-        model.cfg.stages_done = sorted(set(model.cfg.stages_done) | {stage})
-        model.export(export_dir, state_dict=state, extra={"stage": stage, "stage_config": scfg.model_dump(),
-                                                          "train_config": cfg.model_dump(), "workflow": wf.name,
-                                                          "optimizer_steps": total_opt, "world_size": world})
-        log.info("stage %d: exported %s", stage, export_dir)
-    dist.barrier()
-    env.cleanup_shm()
-    return export_dir
+    return export_stage(engine, model, wf, cfg, scfg, total_opt, ranks, layout.stage_model(cfg.out, stage))
 
 
 def _enable_checkpointing(lm, kwargs: dict) -> None:

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.ask.inputs import AskInput, count_frames
+from schemas.layout import RESOLVED_WORKFLOW
 from schemas.workflow import ResolvedWorkflow
 
-WORKFLOW_FILE = "resolved_workflow.yaml"
+WORKFLOW_FILE = RESOLVED_WORKFLOW  # what every training stage saves beside its model
 PROXY_SET = "ask"
 NEEDS_SENSORS = {"rgbd": "sensor depth and poses", "sim_vggt": "sensor depth and poses",
                  "instances": "ground-truth instance masks", "sim_sam2": "ground-truth instance masks"}

@@ -87,7 +87,7 @@ def cluster(
 ) -> None:
     """Turn every complete scene of the triplet store into proxy shards."""
     from pipeline.cluster.driver import run_cluster
-    from pipeline.cluster.shards import proxies_dir
+    from schemas.layout import RESOLVED_WORKFLOW, proxies_dir
 
     root, config, run = _resolve(workflow, out, sets, name=name, proxies=proxies, min_per_group=min_per_group,
                             grouping=grouping, space=space, per_object=per_object,
@@ -99,7 +99,7 @@ def cluster(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     if run is not None:
-        run.save(proxies_dir(root, config.name) / "resolved_workflow.yaml", cluster=config, out=str(root))
+        run.save(proxies_dir(root, config.name) / RESOLVED_WORKFLOW, cluster=config, out=str(root))
     typer.echo(f"{report.name}: {len(report.written)} scenes clustered, {len(report.resumed)} kept "
                f"from earlier runs, {len(report.shards_written)} shards written ({report.executor}), "
                f"{report.seconds:.1f} s; report {report.report_path}")

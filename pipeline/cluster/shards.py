@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from schemas.layout import proxies_dir  # noqa: F401  (callers import it here)
 from schemas.manifest import Box3D
 from schemas.proxy import (
     FOCUS_MEMBERS, INDEX_FILE, MEMBERS, SHARD_PATTERN, ProxyMeta, SegmentInfo, check_proxy_format,

@@ -13,12 +13,7 @@ from typing import Any
 
 import numpy as np
 
-STATS_DIR = "stats"
-STATS_FILE = "triplets.json"
-
-
-def default_stats_path(out: str | Path) -> Path:
-    return Path(out) / STATS_DIR / STATS_FILE
+from schemas.layout import stats_path as default_stats_path  # noqa: F401  (callers import it here)
 
 
 def compute_stats(out: str | Path, scenes: list[str] | None = None) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from schemas.io import recover_dir, replace_dir
-from schemas.store import ARRAYS, FEATURES_DIR, FILL_VALUES, NO_LABEL, OPTIONAL_ARRAYS, StoreAttrs
+from schemas.layout import features_root
+from schemas.store import ARRAYS, FILL_VALUES, NO_LABEL, OPTIONAL_ARRAYS, StoreAttrs
 
 _TMP_PREFIX = ".tmp-"
 # Named dimensions make each group readable as an xarray Dataset.
@@ -35,10 +36,6 @@ DIMENSIONS: dict[str, tuple[str, ...]] = {
     "intrinsics": ("frame", "k_row", "k_col"),
     "gt_label": ("frame", "y", "x"),
 }
-
-
-def features_root(out: str | Path) -> Path:
-    return Path(out) / FEATURES_DIR
 
 
 def scene_path(out: str | Path, scene_id: str) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.layout import models_dir
 from schemas.store import ModelRef
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -136,7 +137,7 @@ def load_depth_model(config, data_root, device: str = "cpu") -> MetricDepthModel
     if model.startswith("toy:"):
         from schemas.io import build_once
 
-        folder = Path(data_root) / "models" / "depth_anything"
+        folder = models_dir(data_root) / "depth_anything"
         model = str(build_once(folder, TOY_MARKER, build_toy_depth_model))
     depth = MetricDepthModel(model, revision=config.revision, device=device, dtype=config.dtype,
                              trained=not (Path(model) / TOY_MARKER).exists())

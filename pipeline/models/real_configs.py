@@ -26,6 +26,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from schemas.layout import models_dir
+
 RANDOM_PREFIX = "random:"
 RANDOM_MARKER = "p3d_toy.json"  # the toy marker: every loader already reads it as "untrained"
 
@@ -313,7 +315,7 @@ _BUILDERS = {"qwen2_5_vl": _build_qwen, "vggt": _build_vggt, "sam2": _build_sam2
 
 
 def random_model_dir(model: str, data_root: str | Path) -> Path:
-    return Path(data_root) / "models" / "random" / model[len(RANDOM_PREFIX):].replace("=", "-").replace(",", "_")
+    return models_dir(data_root) / "random" / model[len(RANDOM_PREFIX):].replace("=", "-").replace(",", "_")
 
 
 def resolve_random(model: str, data_root: str | Path, family: str, seed: int = 0) -> str:

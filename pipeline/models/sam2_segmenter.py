@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.models.mask_merge import merge_frames_3d, paint_masks
 from pipeline.models.protocols import SensorFrames
+from schemas.layout import models_dir
 from schemas.store import ModelRef
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -252,7 +253,7 @@ def load_segmenter(config, data_root, device: str = "cpu") -> SAM2Segmenter:
     if model == TOY_SAM2:
         from schemas.io import build_once
 
-        model = str(build_once(Path(data_root) / "models" / "sam2", TOY_MARKER, build_toy_sam2))
+        model = str(build_once(models_dir(data_root) / "sam2", TOY_MARKER, build_toy_sam2))
     elif model.startswith("random:"):  # a real architecture with random weights (real_configs.py)
         from pipeline.models.real_configs import resolve_random
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from schemas.io import atomic_dir
+from schemas.layout import CATEGORIES_FILE, data_records, models_dir
 
 TOY_PREFIX = "toy:"
 TOY_MARKER = "p3d_toy.json"
@@ -61,7 +62,7 @@ def is_toy_id(model: str) -> bool:
 
 
 def toy_model_dir(model: str, data_root: str | Path) -> Path:
-    return Path(data_root) / "models" / model[len(TOY_PREFIX):]
+    return models_dir(data_root) / model[len(TOY_PREFIX):]
 
 
 def train_toy_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
@@ -115,14 +116,14 @@ def build_toy_qwen(out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0
 def _toy_texts(data_root: Path) -> list[str]:
     """Annotation text of the toy world (questions, answers, categories), when it exists."""
     texts: list[str] = []
-    ann = data_root / "annotations.jsonl"
+    ann = data_records(data_root)
     if ann.exists():
         with ann.open() as f:
             for line in f:
                 rec = json.loads(line)
                 texts.append(rec.get("question", ""))
                 texts.extend(rec.get("answers", []))
-    cats = data_root / "categories.json"
+    cats = data_root / CATEGORIES_FILE
     if cats.exists():
         texts.extend(json.loads(cats.read_text()))
     return texts

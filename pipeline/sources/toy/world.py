@@ -38,6 +38,7 @@ from pipeline.sources.toy.layout import ToyLayout, camera_path, intrinsics_for, 
 from pipeline.sources.toy.render import BoxScene, Rendered, render
 from pipeline.sources.toy.shapes import CATEGORY_NAMES
 from schemas.io import remove_stale_temporaries, replace_dir, temporary_sibling, write_json_atomic
+from schemas.layout import CATEGORIES_FILE, RECORDS_FILE
 from schemas.manifest import ObjectInfo, SceneManifest
 from schemas.record import Record, write_records
 from schemas.workflow import ToyWorldConfig
@@ -214,8 +215,8 @@ def build_toy_world(root: Path, scenes_dir: Path, cfg: ToyWorldConfig,
             records.extend(scene.records)
             progress(f"[{i + 1}/{cfg.num_scenes}] {scene.scene_id} ({scene.split}): {what}, "
                      f"{len(scene.records)} records, {time.perf_counter() - start:.1f}s")
-    num_records = write_records(records, root / "annotations.jsonl")
-    _write_json_atomic(root / "categories.json", CATEGORY_NAMES)
+    num_records = write_records(records, root / RECORDS_FILE)
+    _write_json_atomic(root / CATEGORIES_FILE, CATEGORY_NAMES)
     summary = {**summary, "num_records": num_records, "complete": True}
     _write_json_atomic(root / TOY_WORLD_FILE, summary)
     return {**summary, "seconds": time.perf_counter() - start}
