@@ -34,6 +34,7 @@ from schemas.io import write_jsonl_atomic
 from schemas.manifest import Box3D, ObjectInfo
 from schemas.record import iter_json_lines
 
+
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, description="the Record id this answers")
