@@ -100,7 +100,8 @@ def main() -> None:
     import faiss
     import torch
 
-    from pipeline.cluster.core import ClusterParams, cluster_scene
+    from pipeline.cluster.core import cluster_scene
+    from schemas.config_cluster import ClusterConfig
     from tests.synthetic_triplets import synthetic_scene
 
     faiss.omp_set_num_threads(1)
@@ -114,9 +115,9 @@ def main() -> None:
         for dim in dims:
             scene = synthetic_scene(num_frames=32, h=h, w=w, dim=dim, num_objects=60, seed=1)
             arrays = (scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw)
-            params = ClusterParams(budget=args.budget)
-            result = cluster_scene(*arrays, params=params)  # warm-up (imports, FAISS init)
-            ours, ours_mem = _measure(lambda: cluster_scene(*arrays, params=params), args.repeats)
+            params = ClusterConfig(proxies=args.budget)
+            result = cluster_scene(*arrays, config=params)  # warm-up (imports, FAISS init)
+            ours, ours_mem = _measure(lambda: cluster_scene(*arrays, config=params), args.repeats)
             base_repeats = 1 if args.quick or h * w > 400 else min(args.repeats, 2)
             base, base_mem = _measure(lambda: baseline_torch(*arrays, args.budget), base_repeats)
             print(f"{f'32x{h}x{w} D={dim}':>22} {len(result.segments):>6} | {ours * 1e3:8.1f} "
@@ -125,8 +126,8 @@ def main() -> None:
             for space, grouping in (("xyz", False), ("xyz+feat", True)):
                 if h * w > 400 and space == "xyz+feat":
                     continue
-                p = ClusterParams(budget=args.budget, space=space, grouping=grouping)
-                t, mem = _measure(lambda: cluster_scene(*arrays, params=p), 1)
+                p = ClusterConfig(proxies=args.budget, space=space, grouping=grouping)
+                t, mem = _measure(lambda: cluster_scene(*arrays, config=p), 1)
                 label = f"{space}{'' if grouping else ', no grouping'}"
                 print(f"{'  ablation ' + label:<29} | {t * 1e3:8.1f} {1 / t:8.2f} {mem:8.1f} |")
             scene = arrays = None  # free this scene before building the next one

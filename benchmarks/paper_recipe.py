@@ -59,14 +59,15 @@ def bench_focus(dim: int, repeats: int) -> None:
 
     torch.set_num_threads(1)
     from pipeline.cluster.caption import focus_proxies
-    from pipeline.cluster.core import ClusterParams, cluster_scene
+    from pipeline.cluster.core import cluster_scene
+    from schemas.config_cluster import ClusterConfig
     from tests.synthetic_triplets import synthetic_scene
 
     scene = synthetic_scene(num_frames=32, h=32, w=42, dim=dim, num_objects=40, seed=0)
-    params = ClusterParams(budget=700)
+    params = ClusterConfig(proxies=700)
 
     def base():
-        return cluster_scene(scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw, params=params)
+        return cluster_scene(scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw, config=params)
 
     base_s, proxies = best_of(repeats, base)
     focus_s, focus = best_of(repeats, lambda: focus_proxies(scene.feat_FhwD, scene.xyz_Fhw3, proxies, 5,

@@ -20,6 +20,16 @@ SET_OPTION = typer.Option(
     None, "--set", metavar="SECTION.KEY=VALUE",
     help="change one workflow field, e.g. cluster.proxies=700 or features.geometry.kind=rgbd (repeatable; "
          "the value is YAML)")
+SCENES_OPTION = typer.Option(
+    None, "--scenes", metavar="A,B",
+    help="only these scene ids, comma-separated (repeatable; default: every scene)")
+
+
+def scene_list(scenes: Optional[list[str]]) -> list[str] | None:
+    """`--scenes a,b --scenes c` -> ["a", "b", "c"]; None when the flag is absent."""
+    if not scenes:
+        return None
+    return [s.strip() for given in scenes for s in given.split(",") if s.strip()] or None
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

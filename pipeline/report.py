@@ -186,7 +186,8 @@ def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures
     lines += ["| step | started at | seconds |", "|---|---:|---:|"]
     lines += [f"| {s.name} | {s.started:.0f} | {s.seconds:.1f} |" for s in steps]
     lines += [f"| **total** | | {demo.wall_seconds:.1f} |", ""]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    from schemas.io import atomic_open
+
+    with atomic_open(path) as f:
+        f.write("\n".join(lines))
     return path

@@ -43,8 +43,12 @@ class ClusterConfig(BaseModel):
         return value
 
 
+# How a set is written, not what is in it: neither part of a derived set name nor of the parameters
+# a shard records (pipeline/cluster/driver.py).
+RUN_FIELDS = frozenset({"name", "scenes_per_shard", "num_workers", "executor"})
+
 # The parameters that change the proxies, each as it appears in a derived set name. The others
-# (name, scenes_per_shard, num_workers, executor) change how the set is written, not what is in it.
+# (RUN_FIELDS) change how the set is written, not what is in it.
 _NAME_PARTS = {
     "proxies": lambda v: f"k{v}",
     "grouping": lambda v: "grouping" if v else "no-grouping",

@@ -108,6 +108,8 @@ class FeaturesConfig(BaseModel):
     encoder: EncoderConfig = EncoderConfig()
     geometry: GeometryConfig = GeometryConfig()
     segmenter: SegmenterConfig = SegmenterConfig()
+    executor: Literal["ray", "local"] = Field(
+        "ray", description="ray: Ray actors (RAY_ADDRESS names a cluster); local: one process, in order")
     num_actors: int = Field(1, ge=1, description="Ray actors (one model set each)")
     gpus_per_actor: float = Field(1.0, ge=0, description="used only when CUDA is available")
     max_in_flight: int = Field(2, ge=1, description="scenes in memory at once per actor")

@@ -78,9 +78,11 @@ def atomic_open(path: str | Path, mode: str = "w"):
         tmp.unlink(missing_ok=True)
 
 
-def write_json_atomic(path: str | Path, data: Any, default: Callable | None = None) -> Path:
+def write_json_atomic(path: str | Path, data: Any, default: Callable | None = None,
+                      sort_keys: bool = False) -> Path:
+    """`sort_keys`: the same data gives the same bytes, whatever order its dicts were built in."""
     with atomic_open(path) as f:
-        json.dump(data, f, indent=1, default=default)
+        json.dump(data, f, indent=1, default=default, sort_keys=sort_keys)
     return Path(path)
 
 

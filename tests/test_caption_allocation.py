@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 
 from pipeline.cluster.caption import caption_variant, focus_proxies
-from pipeline.cluster.core import ClusterParams, cluster_scene
+from pipeline.cluster.core import cluster_scene
+from schemas.config_cluster import ClusterConfig
 from tests.synthetic_triplets import store_arrays, synthetic_scene
 
 
 @pytest.fixture(scope="module", params=["xyz", "xyz+feat"])
 def clustered(request):
     scene = synthetic_scene(num_frames=4, h=8, w=10, dim=16, num_objects=10, seed=1)
-    params = ClusterParams(budget=60, space=request.param)
-    return scene, params, cluster_scene(scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw, params=params)
+    params = ClusterConfig(proxies=60, space=request.param)
+    return scene, params, cluster_scene(scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw, config=params)
 
 
 def _variant(base, focus, s):
@@ -121,7 +122,7 @@ def test_training_shows_a_caption_its_objects_focus_block_and_other_examples_the
     # The segments are their labels' instances (a stand-in for matching.py, not under test here).
     matching = SimpleNamespace(instance_S=[lab if lab >= 0 else None for lab in labels],
                                iou_S=[1.0 if lab >= 0 else None for lab in labels])
-    meta = ProxyMeta(scene_id="s0", num_proxies=base.num_proxies, budget=params.budget, dim=16,
+    meta = ProxyMeta(scene_id="s0", num_proxies=base.num_proxies, budget=params.proxies, dim=16,
                      num_valid_triplets=base.num_valid, params={}, source={})
     raw = encode_sample("s0", base, meta, matching, {lab: "chair" for lab in labels if lab >= 0}, focus)
     decoded = decode_sample(raw)

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.cluster.allocation import allocate_proxies
-from pipeline.cluster.core import ClusterParams, cluster_scene
+from pipeline.cluster.core import cluster_scene
+from schemas.config_cluster import ClusterConfig
 from pipeline.cluster.grouping import group_by_label, merge_to_fit
 from pipeline.cluster.sampling import (
     assign_nearest, assign_nearest_numpy, cluster_group, farthest_point_sampling, segment_mean,
@@ -211,7 +212,7 @@ def test_proxies_are_means_of_members_and_nan_never_enters():
     xyz[::5] = np.nan
     feat[::5] = 1e4
     label = np.zeros(40, np.int32)
-    result = cluster_scene(feat, xyz, label, 8, ClusterParams(budget=8, unlabeled_min_size=1))
+    result = cluster_scene(feat, xyz, label, 8, ClusterConfig(proxies=8, unlabeled_min_size=1))
     assert result.num_valid == 32
     assert np.nanmax(result.feat_KD) <= 1.0 + 1e-6
     # Features equal x, so each proxy's feature is the mean of its members' x = its position.
@@ -247,7 +248,7 @@ def test_deterministic_and_seeded(scene):
     args = (scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw)
     a = cluster_scene(*args, 250)
     b = cluster_scene(*args, 250)
-    c = cluster_scene(*args, params=ClusterParams(budget=250, seed=1))
+    c = cluster_scene(*args, config=ClusterConfig(proxies=250, seed=1))
     assert np.array_equal(a.feat_KD, b.feat_KD) and np.array_equal(a.xyz_K3, b.xyz_K3)
     assert not np.array_equal(a.xyz_K3, c.xyz_K3)
 
@@ -267,7 +268,7 @@ def test_no_grouping_every_separated_object_gets_its_segment(seed, sizes, spare)
     rng = np.random.default_rng(seed)
     feat, xyz, label = _blobs(rng, sizes)
     budget = 2 * len(sizes) + spare
-    result = cluster_scene(feat, xyz, label, params=ClusterParams(budget=budget, grouping=False, seed=seed))
+    result = cluster_scene(feat, xyz, label, config=ClusterConfig(proxies=budget, grouping=False, seed=seed))
     assert result.num_proxies == budget
     # Contiguous segments in BFS order, as in grouping mode.
     assert (np.diff(result.segment_K) >= 0).all()
@@ -292,19 +293,19 @@ def test_no_grouping_can_absorb_a_small_object_and_says_so():
     xyz = np.concatenate([big, tiny]).astype(np.float32)
     label = np.r_[np.zeros(2000), np.ones(6)].astype(np.int32)
     feat = np.concatenate([xyz, label[:, None]], axis=1)
-    result = cluster_scene(feat, xyz, label, params=ClusterParams(budget=4, grouping=False))
+    result = cluster_scene(feat, xyz, label, config=ClusterConfig(proxies=4, grouping=False))
     assert result.num_proxies == 4 and [s.label for s in result.segments] == [0]
     assert result.segments[0].merged_labels == [1]  # still referenced, through the big object
     assert result.merges == [{"labels": [1], "into": [0]}]
     assert any("1 of 2 labelled instances got no segment of their own" in n for n in result.notes)
     # With grouping, the same budget gives the tiny object a segment of its own.
-    grouped = cluster_scene(feat, xyz, label, params=ClusterParams(budget=4))
+    grouped = cluster_scene(feat, xyz, label, config=ClusterConfig(proxies=4))
     assert sorted(s.label for s in grouped.segments) == [0, 1]
 
 
 def test_no_grouping_on_a_room_keeps_the_invariants(scene):
     result = cluster_scene(scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw,
-                           params=ClusterParams(budget=120, grouping=False))
+                           config=ClusterConfig(proxies=120, grouping=False))
     assert result.num_proxies == 120 and len(result.segments) > 1
     assert (np.diff(result.segment_K) >= 0).all()
     assert np.bincount(result.segment_K).tolist() == [s.proxies for s in result.segments]
@@ -323,8 +324,8 @@ def test_no_grouping_on_a_room_keeps_the_invariants(scene):
 
 def test_feature_space_changes_assignment_and_keeps_invariants(scene):
     args = (scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw)
-    xyz_only = cluster_scene(*args, params=ClusterParams(budget=200, grouping=False))
-    with_feat = cluster_scene(*args, params=ClusterParams(budget=200, grouping=False, space="xyz+feat",
+    xyz_only = cluster_scene(*args, config=ClusterConfig(proxies=200, grouping=False))
+    with_feat = cluster_scene(*args, config=ClusterConfig(proxies=200, grouping=False, space="xyz+feat",
                                                           feat_weight=3.0))
     assert with_feat.num_proxies == 200
     assert not np.allclose(xyz_only.xyz_K3, with_feat.xyz_K3)
@@ -336,7 +337,7 @@ def test_feature_space_changes_assignment_and_keeps_invariants(scene):
 
 def test_per_object_gives_each_object_n_proxies(scene):
     result = cluster_scene(scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw,
-                           params=ClusterParams(budget=400, per_object=3))
+                           config=ClusterConfig(proxies=400, per_object=3))
     labeled = [s for s in result.segments if s.label >= 0]
     assert labeled and all(s.proxies == min(3, s.size) for s in labeled)
     # Unlabeled cells share the rest of the budget, as far as they have triplets.

@@ -55,7 +55,7 @@ def test_shards_are_valid_webdataset_and_match_the_schema(store):
     import webdataset as wds
 
     report = run_cluster(store, _config())
-    assert not report.failed and len(report.written) == NUM_SCENES
+    assert not report.failed and len(report.done) == NUM_SCENES
     root = proxies_dir(store, "k60")
     index = json.loads((root / "index.json").read_text())["scenes"]
     assert index == {"scene00": "shard-000000.tar", "scene01": "shard-000000.tar",
@@ -87,14 +87,14 @@ def test_rerun_is_byte_identical_and_resume_keeps_finished_shards(store, tmp_pat
     first = {p.name: p.read_bytes() for p in proxies_dir(store, "a").glob("*.tar")}
     stat_before = {p.name: p.stat().st_mtime_ns for p in proxies_dir(store, "a").glob("*.tar")}
     report = run_cluster(store, _config(name="a"))
-    assert report.written == [] and sorted(report.resumed) == ["scene00", "scene01", "scene02"]
+    assert report.done == [] and sorted(report.skipped) == ["scene00", "scene01", "scene02"]
     assert {p.name: p.stat().st_mtime_ns for p in proxies_dir(store, "a").glob("*.tar")} == stat_before
     # A fresh computation under another name gives the same bytes.
     run_cluster(store, _config(name="b"))
     assert {p.name: p.read_bytes() for p in proxies_dir(store, "b").glob("*.tar")} == first
     # Changed parameters invalidate the finished shards.
     report = run_cluster(store, _config(name="a", seed=3))
-    assert len(report.written) == NUM_SCENES and report.resumed == []
+    assert len(report.done) == NUM_SCENES and report.skipped == []
 
 
 def test_failed_scene_is_reported_skipped_and_fails_the_cli(tmp_path):
@@ -115,6 +115,19 @@ def test_failed_scene_is_reported_skipped_and_fails_the_cli(tmp_path):
         assert not any(n.startswith("broken") for n in tar.getnames())
     runs = list((root / "_runs").glob("*.json"))
     assert len(runs) == 1 and "broken" in json.loads(runs[0].read_text())["failed"]
+
+
+def test_cli_scenes_takes_a_comma_list_and_repeats(store):
+    result = CliRunner().invoke(app, ["cluster", "--out", str(store), "--name", "some", "--proxies", "40",
+                                      "--scenes", "scene02,scene00", "--executor", "local"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((proxies_dir(store, "some") / "index.json").read_text())["scenes"]
+    assert sorted(index) == ["scene00", "scene02"]
+    result = CliRunner().invoke(app, ["cluster", "--out", str(store), "--name", "some", "--proxies", "40",
+                                      "--scenes", "scene01", "--scenes", "scene00", "--executor", "local"])
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads((proxies_dir(store, "some") / "index.json").read_text())["scenes"]) == [
+        "scene00", "scene01"]
 
 
 def test_cli_stats_inspect_viz_and_feature_space(store, tmp_path):
@@ -184,12 +197,16 @@ def test_workflow_section_and_flag_overrides(store, tmp_path):
 
 
 def test_no_grouping_params_record_names_its_segments_and_grouping_record_is_unchanged():
-    from pipeline.cluster.core import ClusterParams
     from pipeline.cluster.driver import CLUSTER_VERSION, _params_record
 
-    assert _params_record(ClusterParams(grouping=False), None)["segments_from"] == "proxy majority labels"
-    grouped = _params_record(ClusterParams(), None)
+    assert _params_record(ClusterConfig(grouping=False), None)["segments_from"] == "proxy majority labels"
+    grouped = _params_record(ClusterConfig(), None)
     assert "segments_from" not in grouped and grouped["version"] == CLUSTER_VERSION
+    # The record shards made before the config was the core's input carry (the defaults, `proxies`
+    # as `budget`, no run-level field): such shards stay current.
+    assert grouped == {"budget": 700, "min_per_group": 1, "grouping": True, "space": "xyz", "feat_weight": 1.0,
+                       "per_object": None, "unlabeled_cell": 2.0, "unlabeled_min_size": 8, "bfs_neighbors": 6,
+                       "seed": 0, "match_iou": 0.25, "version": CLUSTER_VERSION}
 
 
 class _Killed(Exception):

@@ -113,7 +113,7 @@ def scrambled(tmp_path_factory):
     store.write_scene(out, _attrs("s0", scene.objects), arrays)
     report = run_cluster(out, ClusterConfig(name="k60", proxies=60, executor="local"))
     assert not report.failed
-    assert report.matching == {"instances": 10, "matched": 10, "unmatched": 0}
+    assert report.details["matching"] == {"instances": 10, "matched": 10, "unmatched": 0}
     return out, {o["id"]: o for o in scene.objects}, perm
 
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cluster.core import ClusterParams, SceneProxies, distance_space
+from pipeline.cluster.core import SceneProxies, distance_space
 from pipeline.cluster.sampling import cluster_group, segment_mean
+from schemas.config_cluster import ClusterConfig
 
 
 @dataclass
@@ -35,7 +36,7 @@ class FocusProxies:
 
 
 def focus_proxies(feat: np.ndarray, xyz: np.ndarray, base: SceneProxies, num_proxies: int,
-                  params: ClusterParams, feat_mean_D: np.ndarray | None = None,
+                  config: ClusterConfig, feat_mean_D: np.ndarray | None = None,
                   feat_std_D: np.ndarray | None = None) -> FocusProxies:
     """N proxies for each instance segment (label >= 0) of `base`, from the triplets `base` put in it.
 
@@ -47,7 +48,7 @@ def focus_proxies(feat: np.ndarray, xyz: np.ndarray, base: SceneProxies, num_pro
     assert base.segment_N is not None, "cluster_scene always sets segment_N"
     feat_ND = feat.reshape(-1, feat.shape[-1])
     xyz_N3 = xyz.reshape(-1, 3)
-    if params.space == "xyz+feat" and feat_mean_D is None:
+    if config.space == "xyz+feat" and feat_mean_D is None:
         # The scene's own whitening, as cluster_scene computes it without stats: over valid triplets.
         valid_feat = feat_ND[base.segment_N >= 0].astype(np.float32)
         feat_mean_D, feat_std_D = valid_feat.mean(0), valid_feat.std(0)
@@ -60,9 +61,9 @@ def focus_proxies(feat: np.ndarray, xyz: np.ndarray, base: SceneProxies, num_pro
         idx = order_N[bounds_S[s]:bounds_S[s + 1]]
         k = min(num_proxies, len(idx))
         space_VC = distance_space(xyz_N3[idx].astype(np.float32),
-                                  feat_ND[idx] if params.space == "xyz+feat" else None,
-                                  params, feat_mean_D, feat_std_D)
-        _, local = cluster_group(space_VC, k, seed=params.seed + s)
+                                  feat_ND[idx] if config.space == "xyz+feat" else None,
+                                  config, feat_mean_D, feat_std_D)
+        _, local = cluster_group(space_VC, k, seed=config.seed + s)
         # Gathered: one segment's rows are few, and segment_mean over the whole map would convert
         # all of it to float32 once per segment.
         feats.append(segment_mean(feat_ND[idx], local, k))

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
+from pipeline.cli_workflow import SCENES_OPTION, SET_OPTION, WORKFLOW_OPTION, scene_list
 
 _WORKFLOW = WORKFLOW_OPTION
 _SET = SET_OPTION
@@ -82,8 +82,8 @@ def cluster(
     seed: Optional[int] = typer.Option(None, "--seed"),
     scenes_per_shard: Optional[int] = typer.Option(None, "--scenes-per-shard"),
     workers: Optional[int] = typer.Option(None, "--workers", help="parallel scenes (Ray tasks)"),
-    executor: Optional[str] = typer.Option(None, "--executor", help="auto | ray | local"),
-    scene: Optional[list[str]] = typer.Option(None, "--scene", help="only these scene ids (repeatable)"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="auto | ray | local (default: cluster.executor)"),
+    scenes: Optional[list[str]] = SCENES_OPTION,
 ) -> None:
     """Turn every complete scene of the triplet store into proxy shards."""
     from pipeline.cluster.driver import run_cluster
@@ -94,15 +94,15 @@ def cluster(
                             caption_proxies=caption_proxies, seed=seed,
                             scenes_per_shard=scenes_per_shard, num_workers=workers, executor=executor)
     try:
-        report = run_cluster(root, config, scenes=scene or None)
+        report = run_cluster(root, config, scenes=scene_list(scenes))
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     if run is not None:
         run.save(proxies_dir(root, config.name) / RESOLVED_WORKFLOW, cluster=config, out=str(root))
-    typer.echo(f"{report.name}: {len(report.written)} scenes clustered, {len(report.resumed)} kept "
-               f"from earlier runs, {len(report.shards_written)} shards written ({report.executor}), "
-               f"{report.seconds:.1f} s; report {report.report_path}")
+    typer.echo(f"{config.name}: {len(report.done)} scenes clustered, {len(report.skipped)} kept "
+               f"from earlier runs, {len(report.details['shards_written'])} shards written ({report.executor}), "
+               f"{report.wall_seconds:.1f} s; report {report.path}")
     if report.failed:
         for scene_id, error in sorted(report.failed.items()):
             typer.echo(f"failed: {scene_id}: {error}", err=True)

@@ -26,36 +26,7 @@ from pipeline.cluster.allocation import allocate_proxies
 from pipeline.cluster.grouping import NO_LABEL, Groups, group_by_label, merge_to_fit
 from pipeline.cluster.sampling import cluster_group, segment_mean
 from pipeline.cluster.serialize import bfs_order
-
-
-@dataclass(frozen=True)
-class ClusterParams:
-    """The algorithmic knobs; `schemas.config_cluster.ClusterConfig` adds the run-level ones."""
-
-    budget: int = 700
-    min_per_group: int = 1
-    grouping: bool = True
-    space: Literal["xyz", "xyz+feat"] = "xyz"
-    feat_weight: float = 1.0
-    per_object: int | None = None
-    caption_proxies: int | None = None  # Scan2Cap focus blocks (pipeline/cluster/caption.py)
-    unlabeled_cell: float = 2.0
-    unlabeled_min_size: int = 8
-    bfs_neighbors: int = 6
-    seed: int = 0
-    match_iou: float = 0.25  # used by the driver's ground-truth matching (pipeline/cluster/matching.py)
-
-    def __post_init__(self) -> None:
-        if self.budget < 1:
-            raise ValueError(f"budget (--proxies) must be >= 1, got {self.budget}")
-        if self.space not in ("xyz", "xyz+feat"):
-            raise ValueError(f"space must be 'xyz' or 'xyz+feat', got {self.space!r}")
-        if not 0 < self.match_iou <= 1:
-            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
-        if self.per_object is not None and self.per_object < 1:
-            raise ValueError(f"per_object must be >= 1, got {self.per_object}")
-        if self.caption_proxies is not None and self.caption_proxies < 1:
-            raise ValueError(f"caption_proxies must be >= 1, got {self.caption_proxies}")
+from schemas.config_cluster import ClusterConfig
 
 
 @dataclass
@@ -89,25 +60,25 @@ class SceneProxies:
         return len(self.segment_K)
 
 
-def distance_space(xyz_N3: np.ndarray, feat_ND: np.ndarray, params: ClusterParams,
+def distance_space(xyz_N3: np.ndarray, feat_ND: np.ndarray, config: ClusterConfig,
                    feat_mean_D: np.ndarray | None, feat_std_D: np.ndarray | None) -> np.ndarray:
     """The points FPS and the nearest-center search measure distances in (C = 3 or 3 + D)."""
-    if params.space == "xyz":
+    if config.space == "xyz":
         return np.ascontiguousarray(xyz_N3, dtype=np.float32)
     feat = feat_ND.astype(np.float32)
     mean = feat.mean(0) if feat_mean_D is None else np.asarray(feat_mean_D, np.float32)
     std = feat.std(0) if feat_std_D is None else np.asarray(feat_std_D, np.float32)
     # Whitened features have unit variance per dim, so their squared norm grows like D; the
     # 1/sqrt(D) keeps them on the scale of metres and feat_weight then means what it says.
-    scale = params.feat_weight / np.sqrt(feat.shape[1])
+    scale = config.feat_weight / np.sqrt(feat.shape[1])
     white = (feat - mean) / np.maximum(std, 1e-6) * scale
     return np.ascontiguousarray(np.concatenate([xyz_N3.astype(np.float32), white], axis=1))
 
 
-def _allocate(groups: Groups, xyz_N3: np.ndarray, params: ClusterParams,
+def _allocate(groups: Groups, xyz_N3: np.ndarray, config: ClusterConfig,
               notes: list[str]) -> tuple[Groups, np.ndarray]:
-    budget, minimum = params.budget, params.min_per_group
-    if params.per_object is None:
+    budget, minimum = config.proxies, config.min_per_group
+    if config.per_object is None:
         max_groups = budget // max(minimum, 1)
         if groups.num_groups > max_groups:
             before = groups.num_groups
@@ -121,16 +92,16 @@ def _allocate(groups: Groups, xyz_N3: np.ndarray, params: ClusterParams,
     sizes = groups.sizes()
     labeled = np.array([groups.primary_label(g) != NO_LABEL for g in range(groups.num_groups)], bool)
     alloc = np.zeros(groups.num_groups, dtype=np.int64)
-    alloc[labeled] = np.minimum(sizes[labeled], params.per_object)
+    alloc[labeled] = np.minimum(sizes[labeled], config.per_object)
     left = budget - int(alloc.sum())
     if (~labeled).any():
         if left > 0:
             alloc[~labeled] = _allocate_subset(sizes[~labeled], left, minimum)
         else:
-            notes.append(f"per_object {params.per_object}: objects use the whole budget; "
+            notes.append(f"per_object {config.per_object}: objects use the whole budget; "
                          f"{int(sizes[~labeled].sum())} unlabeled triplets get no proxies")
     if alloc.sum() > budget:
-        notes.append(f"per_object {params.per_object} x {int(labeled.sum())} objects gives "
+        notes.append(f"per_object {config.per_object} x {int(labeled.sum())} objects gives "
                      f"{int(alloc.sum())} proxies, over the budget {budget}")
     return groups, alloc
 
@@ -143,7 +114,7 @@ def _allocate_subset(sizes: np.ndarray, budget: int, minimum: int) -> np.ndarray
 
 
 def _segments_from_proxy_labels(label_V: np.ndarray, proxy_V: np.ndarray, xyz_K3: np.ndarray,
-                                params: ClusterParams, notes: list[str]) -> tuple[Groups, np.ndarray]:
+                                config: ClusterConfig, notes: list[str]) -> tuple[Groups, np.ndarray]:
     """No-grouping ablation: segments of whole proxies, (groups over triplets, group of each proxy).
 
     A proxy takes the majority label of its members (ties: the smallest label, -1 included).
@@ -158,8 +129,8 @@ def _segments_from_proxy_labels(label_V: np.ndarray, proxy_V: np.ndarray, xyz_K3
                             minlength=num_proxies * num_labels).reshape(num_proxies, num_labels)
     majority_K = labels_L[np.argmax(counts_KL, axis=1)]
     # Every member sits at its proxy's position, so a group is always a union of whole proxies.
-    groups = group_by_label(xyz_K3[proxy_V], majority_K[proxy_V], params.unlabeled_cell,
-                            params.unlabeled_min_size)
+    groups = group_by_label(xyz_K3[proxy_V], majority_K[proxy_V], config.unlabeled_cell,
+                            config.unlabeled_min_size)
     proxy_group_K = np.empty(num_proxies, dtype=np.int64)
     proxy_group_K[proxy_V] = groups.group_N
     counts_GL = np.bincount(groups.group_N * num_labels + label_V_L,
@@ -179,12 +150,12 @@ def _segments_from_proxy_labels(label_V: np.ndarray, proxy_V: np.ndarray, xyz_K3
 
 
 def cluster_scene(feat: np.ndarray, xyz: np.ndarray, label: np.ndarray, budget: int | None = None,
-                  params: ClusterParams | None = None, *, feat_mean_D: np.ndarray | None = None,
+                  config: ClusterConfig | None = None, *, feat_mean_D: np.ndarray | None = None,
                   feat_std_D: np.ndarray | None = None, scene_id: str = "") -> SceneProxies:
     """Turn one scene's triplets (any leading shape: F x h x w x ... or N x ...) into proxies."""
-    params = params or ClusterParams()
-    if budget is not None and budget != params.budget:
-        params = ClusterParams(**{**params.__dict__, "budget": budget})
+    config = config or ClusterConfig()
+    if budget is not None and budget != config.proxies:
+        config = ClusterConfig.model_validate({**config.model_dump(), "proxies": budget})
     where = f"scene {scene_id}: " if scene_id else ""
     feat_ND = feat.reshape(-1, feat.shape[-1])
     xyz_N3 = xyz.reshape(-1, 3)
@@ -193,18 +164,18 @@ def cluster_scene(feat: np.ndarray, xyz: np.ndarray, label: np.ndarray, budget: 
         raise ValueError(f"{where}feat {feat.shape}, xyz {xyz.shape} and label {label.shape} "
                          "must share their leading shape (xyz ending in 3)")
     valid_N = np.isfinite(xyz_N3).all(axis=1)
-    result = _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params, feat_mean_D, feat_std_D, where)
+    result = _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, config, feat_mean_D, feat_std_D, where)
     if not np.isfinite(result.feat_KD).all():
         # Rare: a non-finite feature. Checking every feature up front costs as much as the rest of
         # the stage, so only now drop the offending triplets and redo the scene.
         bad_N = ~np.isfinite(feat_ND).all(axis=1)
-        result = _cluster_valid(feat_ND, xyz_N3, label_N, valid_N & ~bad_N, params, feat_mean_D,
+        result = _cluster_valid(feat_ND, xyz_N3, label_N, valid_N & ~bad_N, config, feat_mean_D,
                                 feat_std_D, where)
         result.notes.append(f"dropped {int((bad_N & valid_N).sum())} triplets with non-finite features")
     return result
 
 
-def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, feat_mean_D,
+def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, config: ClusterConfig, feat_mean_D,
                    feat_std_D, where: str) -> SceneProxies:
     idx_valid = np.flatnonzero(valid_N)
     num_valid = len(idx_valid)
@@ -213,17 +184,17 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
     notes: list[str] = []
     xyz_V3 = xyz_N3[idx_valid].astype(np.float32)
     label_V = label_N[idx_valid]
-    if params.grouping:
-        groups = group_by_label(xyz_V3, label_V, params.unlabeled_cell, params.unlabeled_min_size)
+    if config.grouping:
+        groups = group_by_label(xyz_V3, label_V, config.unlabeled_cell, config.unlabeled_min_size)
     else:
         groups = Groups(group_N=np.zeros(num_valid, np.int64), label_sizes=[{NO_LABEL: num_valid}],
                         num_initial=1)
     num_initial = groups.num_groups
-    groups, alloc_G = _allocate(groups, xyz_V3, params, notes)
-    if num_valid < params.budget:
-        notes.append(f"{num_valid} valid triplets < budget {params.budget}: every triplet is a proxy")
-    feat_VD = feat_ND[idx_valid] if params.space == "xyz+feat" else None
-    space_VC = distance_space(xyz_V3, feat_VD, params, feat_mean_D, feat_std_D)
+    groups, alloc_G = _allocate(groups, xyz_V3, config, notes)
+    if num_valid < config.proxies:
+        notes.append(f"{num_valid} valid triplets < budget {config.proxies}: every triplet is a proxy")
+    feat_VD = feat_ND[idx_valid] if config.space == "xyz+feat" else None
+    space_VC = distance_space(xyz_V3, feat_VD, config, feat_mean_D, feat_std_D)
 
     # Cluster each group; proxies are numbered group by group, in FPS order within a group.
     proxy_V = np.full(num_valid, -1, dtype=np.int64)
@@ -235,7 +206,7 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
         if k == 0:
             continue
         idx = members[bounds[g]:bounds[g + 1]]
-        _, local = cluster_group(space_VC[idx], k, seed=params.seed + g)
+        _, local = cluster_group(space_VC[idx], k, seed=config.seed + g)
         proxy_V[idx] = len(proxy_group) + local
         proxy_group += [g] * k
     num_proxies = len(proxy_group)
@@ -244,8 +215,8 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
     feat_KD = segment_mean(feat_ND, proxy_V[used], num_proxies, rows_N=idx_valid[used])
     xyz_K3 = segment_mean(xyz_V3[used], proxy_V[used], num_proxies)
     proxy_group_K = np.asarray(proxy_group, dtype=np.int64)
-    if not params.grouping:
-        groups, proxy_group_K = _segments_from_proxy_labels(label_V, proxy_V, xyz_K3, params, notes)
+    if not config.grouping:
+        groups, proxy_group_K = _segments_from_proxy_labels(label_V, proxy_V, xyz_K3, config, notes)
         alloc_G = np.bincount(proxy_group_K, minlength=groups.num_groups)
         members = np.argsort(groups.group_N, kind="stable")
         bounds = np.r_[0, np.cumsum(groups.sizes())]
@@ -258,7 +229,7 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, params: ClusterParams, fea
         segments.append(Segment(label=groups.primary_label(g), merged_labels=groups.merged_labels(g),
                                 size=len(pts), proxies=int(alloc_G[g]), center=pts.mean(0),
                                 box_min=pts.min(0), box_max=pts.max(0)))
-    order_S = bfs_order(np.stack([s.center for s in segments]), params.bfs_neighbors)
+    order_S = bfs_order(np.stack([s.center for s in segments]), config.bfs_neighbors)
     rank_of_group = np.full(groups.num_groups, -1, dtype=np.int64)
     rank_of_group[np.asarray(seg_groups)[order_S]] = np.arange(len(order_S))
     segment_K = rank_of_group[proxy_group_K]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from schemas.io import atomic_open
 from schemas.layout import proxies_dir  # noqa: F401  (callers import it here)
 from schemas.manifest import Box3D
 from schemas.proxy import (
@@ -24,12 +25,7 @@ from schemas.proxy import (
     check_sample_params, read_set_index,
 )
 
-PROXIES_DIR = "proxies"
 _FIXED_MTIME = 0
-
-
-def proxies_dir(out: str | Path, name: str) -> Path:
-    return Path(out) / PROXIES_DIR / name
 
 
 def shard_name(index: int) -> str:
@@ -103,33 +99,12 @@ def write_shard(path: str | Path, samples: list[dict[str, bytes]]) -> Path:
     from webdataset import TarWriter
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as stream:
-            with TarWriter(stream, user="p3d", group="p3d", mode=0o444, encoder=False,
-                           mtime=_FIXED_MTIME) as writer:
-                for sample in samples:
-                    writer.write(sample)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(json_bytes(obj))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as stream:
+        with TarWriter(stream, user="p3d", group="p3d", mode=0o444, encoder=False,
+                       mtime=_FIXED_MTIME) as writer:
+            for sample in samples:
+                writer.write(sample)
+    _fsync_dir(path.parent)
     return path
 
 

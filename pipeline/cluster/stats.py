@@ -86,6 +86,6 @@ def compute_stats(out: str | Path, scenes: list[str] | None = None) -> dict[str,
 
 
 def write_stats(path: str | Path, stats: dict[str, Any]) -> Path:
-    from pipeline.cluster.shards import write_json_atomic
+    from schemas.io import write_json_atomic
 
-    return write_json_atomic(path, stats)
+    return write_json_atomic(path, stats, sort_keys=True)

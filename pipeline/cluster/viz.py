@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from schemas.io import atomic_open
+
 _MAX_LABELLED = 60  # beyond this, per-segment text turns into noise
 
 
@@ -70,9 +72,7 @@ def draw_proxies(sample: dict[str, Any], png: str | Path, title: str = "") -> Pa
     fig.suptitle(title or f"{len(xyz_K3)} proxies, {num_seg} segments")
     fig.tight_layout()
     png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_open(png, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    tmp.replace(png)
     return png

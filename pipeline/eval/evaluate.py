@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import json
 import logging
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -152,12 +150,9 @@ def _fmt(value: float) -> str:
 
 def write_json(results: list[TaskResult], path: str | Path) -> None:
     """Every number and the per-sample scores, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    payload = {"results": [r.to_json() for r in results]}
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default, allow_nan=True))
-    os.replace(tmp, path)
+    from schemas.io import write_json_atomic
+
+    write_json_atomic(path, {"results": [r.to_json() for r in results]}, default=_json_default)
 
 
 def _json_default(obj):

@@ -9,16 +9,16 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
+from pipeline.cli_workflow import SCENES_OPTION, SET_OPTION, WORKFLOW_OPTION, scene_list
 
 
 def features(
     workflow: Optional[Path] = WORKFLOW_OPTION,
     sets: Optional[list[str]] = SET_OPTION,
     out: Path = typer.Option(None, "--out", help="data root; groups go to <out>/features (default: workflow out)"),
-    scenes: str = typer.Option(None, "--scenes", help="comma-separated scene ids (default: all of the source)"),
+    scenes: Optional[list[str]] = SCENES_OPTION,
     frames: int = typer.Option(None, "--frames", min=1, help="frames per scene (default: features.num_frames)"),
-    executor: str = typer.Option("ray", "--executor", help="ray | local"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="ray | local (default: features.executor)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="redo scenes that are already complete"),
 ) -> None:
     """Write patch-aligned (feature, point, label) triplets per scene; exits 1 if any scene failed."""
@@ -27,13 +27,14 @@ def features(
     from pipeline.features.scenes import ensure_toy_world, open_workflow_source
     from pipeline.sources import SceneReadError
 
-    if executor not in ("ray", "local"):
+    if executor not in (None, "ray", "local"):
         raise typer.BadParameter(f"unknown executor {executor!r}; choose ray or local", param_hint="--executor")
     run = open_workflow(workflow, sets)
     wf = run.workflow
-    cfg = wf.features if frames is None else wf.features.model_copy(update={"num_frames": frames})
+    updates = {"num_frames": frames, "executor": executor}
+    cfg = wf.features.model_copy(update={k: v for k, v in updates.items() if v is not None})
     out_root = out if out is not None else Path(wf.out)
-    ids = [s.strip() for s in scenes.split(",") if s.strip()] if scenes else None
+    ids = scene_list(scenes)
     ensure_toy_world(wf, echo=typer.echo)
     if not Path(wf.source.path).exists():
         fail(missing_source(run, "nothing at"))
@@ -45,8 +46,7 @@ def features(
     if not scene_ids:
         fail(missing_source(run, "no scene folders under"))
     # Models named `toy:` are built under the workflow's data root, beside the toy world's text.
-    report = run_features(cfg, out_root, Path(wf.out), source, scene_ids=scene_ids,
-                          executor=executor, overwrite=overwrite)
+    report = run_features(cfg, out_root, Path(wf.out), source, scene_ids=scene_ids, overwrite=overwrite)
     if report.path is not None:
         run.save(report.path.with_suffix(".workflow.yaml"), features=cfg, out=str(out_root))
     typer.echo(f"features: {len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed "

@@ -1,13 +1,12 @@
 """The feature-stage driver: scenes -> workers (models loaded once each) -> triplet store.
 
-Two executors run the same `FeatureWorker`:
+Both executors of pipeline/executor.py run the same `FeatureWorker`:
   local  one worker in this process, scenes in order (tests, the benchmark baseline, debugging);
   ray    `num_actors` Ray actors, each loading its model set once in its constructor, with GPUs
          through Ray resources when CUDA exists and CPUs otherwise (the cores split evenly between
          actors, torch threads to match), spread over the cluster's nodes. At most `num_actors *
          max_in_flight` scene ids are queued; a worker loads its scene itself and returns only a
-         small status, so memory stays bounded however many scenes there are. `RAY_ADDRESS` (read
-         by `ray.init`) points the run at a cluster.
+         small status, so memory stays bounded however many scenes there are.
 
 Pipelining: an actor runs up to `max_in_flight` scenes at once in threads, but only one of them on
 the models at a time (a lock): while one scene computes, the next is read and decoded and the last
@@ -26,10 +25,10 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,12 +37,13 @@ from typing import Literal, Protocol
 from pipeline.features import store
 from pipeline.features.stage import config_hash
 from pipeline.sources.base import Scene
+from pipeline.executor import (
+    Executor, LeastLoaded, RunReport, node_name, progress, ray_runtime, run_local, run_ray,
+)
 from schemas.config_features import FeaturesConfig
-from schemas.io import write_json_atomic
 from schemas.store import RUNS_DIR
 
 log = logging.getLogger(__name__)
-Executor = Literal["local", "ray"]
 
 
 class SceneProvider(Protocol):
@@ -71,38 +71,6 @@ class SceneOutcome:
     warnings: list[str] = field(default_factory=list)
     alignment: dict | None = None  # method, scale_method, scale, residuals (StoreAttrs.alignment)
     node: str | None = None  # where it ran: the Ray node id, else the host name
-
-
-@dataclass
-class RunReport:
-    executor: str
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    warnings: dict[str, list[str]] = field(default_factory=dict)  # scene -> what the user should know
-    alignment: dict[str, dict] = field(default_factory=dict)  # scene -> how it was aligned (done scenes)
-    nodes: dict[str, str] = field(default_factory=dict)  # scene -> node that processed it
-    seconds_per_step: dict[str, float] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-    setup_seconds: float = 0.0  # model loading (the slowest actor's, under Ray)
-    startup_seconds: float = 0.0  # executor start-up (ray.init), not model loading
-    path: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def node_name() -> str:
-    """The Ray node id inside a Ray worker or a driver connected to Ray, else the host name."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except ImportError:  # pragma: no cover - ray is a core dependency
-        pass
-    return socket.gethostname()
 
 
 class FeatureWorker:
@@ -159,36 +127,10 @@ class FeatureWorker:
                                 warnings=scene_warnings, node=self.node)
 
 
-def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="scene", dynamic_ncols=True)
-
-
-def _run_local(todo: list[str], cfg, out, data_root, provider, report: RunReport) -> list[SceneOutcome]:
+def _run_local(todo: list[str], cfg, out, data_root, provider, report: RunReport) -> Iterator[SceneOutcome]:
     worker = FeatureWorker(cfg, str(out), str(data_root), provider)
     report.setup_seconds = worker.setup_seconds
-    outcomes = []
-    with _progress(len(todo), "features") as bar:
-        for scene_id in todo:
-            outcomes.append(worker.process(scene_id))
-            bar.update(1)
-    return outcomes
-
-
-def _init_ray(num_cpus: int | None):
-    try:
-        import ray
-    except ImportError as e:  # pragma: no cover - ray is a core dependency
-        raise RuntimeError("the ray executor needs ray: pip install 'ray>=2.40'") from e
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=False)  # joins the cluster RAY_ADDRESS names
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False)
-    return ray
+    yield from run_local(todo, worker.process)
 
 
 def cpus_per_actor(node_cpus: list[float], num_actors: int) -> int:
@@ -199,118 +141,111 @@ def cpus_per_actor(node_cpus: list[float], num_actors: int) -> int:
 
 
 def _run_ray(todo: list[str], cfg: FeaturesConfig, out, data_root, provider,
-             report: RunReport) -> list[SceneOutcome]:
-    start = time.perf_counter()
+             report: RunReport) -> Iterator[SceneOutcome]:
     # A local runtime gets every core: the actors split them (one torch thread per core each).
-    ray = _init_ray(num_cpus=os.cpu_count() or 1)
-    report.startup_seconds = time.perf_counter() - start
-    gpus = cfg.gpus_per_actor if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    num_actors = max(1, min(cfg.num_actors, len(todo)))
-    cpus = cpus_per_actor([n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]], num_actors)
-    # SPREAD: one model set per node first (each node's GPUs and disks are used), then packing.
-    remote_cls = ray.remote(FeatureWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=1,
-                                                   max_task_retries=0, max_concurrency=cfg.max_in_flight,
-                                                   scheduling_strategy="SPREAD")
-    actors = [remote_cls.remote(cfg, str(out), str(data_root), provider, num_threads=cpus)
-              for _ in range(num_actors)]
-    setup = ray.get([a.ready.remote() for a in actors])
-    report.setup_seconds = max(setup)
-
-    pending: dict = {}  # object ref -> (actor index, scene id)
-    load = [0] * num_actors
-    queue = list(reversed(todo))
-    outcomes: list[SceneOutcome] = []
-    with _progress(len(todo), "features (ray)") as bar:
-        while queue or pending:
-            while queue and len(pending) < num_actors * cfg.max_in_flight:
-                idx = min(range(num_actors), key=load.__getitem__)
-                scene_id = queue.pop()
-                pending[actors[idx].process.remote(scene_id)] = (idx, scene_id)
-                load[idx] += 1
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                idx, scene_id = pending.pop(ref)
-                load[idx] -= 1
-                try:
-                    outcomes.append(ray.get(ref))
-                except ray.exceptions.RayError as e:  # the worker process died with this scene
-                    outcomes.append(SceneOutcome(scene_id, "failed", reason=f"worker crashed: {type(e).__name__}"))
-                bar.update(1)
-    for actor in actors:
-        ray.kill(actor)
-    return outcomes
+    with ray_runtime(os.cpu_count() or 1, report) as ray:
+        gpus = cfg.gpus_per_actor if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        num_actors = max(1, min(cfg.num_actors, len(todo)))
+        cpus = cpus_per_actor([n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]], num_actors)
+        # SPREAD: one model set per node first (each node's GPUs and disks are used), then packing.
+        remote_cls = ray.remote(FeatureWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=1,
+                                                       max_task_retries=0, max_concurrency=cfg.max_in_flight,
+                                                       scheduling_strategy="SPREAD")
+        actors = [remote_cls.remote(cfg, str(out), str(data_root), provider, num_threads=cpus)
+                  for _ in range(num_actors)]
+        try:
+            report.setup_seconds = max(ray.get([a.ready.remote() for a in actors]))
+            pool = LeastLoaded(actors, "process")
+            yield from run_ray(todo, pool.submit, num_actors * cfg.max_in_flight, _crashed, pool.finished)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
 
 
-def _write_report(out: str | Path, report: RunReport, cfg: FeaturesConfig, started: datetime) -> Path:
-    runs = store.features_root(out) / RUNS_DIR
-    runs.mkdir(parents=True, exist_ok=True)
-    path = runs / f"{started.strftime('%Y%m%dT%H%M%S.%fZ')}.json"
-    payload = {
-        "started": started.isoformat(),
-        "finished": datetime.now(timezone.utc).isoformat(),
-        "executor": report.executor,
-        "done": report.done,
-        "skipped": report.skipped,
-        "failed": [{"scene_id": s, "reason": r} for s, r in report.failed.items()],
-        "warnings": report.warnings,
-        "alignment": report.alignment,
-        "nodes": report.nodes,
-        "wall_seconds": report.wall_seconds,
-        "setup_seconds": report.setup_seconds,
-        "startup_seconds": report.startup_seconds,
-        "seconds_per_step": report.seconds_per_step,
-        "config": cfg.model_dump(mode="json"),
-    }
-    return write_json_atomic(path, payload)
+def _crashed(scene_id: str, error: Exception) -> SceneOutcome:
+    return SceneOutcome(scene_id, "failed", reason=f"worker crashed: {type(error).__name__}")
+
+
+def _report_layout(cfg: FeaturesConfig) -> Callable[[RunReport], dict]:
+    """The fields of `<out>/features/_runs/<time>.json`."""
+    def layout(report: RunReport) -> dict:
+        return {
+            "started": report.started.isoformat(),
+            "finished": datetime.now(timezone.utc).isoformat(),
+            "executor": report.executor,
+            "done": report.done,
+            "skipped": report.skipped,
+            "failed": [{"scene_id": s, "reason": r} for s, r in report.failed.items()],
+            "warnings": report.warnings,
+            "alignment": report.details.get("alignment", {}),
+            "nodes": report.nodes,
+            "wall_seconds": report.wall_seconds,
+            "setup_seconds": report.setup_seconds,
+            "startup_seconds": report.startup_seconds,
+            "seconds_per_step": report.seconds_per_step,
+            "config": cfg.model_dump(mode="json"),
+        }
+    return layout
+
+
+def _is_current(cfg: FeaturesConfig, out, provider: SceneProvider, scene_id: str) -> bool:
+    """A complete group with every chunk, made with this feature config from the same input."""
+    if not store.is_complete(out, scene_id):
+        return False
+    attrs = store.open_group(out, scene_id).attrs
+    made_with, made_from = attrs.get("config_hash"), attrs.get("source_fingerprint")
+    missing = store.missing_chunks(out, scene_id)
+    if missing:
+        log.warning("scene %s: %s; redoing", scene_id, "; ".join(missing))
+    elif made_with != config_hash(cfg):
+        log.info("scene %s: made with another feature config (%s), redoing", scene_id, made_with)
+    elif made_from != source_fingerprint(provider, scene_id):
+        log.info("scene %s: made from other input (source fingerprint %s), redoing", scene_id, made_from)
+    else:
+        return True
+    return False
+
+
+def _record(report: RunReport, outcome: SceneOutcome) -> None:
+    if outcome.status == "done":
+        report.done.append(outcome.scene_id)
+    else:
+        report.failed[outcome.scene_id] = outcome.reason or "unknown"
+    if outcome.warnings:
+        report.warnings[outcome.scene_id] = list(outcome.warnings)
+        for line in outcome.warnings:
+            log.warning("scene %s: %s", outcome.scene_id, line)
+    if outcome.alignment is not None:
+        report.details.setdefault("alignment", {})[outcome.scene_id] = outcome.alignment
+    if outcome.node is not None:
+        report.nodes[outcome.scene_id] = outcome.node
+    report.add_seconds(outcome.seconds)
 
 
 def run_features(cfg: FeaturesConfig, out: str | Path, data_root: str | Path, provider: SceneProvider,
-                 scene_ids: list[str] | None = None, executor: Executor = "ray",
+                 scene_ids: list[str] | None = None, executor: Executor | None = None,
                  overwrite: bool = False) -> RunReport:
-    """Process every scene (or `scene_ids`) that is not complete yet; returns the run report."""
-    started = datetime.now(timezone.utc)
-    start = time.perf_counter()
+    """Process every scene (or `scene_ids`) that is not complete yet; returns the run report.
+    `executor` overrides `cfg.executor`."""
+    report = RunReport(executor=executor or cfg.executor)
     ids = list(scene_ids) if scene_ids is not None else provider.scene_ids()
     if len(set(ids)) != len(ids):
         raise ValueError("scene ids must be unique")
     removed = store.clean_partial(out)
     if removed:
         log.info("removed %d unfinished groups: %s", len(removed), ", ".join(sorted(removed)[:10]))
-    report = RunReport(executor=executor)
     todo = []
-    wanted_hash = config_hash(cfg)
     for scene_id in ids:
-        if not overwrite and store.is_complete(out, scene_id):
-            attrs = store.open_group(out, scene_id).attrs
-            made_with, made_from = attrs.get("config_hash"), attrs.get("source_fingerprint")
-            missing = store.missing_chunks(out, scene_id)
-            if missing:
-                log.warning("scene %s: %s; redoing", scene_id, "; ".join(missing))
-            elif made_with != wanted_hash:
-                log.info("scene %s: made with another feature config (%s), redoing", scene_id, made_with)
-            elif made_from != source_fingerprint(provider, scene_id):
-                log.info("scene %s: made from other input (source fingerprint %s), redoing", scene_id, made_from)
-            else:
-                report.skipped.append(scene_id)
-                continue
-        todo.append(scene_id)
+        if not overwrite and _is_current(cfg, out, provider, scene_id):
+            report.skipped.append(scene_id)
+        else:
+            todo.append(scene_id)
     if todo:
-        runner = {"local": _run_local, "ray": _run_ray}[executor]
-        for outcome in runner(todo, cfg, out, data_root, provider, report):
-            if outcome.status == "done":
-                report.done.append(outcome.scene_id)
-            else:
-                report.failed[outcome.scene_id] = outcome.reason or "unknown"
-            if outcome.warnings:
-                report.warnings[outcome.scene_id] = list(outcome.warnings)
-                for line in outcome.warnings:
-                    log.warning("scene %s: %s", outcome.scene_id, line)
-            if outcome.alignment is not None:
-                report.alignment[outcome.scene_id] = outcome.alignment
-            if outcome.node is not None:
-                report.nodes[outcome.scene_id] = outcome.node
-            for step, sec in outcome.seconds.items():
-                report.seconds_per_step[step] = report.seconds_per_step.get(step, 0.0) + sec
-    report.wall_seconds = time.perf_counter() - start
-    report.path = _write_report(out, report, cfg, started)
+        runner = {"local": _run_local, "ray": _run_ray}[report.executor]
+        with progress(len(todo), "features" if report.executor == "local" else "features (ray)") as bar:
+            for outcome in runner(todo, cfg, out, data_root, provider, report):
+                _record(report, outcome)
+                bar.update(1)
+    path = store.features_root(out) / RUNS_DIR / f"{report.started.strftime('%Y%m%dT%H%M%S.%fZ')}.json"
+    report.write(path, _report_layout(cfg))
     return report

@@ -241,4 +241,5 @@ def config_hash(cfg) -> str:
     """Fingerprint of the feature config: a complete group made under another config is redone."""
     import hashlib
 
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    # How a run executes changes no group: groups made before the field existed stay current.
+    return hashlib.sha256(cfg.model_dump_json(exclude={"executor"}).encode()).hexdigest()[:16]
