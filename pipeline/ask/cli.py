@@ -63,7 +63,7 @@ def ask(
     their category and box in metres."""
     from pipeline.ask.answer import answer_questions, load_model
     from pipeline.ask.inputs import open_input
-    from pipeline.ask.prepare import checkpoint_workflow, default_cache_root, prepare_scene
+    from pipeline.ask.prepare import checkpoint_workflow, default_cache_root, prepare_scene, sensor_backends
     from pipeline.cli_workflow import fail
     from pipeline.sources.base import SceneReadError
 
@@ -75,7 +75,7 @@ def ask(
         run = checkpoint_workflow(checkpoint, workflow, sets or [])
         origin = "the checkpoint's own" if workflow is None else "--workflow"
         say(f"workflow: {run.path} ({origin})" + "".join(f" --set {s}" for s in run.sets))
-        ask_input = open_input(source, run.workflow.features.num_frames)
+        ask_input = open_input(source, run.workflow.features.num_frames, ground_truth=bool(sensor_backends(run)))
         scene = prepare_scene(run, ask_input, cache or default_cache_root(), echo=say)
         model, collate, mode = load_model(checkpoint)
         answers = answer_questions(model, collate, mode, scene.sample, asked, max_new_tokens, kv_cache=kv_cache)

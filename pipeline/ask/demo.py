@@ -1,10 +1,11 @@
 """The demo's `p3d ask` step: its own stage-4 checkpoint asked about a held-out scene, the answers
 beside the ground truth in the report.
 
-The scene is the held-out toy scene's folder (frames with the toy world's depth, poses and masks):
-the toy workflow's geometry and segmenter (`sim_vggt`, `sim_sam2`) simulate the networks from those
-sensors, so a bare video of it cannot go through them; a checkpoint trained with the real networks
-reads a video (tests/test_ask.py films one). The questions are the scene's held-out records that need
+The scene is the held-out toy scene filmed into an mp4 (pipeline/ask/film.py), asked as a user asks
+about a video: its frames are decoded and sampled from the mp4. The toy workflow's geometry and
+segmenter (`sim_vggt`, `sim_sam2`) simulate the networks from the toy world's depth, poses and masks,
+so the filmed scene carries them in its ground-truth sidecar, read at the sampled frames; a real
+video goes through a checkpoint trained with the real networks (tests/test_ask.py asks both). The questions are the scene's held-out records that need
 no identifier (an `<OBJ>` placeholder names ground truth the user does not have): one per task that
 stage 4 trained, as a user would type them.
 """
@@ -54,12 +55,18 @@ def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d) -> dict | Non
     recs = held_out_questions(records_path, scene_id, wf.eval.split, stage4.tasks if stage4 else None)
     if not recs:
         return None
+    from pipeline.ask.film import film_scene_folder
+    from pipeline.sources.sidecar import sidecar_path
+
     ask_dir = demo.run_dir / "ask"
     ask_dir.mkdir(parents=True, exist_ok=True)
     questions = ask_dir / f"{scene_id}.questions.txt"
     questions.write_text("".join(r.question + "\n" for r in recs))
     doc_path, viewer = ask_dir / f"{scene_id}.json", demo.run_dir / "view" / f"{scene_id}-ask.html"
-    demo.run(f"ask {scene_id}", p3d("ask", str(Path(wf.source.path) / scene_id), "--questions", str(questions),
+    video = ask_dir / f"{scene_id}.mp4"
+    if not (video.is_file() and sidecar_path(video).is_file()):  # both written atomically; a rerun keeps the cache
+        film_scene_folder(Path(wf.source.path), scene_id, video)
+    demo.run(f"ask {scene_id}", p3d("ask", str(video), "--questions", str(questions),
                                    "--checkpoint", str(Path(wf.train.out) / "stage4" / "model"),
                                    "--cache", str(ask_dir / "cache"), "--save", str(doc_path), "--html", str(viewer),
                                    "--max-new-tokens", str(wf.eval.max_new_tokens)))
@@ -71,17 +78,21 @@ def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d) -> dict | Non
              "objects": "; ".join(f"{o['identifier']} {o['category']} at "
                                   f"({', '.join(f'{v:.2f}' for v in o['box']['center'])}) m" for o in a["objects"]),
              "truth": truth_of(rec, categories)} for a, rec in zip(doc["answers"], recs)]
-    return {"scene_id": scene_id, "frame": doc["frame"]["description"], "rows": rows, "viewer": str(viewer)}
+    return {"scene_id": scene_id, "frame": doc["frame"]["description"], "rows": rows, "viewer": str(viewer),
+            "source": doc["kind"], "video": str(video)}
 
 
 def report_lines(asked: dict | None, run_dir: Path) -> list[str]:
     """The report's section: each question, the answer with its objects, and the ground truth."""
     if not asked:
         return []
+    source = (f"the held-out scene filmed into a video ([{Path(asked['video']).name}]"
+              f"({os.path.relpath(asked['video'], run_dir)}), its ground truth beside it for the simulated networks)"
+              if asked.get("source") == "video" else "the held-out scene's folder")
     lines = ["", f"## Asking a held-out scene (`p3d ask`): {asked['scene_id']}", "",
-             "The main stage-4 checkpoint answers questions about the held-out scene's folder, as a user runs "
-             f"it; boxes in {asked['frame']}. [3D viewer with the answers]"
-             f"({os.path.relpath(asked['viewer'], run_dir)})", "",
+             (f"The main stage-4 checkpoint answers questions about {source}, as a user runs "
+              f"it; boxes in {asked['frame']}. [3D viewer with the answers]"
+              f"({os.path.relpath(asked['viewer'], run_dir)})"), "",
              "| question | answer | objects named | ground truth |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['question']} | {r['answer']} | {r['objects'] or '-'} | {r['truth']} |" for r in asked["rows"]]
     return lines

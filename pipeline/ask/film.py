@@ -1,8 +1,15 @@
 """Film a scene into a video file, as a phone would: the frames in order, one mp4 (PyAV).
 
 The toy world's scenes are walks around a room (pipeline/sources/toy), so a toy scene filmed this way
-is what `p3d ask` gets from a user: a video and nothing else (no depth, poses or masks). Tests, the
-demo and benchmarks/ask.py film held-out toy scenes with it.
+is what `p3d ask` gets from a user: a video. Tests, the demo and benchmarks/ask.py film held-out toy
+scenes with it.
+
+A filmed toy scene also keeps its ground truth beside the video (`<stem>.groundtruth.npz`,
+pipeline/sources/sidecar.py): the toy workflow's networks (`sim_vggt`, `sim_sam2`) simulate the real
+ones from the toy world's depth, poses and instance masks, so a toy video carries them, row i for
+video frame i, cropped as the video is. `p3d ask` reads that sidecar only for a checkpoint trained
+with the simulators; a checkpoint trained with the real networks (`vggt`, `sam2`) reads the bare
+video, as it reads a user's.
 
 Legend: F frames, H x W pixels.
 """
@@ -13,8 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.sources.base import Scene
 from schemas.io import atomic_open
 from schemas.workflow import ToyWorldConfig
+
+
+def even_size(height: int, width: int) -> tuple[int, int]:
+    """The size the video keeps: yuv420p needs even sizes, so the last row or column is cut."""
+    return height - height % 2, width - width % 2
 
 
 def write_video(images_FHW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
@@ -24,8 +37,8 @@ def write_video(images_FHW3: np.ndarray, path: str | Path, fps: int = 10) -> Pat
     images_FHW3 = np.asarray(images_FHW3)
     if images_FHW3.ndim != 4 or images_FHW3.shape[-1] != 3 or images_FHW3.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 F x H x W x 3, got {images_FHW3.dtype} {images_FHW3.shape}")
-    height, width = images_FHW3.shape[1:3]
-    even_FHW3 = images_FHW3[:, :height - height % 2, :width - width % 2]  # yuv420p needs even sizes
+    height, width = even_size(*images_FHW3.shape[1:3])
+    even_FHW3 = images_FHW3[:, :height, :width]
     with atomic_open(path, "wb") as f, av.open(f, "w", format="mp4") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = even_FHW3.shape[2], even_FHW3.shape[1], "yuv420p"
@@ -38,9 +51,44 @@ def write_video(images_FHW3: np.ndarray, path: str | Path, fps: int = 10) -> Pat
     return Path(path)
 
 
-def film_toy_scene(toy: ToyWorldConfig, index: int, path: str | Path, fps: int = 10) -> Path:
-    """Scene `index` of a toy world, every rendered frame, into a video."""
-    from pipeline.sources.toy import make_scene
+def film_scene(scene: Scene, path: str | Path, fps: int = 10) -> Path:
+    """Every frame of `scene` into a video, its ground truth into the sidecar beside it, both cropped
+    to the video's even size (a crop at the bottom and right keeps the intrinsics as they are)."""
+    from dataclasses import replace
 
-    scene = make_scene(index, toy)
-    return write_video(np.stack([frame.rgb_HW3 for frame in scene.frames]), path, fps)
+    from pipeline.sources.sidecar import write_sidecar
+
+    height, width = even_size(*scene.image_size)
+    kept = replace(scene, images_FHW3=scene.images_FHW3[:, :height, :width],
+                   instances_FHW=None if scene.instances_FHW is None else scene.instances_FHW[:, :height, :width])
+    if kept.depth_FHdWd is not None and kept.depth_intrinsics_F33 is None:
+        # Depth at the colour size, with the colour camera: cropped the same way.
+        kept = replace(kept, depth_FHdWd=kept.depth_FHdWd[:, :height, :width])
+    write_sidecar(kept, path)
+    return write_video(kept.images_FHW3, path, fps)
+
+
+def film_scene_folder(scenes_dir: str | Path, scene_id: str, path: str | Path, fps: int = 10) -> Path:
+    """A toy scene already on disk (`<scenes_dir>/<scene_id>`), every frame, into a video and its sidecar."""
+    from pipeline.sources.toy.source import ToySource
+
+    scene = ToySource(Path(scenes_dir), 1 << 30, (scene_id,)).load_scene(scene_id)  # every frame
+    return film_scene(scene, path, fps)
+
+
+def film_toy_scene(toy: ToyWorldConfig, index: int, path: str | Path, fps: int = 10) -> Path:
+    """Scene `index` of a toy world, every rendered frame, into a video and its sidecar."""
+    from pipeline.sources.toy import make_scene
+    from pipeline.sources.toy.world import objects_of
+
+    toy_scene = make_scene(index, toy)
+    num = len(toy_scene.frames)
+    k_F33 = np.repeat(np.asarray(toy_scene.k_33, np.float32)[None], num, 0)
+    scene = Scene(scene_id=toy_scene.scene_id, source="toy", path=str(path),
+                  frame_indices=np.arange(num, dtype=np.int64),
+                  images_FHW3=np.stack([frame.rgb_HW3 for frame in toy_scene.frames]),
+                  depth_FHdWd=np.stack([frame.depth_HW for frame in toy_scene.frames]).astype(np.float32),
+                  poses_F44=np.asarray(toy_scene.poses_F44, np.float32), intrinsics_F33=k_F33,
+                  instances_FHW=np.stack([frame.instance_HW for frame in toy_scene.frames]).astype(np.int32),
+                  objects=objects_of(toy_scene.layout), num_frames_total=num, split=toy_scene.split)
+    return film_scene(scene, path, fps)

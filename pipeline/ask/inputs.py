@@ -9,7 +9,12 @@
 
 What each kind brings decides which feature backends can run on it (`has_sensors`): `rgbd` and
 `sim_vggt` need sensor depth and poses, `instances` and `sim_sam2` ground-truth masks; a video
-has none of them.
+has none of them. The toy networks (`sim_vggt`, `sim_sam2`) simulate the real ones from the toy
+world's ground truth, so a filmed toy scene carries its ground truth beside the video
+(`<stem>.groundtruth.npz`, pipeline/sources/sidecar.py): asked with `ground_truth=True` (a
+checkpoint trained with the simulators), a video with such a sidecar is decoded as any video and
+the simulators read the sidecar at the same frame indices. A real video goes through the real
+networks (`vggt`, `sam2`), which read the bare video; a sidecar is then ignored.
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ class AskInput:
     scene_id: str
     provider: object | None  # a SceneSource for the feature driver; None for a store scene
     fingerprint: str  # identity of the input: its files' sizes and mtimes, or the store group's
+    sidecar: Path | None = None  # a filmed toy video's ground truth, read for the toy simulators
 
     @property
     def has_sensors(self) -> bool:
         """Sensor depth, poses and ground-truth masks come with the scene (the oracle and simulated
         backends need them)."""
-        return self.kind in ("scannet", "toy")
+        return self.kind in ("scannet", "toy") or self.sidecar is not None
 
 
 def _safe_id(name: str, path: Path) -> str:
@@ -68,10 +74,12 @@ def _is_store_group(path: Path) -> bool:
         return False
 
 
-def open_input(source: str | Path, num_frames: int) -> AskInput:
-    """Recognise SOURCE; `SceneReadError` naming what it accepts when it is none of them."""
+def open_input(source: str | Path, num_frames: int, ground_truth: bool = False) -> AskInput:
+    """Recognise SOURCE; `SceneReadError` naming what it accepts when it is none of them. With
+    `ground_truth` (the workflow's backends need sensors), a video's sidecar is read when it has one."""
     from pipeline.sources import ScanNetSource, ToySource, VideoSource
     from pipeline.sources.frames import IMAGE_SUFFIXES
+    from pipeline.sources.sidecar import sidecar_path
     from pipeline.sources.video import VIDEO_SUFFIXES
 
     path = Path(source)
@@ -83,8 +91,9 @@ def open_input(source: str | Path, num_frames: int) -> AskInput:
         if path.stem != _safe_id(path.stem, path):
             raise SceneReadError(f"{path}: rename the video to letters, digits, '_' or '-' before its suffix "
                                  f"(e.g. {_safe_id(path.stem, path)}{path.suffix}): its name is the scene id")
-        provider = VideoSource(path.parent, num_frames, (path.stem,))
-        return AskInput("video", path, path.stem, provider, provider.fingerprint(path.stem))
+        sidecar = sidecar_path(path) if ground_truth and sidecar_path(path).is_file() else None
+        provider = VideoSource(path.parent, num_frames, (path.stem,), ground_truth=sidecar is not None)
+        return AskInput("video", path, path.stem, provider, provider.fingerprint(path.stem), sidecar)
     if _is_store_group(path):
         if path.parent.name != "features":
             raise SceneReadError(f"{path}: a triplet-store group lives at <out>/features/<scene_id>")

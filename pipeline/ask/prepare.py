@@ -11,6 +11,12 @@ The scene then goes through the stage drivers themselves (`run_features`, local 
 fingerprint + the workflow's features and cluster sections: a second question on the same scene
 re-uses the store group and the shard (the drivers' own resume: nothing is recomputed), and an
 edited video or another checkpoint's settings get a folder of their own.
+
+A checkpoint trained with the toy world's simulated networks (`sim_vggt`, `sim_sam2`: VGGT's and
+SAM 2's output contracts made from ground truth) can read only a source that brings that ground
+truth: a ScanNet or toy scene folder, or a filmed toy video with its sidecar (pipeline/ask/film.py,
+pipeline/sources/sidecar.py), whose rows must match the video's frames. A bare video is refused in
+one line: a real video goes through a checkpoint trained with the real networks.
 """
 
 from __future__ import annotations
@@ -80,17 +86,28 @@ def checkpoint_workflow(checkpoint: Path, workflow: Path | None, sets: list[str]
     return run
 
 
-def check_backends(run: ResolvedWorkflow, ask_input: AskInput) -> None:
-    """Backends that need what the source does not have (a video has no sensor depth, poses or GT)."""
-    if ask_input.has_sensors or ask_input.kind == "store":
-        return
+def sensor_backends(run: ResolvedWorkflow) -> list[tuple[str, str]]:
+    """(role, kind) of the workflow's backends that read sensors or ground truth rather than pixels."""
     feats = run.workflow.features
-    for what, kind in (("geometry", feats.geometry.kind), ("segmenter", feats.segmenter.kind)):
-        if kind in NEEDS_SENSORS:
-            raise AskError(
-                f"the checkpoint's workflow uses {what} {kind!r}, which needs {NEEDS_SENSORS[kind]}; a {ask_input.kind} "
-                f"has none. Ask a checkpoint trained with geometry 'vggt' and segmenter 'sam2' (real networks), "
-                f"or ask about a scene folder that has its sensors (ScanNet, toy)")
+    return [(what, kind) for what, kind in (("geometry", feats.geometry.kind), ("segmenter", feats.segmenter.kind))
+            if kind in NEEDS_SENSORS]
+
+
+def check_backends(run: ResolvedWorkflow, ask_input: AskInput) -> None:
+    """Backends that need what the source does not have (a bare video has no sensor depth, poses or GT)."""
+    needed = sensor_backends(run)
+    if ask_input.has_sensors or ask_input.kind == "store" or not needed:
+        return
+    from pipeline.sources.sidecar import sidecar_path
+
+    (what, kind), toy_video = needed[0], ""
+    if ask_input.kind == "video":
+        toy_video = f" and no ground-truth sidecar ({sidecar_path(ask_input.path).name}, written when a toy scene is filmed)"
+    raise AskError(
+        f"the checkpoint's workflow uses {what} {kind!r}, which needs {NEEDS_SENSORS[kind]}; the {ask_input.kind} "
+        f"has none{toy_video}. A real video is read by a checkpoint trained with geometry 'vggt' and segmenter "
+        f"'sam2' (the real networks); or ask about a scene that has its sensors (ScanNet or toy scene folder, "
+        f"filmed toy video)")
 
 
 def check_store_scene(run: ResolvedWorkflow, ask_input: AskInput) -> None:
@@ -124,6 +141,14 @@ def check_frames(run: ResolvedWorkflow, ask_input: AskInput) -> None:
     if total < max(wanted, MIN_FRAMES):
         raise AskError(f"{ask_input.path}: too short: {total} frames, the checkpoint's workflow samples "
                        f"{wanted} (features.num_frames); film longer, walking around the room")
+    if ask_input.sidecar is not None:
+        from pipeline.sources.base import SceneReadError
+        from pipeline.sources.sidecar import check_frame_count
+
+        try:
+            check_frame_count(ask_input.path, total)
+        except SceneReadError as e:
+            raise AskError(str(e)) from e
 
 
 def check_parallax(pose_F44: np.ndarray, xyz_Fhw3: np.ndarray) -> str | None:

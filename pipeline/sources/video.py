@@ -1,5 +1,8 @@
 """Video scenes (VSI-Bench style): an mp4 (or other container `av` opens) or a folder of frames.
-No depth, poses or instances: geometry and segmentation come from the models.
+No depth, poses or instances: geometry and segmentation come from the models. The one exception is
+a filmed toy scene read with `ground_truth=True`: its frames still come from decoding the video, and
+the toy simulators' sensor inputs from its ground-truth sidecar at the same frame indices
+(pipeline/sources/sidecar.py); without that flag a sidecar is ignored.
 
 `path` holds the scenes: `<scene_id>.mp4` files and/or `<scene_id>/` folders of images, whose
 frames are ordered by the number in their names (natural order), not lexically.
@@ -73,6 +76,8 @@ def read_frames_dir(scene_id: str, folder: Path, num_frames: int) -> tuple[np.nd
 
 @dataclass(frozen=True)
 class VideoSource(SceneSource):
+    ground_truth: bool = False  # read each video's sidecar (a filmed toy scene) for the toy simulators
+
     kind = "video"
 
     def _entry(self, scene_id: str) -> Path:
@@ -96,6 +101,14 @@ class VideoSource(SceneSource):
             indices, images, total = read_frames_dir(scene_id, entry, self.num_frames)
         else:
             indices, images, total = read_video_file(scene_id, entry, self.num_frames)
-        return Scene(scene_id=scene_id, source="video", path=str(entry),
-                     frame_indices=np.asarray(indices, dtype=np.int64), images_FHW3=images,
-                     num_frames_total=total)
+        scene = Scene(scene_id=scene_id, source="video", path=str(entry),
+                      frame_indices=np.asarray(indices, dtype=np.int64), images_FHW3=images,
+                      num_frames_total=total)
+        if not self.ground_truth:
+            return scene
+        from pipeline.sources.sidecar import read_sidecar, sidecar_path
+
+        if entry.is_dir() or not sidecar_path(entry).is_file():
+            raise SceneReadError(f"scene {scene_id}: no ground-truth sidecar {sidecar_path(entry).name} beside "
+                                 f"{entry} (only a filmed toy scene has one)")
+        return read_sidecar(scene)
