@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from schemas.layout import REPORT_FILE
+
 if TYPE_CHECKING:
     from pipeline.demo import DemoRun
 
@@ -129,7 +131,7 @@ def _weights_note(model: str) -> str:
 def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures: list[Path],
                  positions: dict[str, dict] | None = None, asked: dict | None = None) -> Path:
     wf = demo.workflow
-    path = demo.run_dir / "report.md"
+    path = demo.run_dir / REPORT_FILE
     lines = [f"# p3d demo report: `{wf.name}`", "",
              f"Workflow `{demo.workflow_path}`; {wf.cluster.proxies} proxies per scene; evaluated on the "
              f"`{wf.eval.split}` split (scenes never seen in training). Models: `{wf.train.model}`"

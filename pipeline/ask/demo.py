@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from schemas import layout
 from schemas.record import OBJ_PLACEHOLDER, load_records
 
 MAX_QUESTIONS = 3
@@ -67,7 +68,7 @@ def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d) -> dict | Non
     if not (video.is_file() and sidecar_path(video).is_file()):  # both written atomically; a rerun keeps the cache
         film_scene_folder(Path(wf.source.path), scene_id, video)
     demo.run(f"ask {scene_id}", p3d("ask", str(video), "--questions", str(questions),
-                                   "--checkpoint", str(Path(wf.train.out) / "stage4" / "model"),
+                                   "--checkpoint", str(layout.stage_model(wf.train.out, 4)),
                                    "--cache", str(ask_dir / "cache"), "--save", str(doc_path), "--html", str(viewer),
                                    "--max-new-tokens", str(wf.eval.max_new_tokens)))
     doc = json.loads(doc_path.read_text())
