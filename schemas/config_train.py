@@ -53,9 +53,10 @@ class StageConfig(BaseModel):
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="hub id, folder, or toy:<name>")
+    model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="hub id, folder, toy:<name> or random:<name>")
     proxies: str = Field("default", description="proxy shard set name under <out>/proxies/")
-    records: str | None = Field(None, description="annotation records (JSONL); default: the source's")
+    records: str | None = Field(None, description="annotation records (JSONL); default: eval.records, else "
+                                "<out>/annotations.jsonl (schemas/layout.py: records_path)")
     out: str = Field("runs/train", description="checkpoint root; stage N writes <out>/stage<N>")
     num_obj_tokens: int = Field(200, ge=1)
     deepspeed: Literal["zero2", "zero3", "zero3_offload"] = "zero2"
@@ -80,7 +81,8 @@ class TrainConfig(BaseModel):
                                    "`p3d predict` reads both forms")
     seed: int = 0
     stages: list[StageConfig] = Field(default_factory=list,
-                                      description="per-stage recipes; a missing stage uses trainer.recipes")
+                                      description="per-stage recipes; a missing stage takes the paper's default "
+                                      "(trainer/recipes.py), whatever the model")
 
     def stage(self, n: int) -> StageConfig | None:
         found = [s for s in self.stages if s.stage == n]

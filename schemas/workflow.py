@@ -41,7 +41,8 @@ class SourceConfig(BaseModel):
 
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    records: str | None = None
+    records: str | None = Field(None, description="the records scored; default: train.records, else "
+                                                  "<out>/annotations.jsonl (schemas/layout.py: records_path)")
     split: str = "val"
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -76,7 +77,8 @@ class DemoConfig(BaseModel):
 class Workflow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    out: str = Field(description="data root: features under <out>/features, proxies under <out>/proxies")
+    out: str = Field(description="data root: features under <out>/features, proxies under <out>/proxies "
+                                 "(schemas/layout.py names every path)")
     source: SourceConfig
     features: FeaturesConfig = FeaturesConfig()
     cluster: ClusterConfig = ClusterConfig()
