@@ -63,7 +63,7 @@ class DemoRun:
 
     @property
     def log_dir(self) -> Path:
-        return self.run_dir / "logs"
+        return self.run_dir / layout.DEMO_LOGS
 
     @property
     def wall_seconds(self) -> float:
@@ -289,7 +289,7 @@ def prepare_ablations(demo: DemoRun, stage3_model: Path) -> tuple[list[Variant],
     variants to train and the names of those that repeat the main run."""
     wf = demo.workflow
     ab = wf.demo.ablations
-    ab_dir = demo.run_dir / "ablations"
+    ab_dir = demo.run_dir / layout.DEMO_ABLATIONS
     # Every variant trains what the main stage 4 replays beside the ablation's tasks; only the
     # position-id variant is also scored on them (the spatial tasks, where positions should count).
     main4 = wf.train.stage(4)
@@ -337,7 +337,7 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
         variants, repeats = prepare_ablations(demo, layout.stage_model(wf.train.out, 3))
     jobs: dict[str, Callable[[str | None, int | None], object]] = {
         "main": lambda job, threads: _stage4_and_scores(demo, "main", workflow_path, wf, _records_path(wf),
-                                                        run_dir / "main", job, threads)}
+                                                        run_dir / layout.DEMO_MAIN, job, threads)}
     for v in variants:
         jobs[v.name] = lambda job, threads, v=v: _stage4_and_scores(demo, v.name, v.workflow_path, v.workflow,
                                                                     v.records, v.out_dir, job, threads)
@@ -363,11 +363,11 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
             ablations[name] = scores[name]  # type: ignore[assignment]
     pictures = []
     for scene_id in _val_scenes(wf, wf.demo.viz_scenes):
-        png = run_dir / "viz" / f"{scene_id}.png"
+        png = layout.demo_picture(run_dir, scene_id)
         demo.run(f"viz {scene_id}", _p3d("viz", scene_id, "--workflow", str(workflow_path), "--png", str(png)))
         demo.run(f"view {scene_id}", _p3d("view", scene_id, "--workflow", str(workflow_path), "--predictions",
-                                          str(run_dir / "main" / layout.PREDICTIONS_FILE), "--html",
-                                          str(run_dir / "view" / f"{scene_id}.html")))
+                                          str(run_dir / layout.DEMO_MAIN / layout.PREDICTIONS_FILE), "--html",
+                                          str(layout.demo_page(run_dir, scene_id))))
         pictures.append(png)
     from pipeline.ask.demo import ask_held_out
     from pipeline.report import write_report

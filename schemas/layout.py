@@ -16,8 +16,9 @@ the next stage, the demo and the report read it from here.
         tb/, train_log.jsonl            TensorBoard events, the step log
         skipped_records.json            records that could not be examples, per task
         resolved_workflow.yaml          the workflow the stage ran with
-    <demo.runs>/<name>/                 one demo run: report.md, logs/, main/ (predictions.jsonl,
-                                        eval.json), ablations/, viz/, view/
+    <demo.runs>/<name>/                 one demo run: report.md, resolved_workflow.yaml, logs/,
+                                        main/ (predictions.jsonl, eval.json), ablations/, ask/,
+                                        viz/<scene>.png, view/<scene>.html
 
 Functions take the roots (`out`, `train.out`) so a stage that has only its config can name its
 paths; `Layout.of(workflow)` names them for a whole workflow.
@@ -50,6 +51,12 @@ RESOLVED_WORKFLOW = "resolved_workflow.yaml"
 PREDICTIONS_FILE = "predictions.jsonl"
 EVAL_FILE = "eval.json"
 REPORT_FILE = "report.md"
+DEMO_LOGS = "logs"
+DEMO_MAIN = "main"  # the main run's predictions and scores
+DEMO_ABLATIONS = "ablations"
+DEMO_ASK = "ask"
+DEMO_PICTURES = "viz"
+DEMO_PAGES = "view"
 
 
 def features_root(out: str | Path) -> Path:
@@ -91,6 +98,16 @@ def stage_model(train_out: str | Path, stage: int) -> Path:
 
 def stage_checkpoints(train_out: str | Path, stage: int) -> Path:
     return stage_dir(train_out, stage) / STAGE_CHECKPOINTS
+
+
+def demo_picture(run_dir: str | Path, scene_id: str) -> Path:
+    """A scene's picture (`p3d viz`) in a demo run."""
+    return Path(run_dir) / DEMO_PICTURES / f"{scene_id}.png"
+
+
+def demo_page(run_dir: str | Path, name: str) -> Path:
+    """A 3D page (`p3d view`) in a demo run: `<scene>` or `<scene>-ask`."""
+    return Path(run_dir) / DEMO_PAGES / f"{name}.html"
 
 
 def records_path(workflow: Workflow, own: str | None = None) -> Path:

@@ -59,11 +59,11 @@ def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d) -> dict | Non
     from pipeline.ask.film import film_scene_folder
     from pipeline.sources.sidecar import sidecar_path
 
-    ask_dir = demo.run_dir / "ask"
+    ask_dir = demo.run_dir / layout.DEMO_ASK
     ask_dir.mkdir(parents=True, exist_ok=True)
     questions = ask_dir / f"{scene_id}.questions.txt"
     questions.write_text("".join(r.question + "\n" for r in recs))
-    doc_path, viewer = ask_dir / f"{scene_id}.json", demo.run_dir / "view" / f"{scene_id}-ask.html"
+    doc_path, viewer = ask_dir / f"{scene_id}.json", layout.demo_page(demo.run_dir, f"{scene_id}-ask")
     video = ask_dir / f"{scene_id}.mp4"
     if not (video.is_file() and sidecar_path(video).is_file()):  # both written atomically; a rerun keeps the cache
         film_scene_folder(Path(wf.source.path), scene_id, video)
