@@ -65,7 +65,8 @@ def test_report_writes_the_stages_layout_atomically(tmp_path):
     report = RunReport(executor="local", done=["a"], failed={"b": "ValueError: x"})
     path = report.write(tmp_path / "_runs" / "run.json",
                         lambda r: {"done": r.done, "failed": r.failed, "path": str(r.path)})
-    assert json.loads(path.read_text()) == {"done": ["a"], "failed": {"b": "ValueError: x"}, "path": str(path)}
+    written = json.loads(path.read_text())
+    assert written == {"done": ["a"], "failed": {"b": "ValueError: x"}, "path": str(path)}
     assert report.wall_seconds >= 0 and not report.ok
     assert [p.name for p in path.parent.iterdir()] == ["run.json"]  # no temporary left beside it
 

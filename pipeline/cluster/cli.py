@@ -82,7 +82,8 @@ def cluster(
     seed: Optional[int] = typer.Option(None, "--seed"),
     scenes_per_shard: Optional[int] = typer.Option(None, "--scenes-per-shard"),
     workers: Optional[int] = typer.Option(None, "--workers", help="parallel scenes (Ray tasks)"),
-    executor: Optional[str] = typer.Option(None, "--executor", help="auto | ray | local (default: cluster.executor)"),
+    executor: Optional[str] = typer.Option(None, "--executor",
+                                           help="auto | ray | local (default: cluster.executor)"),
     scenes: Optional[list[str]] = SCENES_OPTION,
 ) -> None:
     """Turn every complete scene of the triplet store into proxy shards."""
@@ -100,9 +101,10 @@ def cluster(
         raise typer.Exit(2) from e
     if run is not None:
         run.save(proxies_dir(root, config.name) / RESOLVED_WORKFLOW, cluster=config, out=str(root))
-    typer.echo(f"{config.name}: {len(report.done)} scenes clustered, {len(report.skipped)} kept "
-               f"from earlier runs, {len(report.details['shards_written'])} shards written ({report.executor}), "
-               f"{report.wall_seconds:.1f} s; report {report.path}")
+    shards = len(report.details["shards_written"])
+    typer.echo(f"{config.name}: {len(report.done)} scenes clustered, {len(report.skipped)} kept from earlier "
+               f"runs, {shards} shards written ({report.executor}), {report.wall_seconds:.1f} s; "
+               f"report {report.path}")
     if report.failed:
         for scene_id, error in sorted(report.failed.items()):
             typer.echo(f"failed: {scene_id}: {error}", err=True)

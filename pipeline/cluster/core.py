@@ -18,7 +18,6 @@ K proxies, S segments.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 

@@ -2,8 +2,8 @@
 
 Scenes (sorted) are cut into shards of `scenes_per_shard`. A shard whose tar already holds exactly
 its planned scenes, made with the same parameters, is kept (resume); the others are recomputed, one
-Ray task per scene (or in-process for tests and small runs; pipeline/executor.py), and each tar is written to a temporary
-name and renamed once all its scenes are done. A run removes the set's `index.json` before it writes
+Ray task per scene (or in-process for tests and small runs; pipeline/executor.py), and each tar is
+written to a temporary name and renamed once all its scenes are done. A run removes the set's `index.json` before it writes
 anything, so a killed run leaves a set that readers refuse, never a mix of old and new shards that
 looks complete; `config.json` records the resolved configuration, `index.json` (the parameters and
 scene id -> shard file, schemas.proxy.index_payload) is written last, and a run report goes to
@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cluster.shards import encode_sample, first_member, proxies_dir, shard_keys, shard_name, write_shard
+from pipeline.cluster.shards import (
+    encode_sample, first_member, proxies_dir, shard_keys, shard_name, write_shard,
+)
 from pipeline.executor import RunReport, node_name, ray_runtime, run_local, run_ray
 from schemas.config_cluster import RUN_FIELDS, ClusterConfig
 from schemas.io import write_json_atomic
@@ -152,7 +154,8 @@ def _crashed(scene_id: str, error: Exception) -> tuple[Outcome, None]:
     return (scene_id, None, f"worker crashed: {type(error).__name__}"), None
 
 
-def _iter_results(out, scene_ids, config, params_record, stats, executor: str) -> Iterator[tuple[Outcome, str | None]]:
+def _iter_results(out, scene_ids, config, params_record, stats,
+                  executor: str) -> Iterator[tuple[Outcome, str | None]]:
     """Yields ((scene id, sample, error), node) as scenes finish."""
     if executor == "local" or not scene_ids:
         yield from run_local(scene_ids, lambda s: _cluster_task(out, s, config, params_record, stats))

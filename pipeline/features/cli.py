@@ -18,7 +18,8 @@ def features(
     out: Path = typer.Option(None, "--out", help="data root; groups go to <out>/features (default: workflow out)"),
     scenes: Optional[list[str]] = SCENES_OPTION,
     frames: int = typer.Option(None, "--frames", min=1, help="frames per scene (default: features.num_frames)"),
-    executor: Optional[str] = typer.Option(None, "--executor", help="ray | local (default: features.executor)"),
+    executor: Optional[str] = typer.Option(None, "--executor",
+                                           help="ray | local (default: features.executor)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="redo scenes that are already complete"),
 ) -> None:
     """Write patch-aligned (feature, point, label) triplets per scene; exits 1 if any scene failed."""

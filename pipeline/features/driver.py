@@ -34,12 +34,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pipeline.features import store
-from pipeline.features.stage import config_hash
-from pipeline.sources.base import Scene
 from pipeline.executor import (
     Executor, LeastLoaded, RunReport, node_name, progress, ray_runtime, run_local, run_ray,
 )
+from pipeline.features import store
+from pipeline.features.stage import config_hash
+from pipeline.sources.base import Scene
 from schemas.config_features import FeaturesConfig
 from schemas.store import RUNS_DIR
 
