@@ -363,11 +363,11 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
             ablations[name] = scores[name]  # type: ignore[assignment]
     pictures = []
     for scene_id in _val_scenes(wf, wf.demo.viz_scenes):
-        png = layout.demo_picture(run_dir, scene_id)
+        png = layout.scene_picture(run_dir, scene_id)
         demo.run(f"viz {scene_id}", _p3d("viz", scene_id, "--workflow", str(workflow_path), "--png", str(png)))
         demo.run(f"view {scene_id}", _p3d("view", scene_id, "--workflow", str(workflow_path), "--predictions",
                                           str(run_dir / layout.DEMO_MAIN / layout.PREDICTIONS_FILE), "--html",
-                                          str(layout.demo_page(run_dir, scene_id))))
+                                          str(layout.scene_page(run_dir, scene_id))))
         pictures.append(png)
     from pipeline.ask.demo import ask_held_out
     from pipeline.report import write_report

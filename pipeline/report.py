@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from schemas.layout import REPORT_FILE, demo_page
+from schemas.layout import REPORT_FILE, scene_page
 
 if TYPE_CHECKING:
     from pipeline.demo import DemoRun
@@ -173,7 +173,7 @@ def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures
         lines += ["", "## Proxies of held-out scenes", "",
                   "Top and 3D views coloured by segment, with the BFS path (`p3d viz`).", ""]
         lines += [f"![{p.stem}]({os.path.relpath(p, demo.run_dir)})" for p in pictures]
-        views = [demo_page(demo.run_dir, p.stem) for p in pictures]
+        views = [scene_page(demo.run_dir, p.stem) for p in pictures]
         lines += ["", "3D viewers (`p3d view`, one self-contained HTML file each, with the main run's predictions): "
                   + ", ".join(f"[{v.stem}](view/{v.name})" for v in views if v.exists())]
     from pipeline.ask.demo import report_lines

@@ -51,12 +51,12 @@ RESOLVED_WORKFLOW = "resolved_workflow.yaml"
 PREDICTIONS_FILE = "predictions.jsonl"
 EVAL_FILE = "eval.json"
 REPORT_FILE = "report.md"
+PICTURES_DIR = "viz"  # `p3d viz` pictures, in a proxy set or a demo run
+PAGES_DIR = "view"  # `p3d view` pages, in a proxy set or a demo run
 DEMO_LOGS = "logs"
 DEMO_MAIN = "main"  # the main run's predictions and scores
 DEMO_ABLATIONS = "ablations"
 DEMO_ASK = "ask"
-DEMO_PICTURES = "viz"
-DEMO_PAGES = "view"
 
 
 def features_root(out: str | Path) -> Path:
@@ -100,14 +100,14 @@ def stage_checkpoints(train_out: str | Path, stage: int) -> Path:
     return stage_dir(train_out, stage) / STAGE_CHECKPOINTS
 
 
-def demo_picture(run_dir: str | Path, scene_id: str) -> Path:
-    """A scene's picture (`p3d viz`) in a demo run."""
-    return Path(run_dir) / DEMO_PICTURES / f"{scene_id}.png"
+def scene_picture(folder: str | Path, scene_id: str) -> Path:
+    """A scene's picture (`p3d viz`) in a proxy set's or a demo run's folder."""
+    return Path(folder) / PICTURES_DIR / f"{scene_id}.png"
 
 
-def demo_page(run_dir: str | Path, name: str) -> Path:
-    """A 3D page (`p3d view`) in a demo run: `<scene>` or `<scene>-ask`."""
-    return Path(run_dir) / DEMO_PAGES / f"{name}.html"
+def scene_page(folder: str | Path, name: str) -> Path:
+    """A scene's 3D page (`p3d view`) in a proxy set's or a demo run's folder: `<scene>`, `<scene>-ask`."""
+    return Path(folder) / PAGES_DIR / f"{name}.html"
 
 
 def records_path(workflow: Workflow, own: str | None = None) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from schemas.config_train import StageConfig
-from schemas.layout import Layout, demo_page, demo_picture, records_path
+from schemas.layout import Layout, scene_page, scene_picture, records_path
 from schemas.workflow import Workflow
 
 
@@ -49,5 +49,5 @@ def test_layout_of_a_workflow_names_its_folders():
     assert lay.stage(3) == Path("/runs/w/train/stage3")
     assert lay.stage_model(3) == Path("/runs/w/train/stage3/model")
     assert lay.run_dir == Path("/runs/w")
-    assert demo_picture(lay.run_dir, "s1") == Path("/runs/w/viz/s1.png")
-    assert demo_page(lay.run_dir, "s1-ask") == Path("/runs/w/view/s1-ask.html")
+    assert scene_picture(lay.run_dir, "s1") == Path("/runs/w/viz/s1.png")
+    assert scene_page(lay.run_dir, "s1-ask") == Path("/runs/w/view/s1-ask.html")

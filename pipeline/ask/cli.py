@@ -124,6 +124,7 @@ def view(
     from pipeline.cli_workflow import fail
     from pipeline.cluster.cli import _missing_set, _resolve
     from pipeline.cluster.shards import load_scene_proxies, proxies_dir
+    from schemas.layout import scene_page
     from pipeline.view import load_scene_predictions, write_scene_html
 
     root, config, _ = _resolve(workflow, out, sets, name=name)
@@ -133,7 +134,7 @@ def view(
         preds = load_scene_predictions(predictions, scene) if predictions is not None else None
     except ValueError as e:
         fail(str(e))
-    dest = html or proxies_dir(root, config.name) / "view" / f"{scene}.html"
+    dest = html or scene_page(proxies_dir(root, config.name), scene)
     title = f"{scene}: {sample['meta'].num_proxies} proxies, {len(sample['segments'])} segments ({config.name})"
     typer.echo(str(write_scene_html(sample, dest, title, preds)))
 

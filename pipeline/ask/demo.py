@@ -63,7 +63,7 @@ def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d) -> dict | Non
     ask_dir.mkdir(parents=True, exist_ok=True)
     questions = ask_dir / f"{scene_id}.questions.txt"
     questions.write_text("".join(r.question + "\n" for r in recs))
-    doc_path, viewer = ask_dir / f"{scene_id}.json", layout.demo_page(demo.run_dir, f"{scene_id}-ask")
+    doc_path, viewer = ask_dir / f"{scene_id}.json", layout.scene_page(demo.run_dir, f"{scene_id}-ask")
     video = ask_dir / f"{scene_id}.mp4"
     if not (video.is_file() and sidecar_path(video).is_file()):  # both written atomically; a rerun keeps the cache
         film_scene_folder(Path(wf.source.path), scene_id, video)

@@ -171,6 +171,7 @@ def viz(
     """Draw one scene's proxies (top and 3D views, coloured by segment, BFS path) to a PNG."""
     from pipeline.cluster.shards import load_scene_proxies, proxies_dir
     from pipeline.cluster.viz import draw_proxies
+    from schemas.layout import scene_picture
 
     root, config, _ = _resolve(workflow, out, sets, name=name)
     _missing_set(root, config.name)
