@@ -180,7 +180,7 @@ def viz(
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
-    dest = png or proxies_dir(root, config.name) / "viz" / f"{scene}.png"
+    dest = png or scene_picture(proxies_dir(root, config.name), scene)
     meta = sample["meta"]
     title = (f"{scene}: {meta.num_proxies} proxies, {len(sample['segments'])} segments "
              f"({config.name}, space {meta.params.get('space')})")
