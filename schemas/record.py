@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -43,6 +43,7 @@ AnswerType = Literal["text", "choice", "number", "objects"]
 # In a question, the k-th occurrence of this placeholder names the object `target_ids[k]`; the
 # trainer replaces it with that object's `<OBJxxx>` token (records cannot know segment ids).
 OBJ_PLACEHOLDER = "<OBJ>"
+M = TypeVar("M", bound=BaseModel)
 
 
 class Record(BaseModel):
@@ -88,20 +89,26 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
                 raise SchemaError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
 
 
-def iter_records(path: str | Path) -> Iterator[Record]:
-    """Records of a JSONL file; a bad line or a repeated id is a `SchemaError` naming the lines."""
-    first_line: dict[str, int] = {}  # record id -> line it first appeared on
+def iter_unique_models(path: str | Path, model: type[M], what: str) -> Iterator[M]:
+    """The `model`s of a JSONL file, one a line, each with its own `id`; a bad line, or an id given
+    twice (`duplicate <what> 'x'`), is a `SchemaError` naming the lines. Records and predictions are
+    joined by id: a repeated id would score one answer twice."""
+    first_line: dict[str, int] = {}  # id -> line it first appeared on
     for line_no, data in iter_json_lines(path):
         try:
-            rec = Record.model_validate(data)
+            item = model.model_validate(data)
         except ValidationError as e:
             raise describe(e, path, line_no) from e
-        # Predictions join records by id: a repeated id would score one answer twice.
-        if rec.id in first_line:
-            raise SchemaError(f"{path}:{line_no}: duplicate record id {rec.id!r} "
-                              f"(first on line {first_line[rec.id]})")
-        first_line[rec.id] = line_no
-        yield rec
+        if item.id in first_line:
+            raise SchemaError(f"{path}:{line_no}: duplicate {what} {item.id!r} "
+                              f"(first on line {first_line[item.id]})")
+        first_line[item.id] = line_no
+        yield item
+
+
+def iter_records(path: str | Path) -> Iterator[Record]:
+    """Records of a JSONL file; a bad line or a repeated id is a `SchemaError` naming the lines."""
+    return iter_unique_models(path, Record, "record id")
 
 
 def write_records(records: Iterable[Record], path: str | Path) -> int:

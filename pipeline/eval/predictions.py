@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.errors import SchemaError, describe
 from schemas.io import write_jsonl_atomic
 from schemas.manifest import Box3D, ObjectInfo
-from schemas.record import iter_json_lines
+from schemas.record import iter_unique_models
 
 
 class Prediction(BaseModel):
@@ -53,16 +53,7 @@ class Prediction(BaseModel):
 
 def load_predictions(path: str | Path) -> dict[str, Prediction]:
     """Predictions keyed by record id; a repeated id is an error (which answer would count?)."""
-    out: dict[str, Prediction] = {}
-    for line_no, data in iter_json_lines(path):
-        try:
-            pred = Prediction.model_validate(data)
-        except ValidationError as e:
-            raise describe(e, path, line_no) from e
-        if pred.id in out:
-            raise SchemaError(f"{path}:{line_no}: duplicate prediction for record id {pred.id!r}")
-        out[pred.id] = pred
-    return out
+    return {pred.id: pred for pred in iter_unique_models(path, Prediction, "prediction for record id")}
 
 
 def write_predictions(preds: Iterable[Prediction], path: str | Path) -> int:
