@@ -20,7 +20,7 @@ generation config (Qwen2.5-VL's also lists `<|endoftext|>`), and nothing after i
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 log = logging.getLogger("p3d.predict")
@@ -96,22 +96,22 @@ def until_stop(ids: list[int], stops: set[int]) -> list[int]:
     return next((ids[:i] for i, t in enumerate(ids) if t in stops), ids)
 
 
-def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out: str | Path,
-            split: str | None = "val", batch_size: int = 8, max_new_tokens: int = 32,
-            limit: int | None = None) -> int:
-    """Answer the records of `split` (None: all); returns the number of predictions written."""
-    import torch
-
-    from pipeline.cluster.caption import captioned_segment, focus_scene
-    from pipeline.eval.predictions import Prediction, write_predictions
-    from schemas.record import load_records
-    from trainer.data import Collator, iter_scenes, scene_inputs
+def load_for_prediction(checkpoint: str | Path):
+    """(model, collate, mode) of an exported folder: a stage-4 folder reads proxies, a stage 1-3
+    folder the simplified scene; prompts are left-padded and never cut."""
+    from trainer.data import Collator
     from trainer.model import Proxy3DModel
-    from trainer.stages import record_example, unmatched_targets
 
     model = Proxy3DModel.from_pretrained(checkpoint).eval()
     mode = "proxy" if 4 in model.cfg.stages_done else "fused"
     collate = Collator(model.tokenizer, model.cfg, model.category_ids, max_length=10**9, padding_side="left")
+    return model, collate, mode
+
+
+def records_by_scene(records: str | Path, split: str | None, limit: int | None) -> dict[str, list]:
+    """The records of `split` (None: all) by scene; with `limit`, the first that many in scene order."""
+    from schemas.record import load_records
+
     by_scene: dict[str, list] = defaultdict(list)
     for rec in load_records(records):
         if split is None or rec.split == split:
@@ -121,68 +121,103 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
         for scene_id in sorted(by_scene):
             by_scene[scene_id] = by_scene[scene_id][:max(0, limit - kept)]
             kept += len(by_scene[scene_id])
+    return by_scene
 
+
+def scene_questions(scene: dict, records: list, mode: str, num_obj_tokens: int):
+    """Each record of the scene as (record, example, the scene inputs it is asked on); example and
+    inputs None where the question cannot be asked (an object it names has no identifier)."""
+    from pipeline.cluster.caption import captioned_segment, focus_scene
+    from trainer.data import scene_inputs
+    from trainer.stages import record_example
+
+    inputs = scene_inputs(scene, mode, num_obj_tokens)
+    for rec in records:
+        ex = record_example(rec, scene["segments"], num_obj_tokens, with_answer=False)
+        if ex is None:
+            yield rec, None, None
+            continue
+        # A caption sees its object's Scan2Cap focus block, as in training (trainer/loader.py).
+        shown = focus_scene(scene, captioned_segment(ex) if mode == "proxy" else None)
+        yield rec, ex, (inputs if shown is scene else scene_inputs(shown, mode, num_obj_tokens))
+
+
+def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int) -> list:
+    """Greedy predictions of (example, inputs, record, segments) questions, decoded together."""
+    import torch
+
+    from pipeline.eval.predictions import Prediction
+
+    if not pending:
+        return []
+    batch = collate([(ex, inputs) for ex, inputs, _, _ in pending], with_answer=False)
+    with torch.inference_mode():
+        generated = model.generate(batch, max_new_tokens=max_new_tokens)
     stops = stop_ids(model)
-    predictions, seen, not_asked = [], set(), defaultdict(int)
+    predictions = []
+    for (_, _, rec, segments), ids in zip(pending, generated):
+        text = clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False))
+        text, objects_text = answer_parts(text, rec.answer_type)
+        if rec.task == "caption":
+            objects = caption_objects(rec, segments)
+        else:
+            objects = answer_objects(objects_text, segments, rec.answer_type == "objects",
+                                     model.cfg.num_obj_tokens)
+        predictions.append(Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text=text, **objects))
+    return predictions
+
+
+def mark_unmatched(predictions: list, unmatched_of: dict[str, list[int]]) -> None:
+    """Give each prediction its record's targets that match no segment (eval counts them as misses)."""
+    if not unmatched_of:
+        return
+    for pred in predictions:
+        pred.unmatched_targets = unmatched_of.get(pred.id)
+    by_task = Counter(pred.task for pred in predictions if pred.unmatched_targets)
+    log.warning("%d records have targets that match no segment (their predictions can only miss): %s",
+                len(unmatched_of), dict(sorted(by_task.items())))
+
+
+def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out: str | Path,
+            split: str | None = "val", batch_size: int = 8, max_new_tokens: int = 32,
+            limit: int | None = None) -> int:
+    """Answer the records of `split` (None: all); returns the number of predictions written."""
+    from pipeline.eval.predictions import Prediction, write_predictions
+    from trainer.data import iter_scenes
+    from trainer.stages import unmatched_targets
+
+    model, collate, mode = load_for_prediction(checkpoint)
+    num_obj_tokens = model.cfg.num_obj_tokens
+    by_scene = records_by_scene(records, split, limit)
+    predictions, pending, seen = [], [], set()
     unmatched_of: dict[str, list[int]] = {}  # record id -> its targets that match no segment
-    pending: list[tuple] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        batch = collate([(ex, inputs) for ex, inputs, _, _ in pending], with_answer=False)
-        with torch.inference_mode():
-            generated = model.generate(batch, max_new_tokens=max_new_tokens)
-        for (ex, _, rec, segments), ids in zip(pending, generated):
-            text = clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False))
-            text, objects_text = answer_parts(text, rec.answer_type)
-            if rec.task == "caption":
-                objects = caption_objects(rec, segments)
-            else:
-                objects = answer_objects(objects_text, segments, rec.answer_type == "objects",
-                                         model.cfg.num_obj_tokens)
-            predictions.append(Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text=text,
-                                          **objects))
-        pending.clear()
-
     for scene in iter_scenes(shards, shuffle=False):
-        recs = by_scene.get(scene["scene_id"])
-        if not recs:
+        if not by_scene.get(scene["scene_id"]):
             continue
         seen.add(scene["scene_id"])
-        inputs = scene_inputs(scene, mode, model.cfg.num_obj_tokens)
-        for rec in recs:
-            unmatched = unmatched_targets(rec, scene["segments"])
+        segments = scene["segments"]
+        for rec, ex, inputs in scene_questions(scene, by_scene[scene["scene_id"]], mode, num_obj_tokens):
+            unmatched = unmatched_targets(rec, segments)
             if unmatched:
                 unmatched_of[rec.id] = unmatched
-            ex = record_example(rec, scene["segments"], model.cfg.num_obj_tokens, with_answer=False)
             if ex is None:
-                not_asked[rec.task] += 1
                 predictions.append(Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text="",
-                                              not_asked=not_asked_reason(rec, scene["segments"],
-                                                                         model.cfg.num_obj_tokens)))
+                                              not_asked=not_asked_reason(rec, segments, num_obj_tokens)))
                 continue
-            # A caption sees its object's Scan2Cap focus block, as in training (trainer/loader.py).
-            shown = focus_scene(scene, captioned_segment(ex) if mode == "proxy" else None)
-            ex_inputs = inputs if shown is scene else scene_inputs(shown, mode, model.cfg.num_obj_tokens)
-            pending.append((ex, ex_inputs, rec, scene["segments"]))
+            pending.append((ex, inputs, rec, segments))
             if len(pending) == batch_size:
-                flush()
-    flush()
+                predictions += answer_batch(model, collate, pending, max_new_tokens)
+                pending = []
+    predictions += answer_batch(model, collate, pending, max_new_tokens)
+
     missing = sorted(s for s in by_scene if by_scene[s] and s not in seen)
     if missing:
         log.warning("%d scenes of the records are not in %s (e.g. %s)", len(missing), shards, missing[0])
+    not_asked = Counter(pred.task for pred in predictions if pred.not_asked)
     if not_asked:
         log.warning("%d records not asked (an object the question names is not among the scene's segments), "
                     "written with not_asked, scored as misses: %s", sum(not_asked.values()), dict(not_asked))
-    if unmatched_of:
-        for pred in predictions:
-            pred.unmatched_targets = unmatched_of.get(pred.id)
-        by_task = defaultdict(int)
-        for pred in predictions:
-            by_task[pred.task] += bool(pred.unmatched_targets)
-        log.warning("%d records have targets that match no segment (their predictions can only miss): %s",
-                    len(unmatched_of), {t: n for t, n in sorted(by_task.items()) if n})
+    mark_unmatched(predictions, unmatched_of)
     n = write_predictions(predictions, out)
     log.info("wrote %d predictions to %s", n, out)
     return n

@@ -103,13 +103,9 @@ def generate_reencoded(model, collate, scene_id: str, inputs: dict, question: st
 
 def load_model(checkpoint):
     """(model, collate, mode) of an exported folder, as `p3d predict` loads it."""
-    from trainer.data import Collator
-    from trainer.model import Proxy3DModel
+    from trainer.predict import load_for_prediction
 
-    model = Proxy3DModel.from_pretrained(checkpoint).eval()
-    mode = "proxy" if 4 in model.cfg.stages_done else "fused"
-    collate = Collator(model.tokenizer, model.cfg, model.category_ids, max_length=10**9, padding_side="left")
-    return model, collate, mode
+    return load_for_prediction(checkpoint)
 
 
 def named_objects(text: str, segments: list[dict], num_obj_tokens: int, ask_name) -> list[dict]:
