@@ -176,10 +176,11 @@ def _stage4_and_scores(demo: DemoRun, label: str, wf_path: Path, wf: Workflow, r
                        out_dir: Path, job: str | None = None, threads: int | None = None) -> dict:
     """Stage 4 of a workflow, its predictions on the held-out split and their scores."""
     demo.run("train stage 4" + ("" if label == "main" else f" {label}"), _train(4, wf_path), job, threads)
-    checkpoint = layout.stage_model(wf.train.out, 4)
+    paths = layout.Layout.of(wf)
+    checkpoint = paths.stage_model(4)
     preds, scores = out_dir / layout.PREDICTIONS_FILE, out_dir / layout.EVAL_FILE
     demo.run(f"predict {label}", _p3d("predict", "--checkpoint", str(checkpoint),
-                                      "--shards", str(layout.proxies_dir(wf.out, wf.train.proxies)),
+                                      "--shards", str(paths.proxies(wf.train.proxies)),
                                       "--records", str(records), "--out", str(preds),
                                       "--split", wf.eval.split, "--batch-size", str(wf.eval.batch_size),
                                       "--max-new-tokens", str(wf.eval.max_new_tokens)), job, threads)
@@ -334,7 +335,7 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> Path:
     with_ablations = wf.demo.ablations.enabled and not skip_ablations
     variants, repeats = [], []
     if with_ablations:
-        variants, repeats = prepare_ablations(demo, layout.stage_model(wf.train.out, 3))
+        variants, repeats = prepare_ablations(demo, layout.Layout.of(wf).stage_model(3))
     jobs: dict[str, Callable[[str | None, int | None], object]] = {
         "main": lambda job, threads: _stage4_and_scores(demo, "main", workflow_path, wf, _records_path(wf),
                                                         run_dir / layout.DEMO_MAIN, job, threads)}

@@ -136,19 +136,8 @@ class Layout:
     def of(cls, workflow: Workflow) -> Layout:
         return cls(Path(workflow.out), Path(workflow.train.out), Path(workflow.demo.runs) / workflow.name)
 
-    @property
-    def features(self) -> Path:
-        return features_root(self.out)
-
-    @property
-    def stats(self) -> Path:
-        return stats_path(self.out)
-
     def proxies(self, name: str) -> Path:
         return proxies_dir(self.out, name)
-
-    def stage(self, stage: int) -> Path:
-        return stage_dir(self.train_out, stage)
 
     def stage_model(self, stage: int) -> Path:
         return stage_model(self.train_out, stage)

@@ -43,10 +43,7 @@ def test_training_and_scoring_read_their_own_records_first():
 
 def test_layout_of_a_workflow_names_its_folders():
     lay = Layout.of(_workflow())
-    assert lay.features == Path("/data/w/features")
     assert lay.proxies("default") == Path("/data/w/proxies/default")
-    assert lay.stats == Path("/data/w/stats/triplets.json")
-    assert lay.stage(3) == Path("/runs/w/train/stage3")
     assert lay.stage_model(3) == Path("/runs/w/train/stage3/model")
     assert lay.run_dir == Path("/runs/w")
     assert scene_picture(lay.run_dir, "s1") == Path("/runs/w/viz/s1.png")
