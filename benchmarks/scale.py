@@ -308,7 +308,7 @@ def choose_trainable(model_folder: str, feat_dim: int, device: str) -> tuple[lis
         return STAGE3_TRAINABLE, "stage 3 recipe"
     import torch
 
-    from pipeline import plan
+    from p3d import plan
 
     lm = plan._meta_qwen(model_folder, ".")
     gib = torch.cuda.get_device_properties(0).total_memory / plan.GIB
@@ -323,7 +323,7 @@ def choose_trainable(model_folder: str, feat_dim: int, device: str) -> tuple[lis
 
 def predicted_mb(result: dict, lm_folder: str, seq_len: int, device: str) -> float:
     """`p3d plan`'s figure for the measured step: mixed-precision ZeRO-3 on a GPU, fp32 torch state on CPU."""
-    from pipeline import plan
+    from p3d import plan
 
     lm = plan._meta_qwen(lm_folder, ".")
     trainable, total = result["trainable_params"], result["total_params"]

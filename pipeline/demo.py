@@ -137,7 +137,7 @@ def run_side_by_side(demo: DemoRun, jobs: dict[str, Callable[[str | None, int | 
 
 
 def _p3d(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", *args]
+    return [sys.executable, "-m", "p3d.cli", *args]
 
 
 def _train(stage: int, workflow: Path) -> list[str]:

@@ -36,7 +36,7 @@ def randomize_language_model(model, seed: int = 0) -> None:
 
 
 def _invoke(*argv: str):
-    from pipeline.cli import app
+    from p3d.cli import app
 
     return CliRunner().invoke(app, list(argv))
 

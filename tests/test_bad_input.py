@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from p3d.cli import app
 from pipeline.cluster.driver import run_cluster
 from tests.synthetic_triplets import store_arrays, synthetic_scene
 from pipeline.features.store import scene_path, write_scene
@@ -239,7 +239,7 @@ def test_a_bug_prints_its_traceback_and_says_so(tmp_path, monkeypatch):
 def test_report_codes_and_lines():
     import errno
 
-    from pipeline.cli_errors import EXIT_BUG, EXIT_INPUT, report
+    from schemas.cli_errors import EXIT_BUG, EXIT_INPUT, report
     from schemas.workflow import Workflow
 
     def shown(exc: BaseException, verbose: bool = False) -> tuple[int, list[str]]:

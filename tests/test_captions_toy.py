@@ -80,7 +80,7 @@ def toy_captions(tmp_path_factory):
 
 
 def _eval(root, preds, name: str) -> dict:
-    from pipeline.cli import app
+    from p3d.cli import app
 
     write_predictions(preds, root / f"{name}.jsonl")
     res = CliRunner().invoke(app, ["eval", "--task", "caption", "--pred", str(root / f"{name}.jsonl"),
@@ -94,7 +94,7 @@ def _eval(root, preds, name: str) -> dict:
 @pytest.mark.slow
 @needs_java
 def test_toy_captions_predict_with_the_named_segments_box_then_score_m_at_iou(toy_captions):
-    from pipeline.cli import app
+    from p3d.cli import app
     from trainer.objects import obj_token, segment_identifiers
     from trainer.stages import record_example
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from p3d.cli import app
 from pipeline.cluster.driver import run_cluster
 from pipeline.cluster.shards import load_scene_proxies, proxies_dir
 from tests.synthetic_triplets import store_arrays, synthetic_scene
@@ -333,7 +333,7 @@ def test_a_recluster_killed_by_sigkill_is_refused_by_the_loader(tmp_path):
     first = root / "shard-000000.tar"
     old_bytes = first.read_bytes()
     env = {k: v for k, v in os.environ.items() if k != "P3D_WORKFLOW"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "cluster", "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "p3d.cli", "cluster", "--out", str(out),
                              "--name", "set", "--proxies", "20", "--scenes-per-shard", "1", "--executor", "local"],
                             cwd=Path(__file__).resolve().parents[1], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

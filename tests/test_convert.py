@@ -132,7 +132,7 @@ def test_vsibench_parquet(tmp_path):
 
 
 def test_cli_convert_and_stats(tmp_path):
-    from pipeline.cli import app
+    from p3d.cli import app
 
     runner = CliRunner()
     out = tmp_path / "records.jsonl"
@@ -193,7 +193,7 @@ OO_IDS = ["mmscan-QA_Inter_Space_OO__scene0000__4", "mmscan-QA_Inter_Attribute_O
 
 
 def test_mmscan_object_object_slice_is_exactly_the_oo_sub_classes_written_atomically(tmp_path):
-    from pipeline.cli import app
+    from p3d.cli import app
 
     src = _mmscan_mixed(tmp_path / "MMScan_QA.json")
     out = tmp_path / "mmscan_oo.jsonl"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from p3d.cli import app
 from pipeline.eval.convert import CONVERTERS
 from pipeline.eval.convert.scannet_qa import sqa3d_question_type
 from pipeline.eval.metrics import eval_sqa3d, eval_vsibench

@@ -127,7 +127,7 @@ def test_scanrefer_unknown_names_count_as_others_and_are_named(tmp_path, scanref
 
 
 def test_cli_convert_scanrefer_label_map_and_its_warning(tmp_path, scanrefer_file):
-    from pipeline.cli import app
+    from p3d.cli import app
 
     tsv = write_tsv(tmp_path / "labels.tsv")
     out = tmp_path / "scanrefer.jsonl"

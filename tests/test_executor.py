@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline.cli_workflow import scene_list
+from schemas.cli_workflow import scene_list
 from pipeline.executor import LeastLoaded, RunReport, run_local, run_ray
 
 

@@ -98,7 +98,7 @@ def test_kill_and_resume(tmp_path):
     wf_path = _toy_workflow(tmp_path, num_scenes=5)
     wf = load_workflow(wf_path)
     out = Path(wf.out)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "features", "--workflow", str(wf_path),
+    proc = subprocess.Popen([sys.executable, "-m", "p3d.cli", "features", "--workflow", str(wf_path),
                              "--executor", "local"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -134,7 +134,7 @@ def test_kill_and_resume(tmp_path):
 def test_cli_exits_nonzero_naming_a_corrupt_frame(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from p3d.cli import app
 
     wf_path = _toy_workflow(tmp_path, num_scenes=2)
     bad_jpg = tmp_path / "world" / "scenes" / "toy0001" / "color" / "2.jpg"
@@ -175,7 +175,7 @@ def test_scenes_made_from_another_world_are_redone(tmp_path):
 
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from p3d.cli import app
 
     def workflow(seed: int) -> Path:
         wf = {

@@ -72,7 +72,7 @@ def test_recluster_killed_at_random_points_then_rerun_equals_uninterrupted(tmp_p
     run_cluster(killed, new.model_copy(update={"proxies": 40}))  # the older set of the same name
 
     env = {k: v for k, v in os.environ.items() if k != "P3D_WORKFLOW"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "cluster", "--out", str(killed), "--name", "set",
+    cmd = [sys.executable, "-m", "p3d.cli", "cluster", "--out", str(killed), "--name", "set",
            "--proxies", "20", "--scenes-per-shard", "1", "--executor", "local"]
     index = proxies_dir(killed, "set") / INDEX_FILE
     rng = random.Random(int(os.environ.get("P3D_KILL_SEED", "17")))

@@ -33,7 +33,7 @@ def _scanqa_file(path: Path, copies: int) -> Path:
 
 def _start(args: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "P3D_WORKFLOW"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "p3d.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
@@ -73,7 +73,7 @@ def _kill_run(args: list[str], rng: random.Random, while_writing: bool, phases: 
 
 @pytest.mark.slow
 def test_convert_killed_at_random_points_then_rerun_equals_uninterrupted(tmp_path):
-    from pipeline.cli import app
+    from p3d.cli import app
 
     source = _scanqa_file(tmp_path / "ScanQA_v1.0_val.json", NUM_QUESTIONS)
     reference = tmp_path / "reference" / "scanqa.jsonl"

@@ -25,7 +25,7 @@ ARRAYS = ("feat_FhwD", "xyz_Fhw3", "label_Fhw", "conf_Fhw", "pose_F44", "intrins
 
 def _features(wf: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "P3D_WORKFLOW"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "features", "--workflow", str(wf),
+    return subprocess.Popen([sys.executable, "-m", "p3d.cli", "features", "--workflow", str(wf),
                              "--executor", "local"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 

@@ -55,7 +55,7 @@ def _generating(pid: int) -> bool:
 
 def _kill_run(args: list[str], rng: random.Random, while_generating: bool) -> int:
     env = {k: v for k, v in os.environ.items() if k != "P3D_WORKFLOW"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "p3d.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     if while_generating:
@@ -73,7 +73,7 @@ def _kill_run(args: list[str], rng: random.Random, while_generating: bool) -> in
 
 @pytest.mark.slow
 def test_predict_killed_at_random_points_then_rerun_equals_uninterrupted(exported, tmp_path):
-    from pipeline.cli import app
+    from p3d.cli import app
 
     reference = tmp_path / "reference" / "preds.jsonl"
     result = CliRunner().invoke(app, _args(exported, reference))

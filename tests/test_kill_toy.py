@@ -25,7 +25,7 @@ KILLS = 3
 
 def _start(out: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "P3D_WORKFLOW"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "toy", "--out", str(out), *ARGS], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "p3d.cli", "toy", "--out", str(out), *ARGS], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -73,7 +73,7 @@ def test_toy_perfect_and_wrong_predictions(toy):
 
 @pytest.mark.slow
 def test_cli_eval_all_on_toy(toy, tmp_path):
-    from pipeline.cli import app
+    from p3d.cli import app
 
     records, objects = toy
     write_records(records, tmp_path / "records.jsonl")

@@ -1,4 +1,4 @@
-"""`p3d plan` (pipeline/plan.py): DeepSpeed's ZeRO formulas per option, the trained-parameter count
+"""`p3d plan` (p3d/plan.py): DeepSpeed's ZeRO formulas per option, the trained-parameter count
 against a real Proxy3D model, the verdicts on the ScanNet workflow, and the CPU prediction against
 a measured peak."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import plan
+from p3d import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -82,7 +82,7 @@ def test_scannet_workflow_verdicts(capsys):
 
 @pytest.mark.slow
 def test_p3d_plan_command():
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "plan", "--workflow", "workflows/scannet.yaml",
+    proc = subprocess.run([sys.executable, "-m", "p3d.cli", "plan", "--workflow", "workflows/scannet.yaml",
                            "--gpus", "8", "--gpu-memory", "48"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -87,7 +87,7 @@ def test_real_networks_features_cluster_train_predict(real_path):
 
     root, data, wf_path, scenes, _ = real_path
 
-    _run("-m", "pipeline.cli", "features", "--workflow", str(wf_path), "--executor", "ray")
+    _run("-m", "p3d.cli", "features", "--workflow", str(wf_path), "--executor", "ray")
     assert list_scenes(data, complete_only=True) == sorted(scenes)
     for scene_id, scene in scenes.items():
         stored = read_scene(data, scene_id)
@@ -117,7 +117,7 @@ def test_real_networks_features_cluster_train_predict(real_path):
         assert stored.gt_label_Fhw is not None
         assert set(np.unique(stored.gt_label_Fhw)) <= {o.id for o in scene.objects} | {-1}
 
-    _run("-m", "pipeline.cli", "cluster", "--workflow", str(wf_path))
+    _run("-m", "p3d.cli", "cluster", "--workflow", str(wf_path))
     for scene_id, scene in scenes.items():
         sample = load_scene_proxies(data, "smoke", scene_id)
         assert sample["feat"].shape[0] == sample["xyz"].shape[0] == 24
@@ -136,7 +136,7 @@ def test_real_networks_features_cluster_train_predict(real_path):
     _run(str(ROOT / "trainer" / "run.py"), "--stage", "4", "--workflow", str(wf_path))
     checkpoint = root / "train" / "stage4" / "model"
     preds_path = root / "preds.jsonl"
-    _run("-m", "pipeline.cli", "predict", "--checkpoint", str(checkpoint),
+    _run("-m", "p3d.cli", "predict", "--checkpoint", str(checkpoint),
          "--shards", str(data / "proxies" / "smoke"), "--records", str(data / "annotations.jsonl"),
          "--out", str(preds_path), "--split", "all", "--max-new-tokens", "4", "--limit", "12")
     preds = [json.loads(line) for line in preds_path.read_text().splitlines()]

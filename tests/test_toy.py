@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from p3d.cli import app
 from pipeline.sources import ToySource
 from pipeline.sources.base import uniform_indices
 from pipeline.sources.toy import make_scene, split_for

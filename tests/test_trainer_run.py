@@ -79,7 +79,7 @@ def test_stage_resume_matches_uninterrupted_run(setup):
 
 
 def test_four_stages_chain_then_predict_cli(setup):
-    from pipeline.cli import app
+    from p3d.cli import app
     from pipeline.eval.predictions import load_predictions
     from schemas.record import load_records
     from trainer.train import train

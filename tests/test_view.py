@@ -27,7 +27,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from pipeline.cli import app
+    from p3d.cli import app
     from pipeline.cluster.shards import load_scene_proxies
     from tests.synthetic_shards import write_synthetic
 
@@ -71,7 +71,7 @@ def test_box_edges_are_the_twelve_edges_of_the_box():
 
 
 def test_bad_predictions_file_is_one_line(page, tmp_path):
-    from pipeline.cli import app
+    from p3d.cli import app
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")

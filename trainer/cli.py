@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
+from schemas.cli_workflow import SET_OPTION, WORKFLOW_OPTION
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         limit: int | None = typer.Option(None, min=1, help="answer at most this many records"),
     ) -> None:
         """Batched greedy answers; `<OBJxxx>` answers come back with segment ids, labels and boxes."""
-        from pipeline.cli_workflow import fail
+        from schemas.cli_workflow import fail
         from schemas.layout import is_proxy_set_dir
         from schemas.proxy import missing_set_error
         from trainer.predict import predict as run_predict
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         out: str | None = typer.Option(None, help="override train.out"),
     ) -> None:
         """Train one stage in this process (multi-process: `deepspeed trainer/run.py`)."""
-        from pipeline.cli_workflow import fail, open_workflow
+        from schemas.cli_workflow import fail, open_workflow
         from schemas import layout
         from trainer import checkpoint, env
         from trainer.recipes import stage_config

@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         _run(args)
-    except Exception as e:  # what p3d's CLI does too (pipeline/cli_errors.py): one line, or a bug's traceback
-        from pipeline.cli_errors import input_error, report
+    except Exception as e:  # what p3d's CLI does too (schemas/cli_errors.py): one line, or a bug's traceback
+        from schemas.cli_errors import input_error, report
 
         # Every rank meets the same bad input: rank 0 says it. A bug may be one rank's: each says it.
         quiet = env.rank() != 0 and input_error(e) is not None

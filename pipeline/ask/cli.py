@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli_workflow import SET_OPTION
+from schemas.cli_workflow import SET_OPTION
 
 _FRAME_WORDS = {"sensor_poses": "the scene's world frame, fitted to the sensor's camera poses",
                 "gravity": "gravity-aligned (z up, from the {up})", "identity": "the geometry backend's own world frame",
@@ -64,7 +64,7 @@ def ask(
     from pipeline.ask.answer import answer_questions, load_model
     from pipeline.ask.inputs import open_input
     from pipeline.ask.prepare import checkpoint_workflow, default_cache_root, prepare_scene, sensor_backends
-    from pipeline.cli_workflow import fail
+    from schemas.cli_workflow import fail
     from pipeline.sources.base import SceneReadError
 
     say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
@@ -121,7 +121,7 @@ def view(
 ) -> None:
     """Write one scene's proxies as a self-contained 3D HTML page (opens offline): points by segment, the
     BFS path, segment names and boxes, and a predictions file's boxes and answers."""
-    from pipeline.cli_workflow import fail
+    from schemas.cli_workflow import fail
     from pipeline.cluster.cli import _missing_set, _resolve
     from pipeline.cluster.shards import load_scene_proxies, proxies_dir
     from schemas.layout import scene_page

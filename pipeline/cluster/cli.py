@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli_workflow import SCENES_OPTION, SET_OPTION, WORKFLOW_OPTION, scene_list
+from schemas.cli_workflow import SCENES_OPTION, SET_OPTION, WORKFLOW_OPTION, scene_list
 
 _WORKFLOW = WORKFLOW_OPTION
 _SET = SET_OPTION
@@ -28,7 +28,7 @@ def _resolve(workflow: Optional[Path], out: Optional[Path], sets: Optional[list[
     """(data root, cluster config, the resolved workflow or None for a bare data root)."""
     from pydantic import ValidationError
 
-    from pipeline.cli_workflow import fail, open_workflow
+    from schemas.cli_workflow import fail, open_workflow
     from schemas.config_cluster import ClusterConfig, derived_name
     from schemas.workflow import WORKFLOW_ENV
 
@@ -57,7 +57,7 @@ def _resolve(workflow: Optional[Path], out: Optional[Path], sets: Optional[list[
 
 
 def _missing_set(root: Path, name: str) -> None:
-    from pipeline.cli_workflow import fail
+    from schemas.cli_workflow import fail
     from schemas.proxy import missing_set_error
 
     message = missing_set_error(root, name)

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
 def _one_line_errors(command):
     """A missing Java ends the command with one line on stderr and exit 2. Bad input files
-    (ValueError, OSError) do too, through the CLI's one error path (pipeline/cli_errors.py), which
+    (ValueError, OSError) do too, through the CLI's one error path (schemas/cli_errors.py), which
     also shows the traceback under -v."""
 
     @functools.wraps(command)

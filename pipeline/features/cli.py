@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli_workflow import SCENES_OPTION, SET_OPTION, WORKFLOW_OPTION, scene_list
+from schemas.cli_workflow import SCENES_OPTION, SET_OPTION, WORKFLOW_OPTION, scene_list
 
 
 def features(
@@ -23,7 +23,7 @@ def features(
     overwrite: bool = typer.Option(False, "--overwrite", help="redo scenes that are already complete"),
 ) -> None:
     """Write patch-aligned (feature, point, label) triplets per scene; exits 1 if any scene failed."""
-    from pipeline.cli_workflow import fail, missing_source, open_workflow
+    from schemas.cli_workflow import fail, missing_source, open_workflow
     from pipeline.features.driver import run_features
     from pipeline.features.scenes import ensure_toy_world, open_workflow_source
     from pipeline.sources import SceneReadError

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
+from schemas.cli_workflow import SET_OPTION, WORKFLOW_OPTION
 
 
 def toy(
@@ -22,7 +22,7 @@ def toy(
                                                                "at most 8); the world does not depend on it"),
 ) -> None:
     """Render the procedural toy world with full ground truth (ScanNet exported-frame layout)."""
-    from pipeline.cli_workflow import fail, open_workflow
+    from schemas.cli_workflow import fail, open_workflow
     from pipeline.sources.toy import build_toy_world
     from schemas.workflow import ToyWorldConfig
 

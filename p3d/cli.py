@@ -11,14 +11,14 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from pipeline.cli_workflow import SET_OPTION, WORKFLOW_OPTION
+from schemas.cli_workflow import SET_OPTION, WORKFLOW_OPTION
 
 VERBOSE = "p3d.verbose"  # ctx.meta key: -v was given
 VERBOSE_FLAGS = ("-v", "--verbose")
 
 
 class _OneLineErrors(TyperGroup):
-    """Every subcommand ends an error the same way (pipeline/cli_errors.py): bad input is one line
+    """Every subcommand ends an error the same way (schemas/cli_errors.py): bad input is one line
     and exit 2, the traceback only under -v; a bug prints its traceback. `-v` may come anywhere
     before a `--` (`p3d cluster ... -v` as well as `p3d -v cluster ...`)."""
 
@@ -43,7 +43,7 @@ class _OneLineErrors(TyperGroup):
         except (TyperException, Exit, Abort):  # exits and other errors typer already reports
             raise
         except Exception as e:
-            from pipeline.cli_errors import report
+            from schemas.cli_errors import report
 
             code = report(e, bool(ctx.meta.get(VERBOSE)), echo=lambda line: typer.echo(line, err=True))
             raise Exit(code) from e
@@ -90,7 +90,7 @@ def demo(
     """The whole chain (toy world -> features -> cluster -> train 1-4 -> predict -> eval), then the
     ablations; writes <runs>/<name>/report.md and the resolved workflow beside it. With `--set`, every
     step reads that resolved file."""
-    from pipeline.cli_workflow import open_workflow
+    from schemas.cli_workflow import open_workflow
     from pipeline.demo import run_demo
     from schemas.layout import RESOLVED_WORKFLOW, Layout
 
@@ -108,8 +108,8 @@ def plan(
     stage: int = typer.Option(3, "--stage", help="the training stage whose recipe is planned"),
 ) -> None:
     """Predict feature-actor and per-GPU training memory, and say which ZeRO stage / offload / LoRA fits."""
-    from pipeline.cli_workflow import open_workflow
-    from pipeline.plan import plan_workflow, render
+    from p3d.plan import plan_workflow, render
+    from schemas.cli_workflow import open_workflow
 
     run = open_workflow(workflow, sets)
     typer.echo("\n".join(render(plan_workflow(run.workflow, gpus, gpu_memory, stage))))

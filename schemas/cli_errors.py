@@ -1,4 +1,4 @@
-"""What a command shows when an exception ends it: the one place `p3d` (pipeline/cli.py) and the
+"""What a command shows when an exception ends it: the one place `p3d` (p3d/cli.py) and the
 trainer's entry (trainer/run.py) turn errors into messages and exit codes.
 
 An error in what the user gave (a path, a file's content, a setting) is one line on stderr,
