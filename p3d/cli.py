@@ -90,13 +90,16 @@ def demo(
     """The whole chain (toy world -> features -> cluster -> train 1-4 -> predict -> eval), then the
     ablations; writes <runs>/<name>/report.md and the resolved workflow beside it. With `--set`, every
     step reads that resolved file."""
+    from p3d.demo.run import run_demo
+    from p3d.report import write_report
     from schemas.cli_workflow import open_workflow
-    from pipeline.demo import run_demo
     from schemas.layout import RESOLVED_WORKFLOW, Layout
 
     run = open_workflow(workflow, sets)
     resolved = run.save(Layout.of(run.workflow).run_dir / RESOLVED_WORKFLOW)
-    run_demo(resolved if run.sets else run.path, skip_ablations=skip_ablations)
+    result = run_demo(resolved if run.sets else run.path, skip_ablations=skip_ablations)
+    report = write_report(result)
+    typer.echo(f"\nreport: {report}  (whole demo {result.wall_seconds:.0f}s)")
 
 
 @app.command()

@@ -55,7 +55,7 @@ def test_demo_chain_writes_report_with_tables(tmp_path):
 
 
 def test_only_the_variant_identical_to_the_main_run_reuses_its_scores():
-    from pipeline.demo import ablation_variants, repeats_main_run
+    from p3d.demo.ablations import ablation_variants, repeats_main_run
 
     wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
     k = wf.cluster.proxies
@@ -75,7 +75,7 @@ def test_only_the_variant_identical_to_the_main_run_reuses_its_scores():
 
 
 def _demo_run(tmp_path):
-    from pipeline.demo import DemoRun
+    from p3d.demo.steps import DemoRun
 
     wf_path = Path(__file__).parents[1] / "workflows" / "toy.yaml"
     return DemoRun(wf_path, load_workflow(wf_path), tmp_path / "run")
@@ -90,7 +90,7 @@ def _timed_child(out: Path, seconds: float) -> list[str]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_side_by_side_jobs_overlap_only_when_asked_and_split_the_cores(tmp_path, capsys, workers):
-    from pipeline.demo import run_side_by_side
+    from p3d.demo.steps import run_side_by_side
 
     demo = _demo_run(tmp_path)
 
@@ -114,7 +114,7 @@ def test_side_by_side_jobs_overlap_only_when_asked_and_split_the_cores(tmp_path,
 
 
 def test_a_failing_side_job_lets_the_others_finish_then_fails_the_demo(tmp_path):
-    from pipeline.demo import run_side_by_side
+    from p3d.demo.steps import run_side_by_side
 
     demo = _demo_run(tmp_path)
 
@@ -132,7 +132,7 @@ def test_a_failing_side_job_lets_the_others_finish_then_fails_the_demo(tmp_path)
 def test_position_variant_trains_stage_4_alone_on_the_main_proxy_set(tmp_path):
     """The position-id variant changes `train.rope_positions` and nothing else: no clustering of its
     own, stage 4 from the main stage-3 model; a clustering variant keeps the main layout."""
-    from pipeline.demo import _variant_workflow, positions_variant
+    from p3d.demo.ablations import _variant_workflow, positions_variant
 
     wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
     name, change = positions_variant(wf)
@@ -151,7 +151,8 @@ def test_position_variant_trains_stage_4_alone_on_the_main_proxy_set(tmp_path):
 
 
 def test_report_has_the_position_table_with_chance(tmp_path):
-    from pipeline.report import write_report
+    from p3d.demo.result import DemoResult
+    from p3d.report import write_report
 
     def scores(distance, grounding):
         return {"results": [
@@ -161,8 +162,9 @@ def test_report_has_the_position_table_with_chance(tmp_path):
 
     demo = _demo_run(tmp_path)
     demo.run_dir.mkdir(parents=True)
-    text = write_report(demo, scores(41.0, 30.0), {}, [], {"height (main)": scores(41.0, 30.0),
-                                                           "bfs": scores(44.5, 28.0)}).read_text()
+    result = DemoResult(demo.workflow_path, demo.workflow, demo.run_dir, scores(41.0, 30.0), [], 1.0,
+                        positions={"height (main)": scores(41.0, 30.0), "bfs": scores(44.5, 28.0)})
+    text = write_report(result).read_text()
     table = text.split("## Rotary position ids")[1]
     assert "| toy/distance | toy/grounding |" in table
     assert "| height (main) | 41.0 (MRA) | 30.0 (Acc@0.25) |" in table
@@ -171,7 +173,7 @@ def test_report_has_the_position_table_with_chance(tmp_path):
 
 
 def test_report_says_which_model_ids_have_random_weights():
-    from pipeline.report import _weights_note
+    from p3d.report import _weights_note
 
     assert "toy models" in _weights_note("toy:qwen2_5_vl")
     assert "real architecture with random weights" in _weights_note("random:qwen2_5_vl_3b@layers=1")

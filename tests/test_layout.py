@@ -25,12 +25,12 @@ def test_records_path_order_own_then_train_then_eval_then_the_data_root():
 
 
 def test_training_and_scoring_read_their_own_records_first():
-    from pipeline.demo import _records_path
+    from p3d.demo.steps import records_path as demo_records
     from trainer.train import records_path as stage_records
 
     stage = {"stage": 4, "trainable": ["projector"], "records": "/s4.jsonl"}
     wf = _workflow(train_records="/t.jsonl", eval_records="/e.jsonl", stages=[stage])
-    assert _records_path(wf) == Path("/e.jsonl")  # the demo scores eval's records
+    assert demo_records(wf) == Path("/e.jsonl")  # the demo scores eval's records
     assert stage_records(wf, wf.train, wf.train.stage(4)) == Path("/s4.jsonl")
     unlisted = _workflow(train_records="/t.jsonl", eval_records="/e.jsonl")
     stage4 = StageConfig(**(stage | {"records": None}))
@@ -38,7 +38,7 @@ def test_training_and_scoring_read_their_own_records_first():
     # a run's override of train.records (resolve_train_config) is what the stage reads
     overridden = unlisted.train.model_copy(update={"records": "/cli.jsonl"})
     assert stage_records(unlisted, overridden, stage4) == Path("/cli.jsonl")
-    assert _records_path(_workflow(train_records="/t.jsonl")) == Path("/t.jsonl")
+    assert demo_records(_workflow(train_records="/t.jsonl")) == Path("/t.jsonl")
 
 
 def test_layout_of_a_workflow_names_its_folders():

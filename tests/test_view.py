@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.view import PREDICTION_COLOUR, box_lines, segment_colour
+from p3d.view import PREDICTION_COLOUR, box_lines, segment_colour
 
 SCENE = "scene0000"
 # Flags for a root user on a machine with no network (../shared: machines' notes): without the

@@ -91,7 +91,7 @@ def ask(
 
         write_json_atomic(save, doc)
     if html is not None:
-        from pipeline.view import write_scene_html
+        from p3d.view import write_scene_html
 
         write_scene_html(scene.sample, html, f"{scene.scene_id}: {source}", doc["answers"])
         say(f"viewer: {html}")
@@ -125,7 +125,7 @@ def view(
     from pipeline.cluster.cli import _missing_set, _resolve
     from pipeline.cluster.shards import load_scene_proxies, proxies_dir
     from schemas.layout import scene_page
-    from pipeline.view import load_scene_predictions, write_scene_html
+    from p3d.view import load_scene_predictions, write_scene_html
 
     root, config, _ = _resolve(workflow, out, sets, name=name)
     _missing_set(root, config.name)

@@ -1,16 +1,16 @@
-"""The demo's `report.md`: metric tables with chance beside each number, the ablations, the pictures."""
+"""The demo's `report.md`: metric tables with chance beside each number, the ablations, the pictures.
+
+It reads the demo's result (p3d/demo/result.py) and never the code that ran the chain."""
 
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from p3d.demo.ask import report_lines
+from p3d.demo.result import DemoResult
 from schemas.layout import REPORT_FILE, scene_page
-
-if TYPE_CHECKING:
-    from pipeline.demo import DemoRun
 
 # The headline metric of each toy task in the ablation table.
 HEADLINE = {
@@ -128,12 +128,12 @@ def _weights_note(model: str) -> str:
     return "."
 
 
-def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures: list[Path],
-                 positions: dict[str, dict] | None = None, asked: dict | None = None) -> Path:
-    wf = demo.workflow
-    path = demo.run_dir / REPORT_FILE
+def write_report(result: DemoResult) -> Path:
+    """`<run dir>/report.md`, written atomically."""
+    wf, run_dir = result.workflow, result.run_dir
+    path = run_dir / REPORT_FILE
     lines = [f"# p3d demo report: `{wf.name}`", "",
-             f"Workflow `{demo.workflow_path}`; {wf.cluster.proxies} proxies per scene; evaluated on the "
+             f"Workflow `{result.workflow_path}`; {wf.cluster.proxies} proxies per scene; evaluated on the "
              f"`{wf.eval.split}` split (scenes never seen in training). Models: `{wf.train.model}`"
              + _weights_note(wf.train.model), "",
              "## Held-out metrics after stage 4", ""]
@@ -141,25 +141,35 @@ def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures
     if stage4 is not None and stage4.tasks:
         lines += [f"Stage 4 trained on the tasks {', '.join(stage4.tasks)}; the other tasks' rows show what "
                   "stages 1-3 and those tasks carry over (no training of their own).", ""]
-    lines += metric_table(main)
-    if ablations:
-        from pipeline.demo import ablation_variants, repeats_main_run
+    lines += metric_table(result.main)
+    lines += _ablation_section(result)
+    lines += _pictures_section(result)
+    lines += report_lines(result.asked, run_dir)
+    lines += _steps_section(result)
+    from schemas.io import atomic_open
 
+    with atomic_open(path) as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def _ablation_section(result: DemoResult) -> list[str]:
+    wf, ablations, positions = result.workflow, result.ablations, result.positions
+    lines: list[str] = []
+    if ablations:
         lines += ["", "## Ablations in miniature", "",
                   f"Each variant re-clusters the same triplets and trains stage 4 from the same stage-3 "
                   f"model for {wf.demo.ablations.epochs:g} epochs on the tasks "
                   f"{', '.join(wf.demo.ablations.tasks)}; scores on the held-out split"
                   + (" (the variant with the main run's clustering is the main run)."
-                     if any(repeats_main_run(wf, change) for _, change in ablation_variants(wf)) else "."), ""]
+                     if result.reuses_main_run else "."), ""]
         lines += ablation_table(ablations)
         finding = grouping_finding(ablations)
         if finding:
             lines += ["", finding]
-        from pipeline.demo import ORACLE_VARIANT
-
         backends = f"{wf.features.geometry.kind} + {wf.features.segmenter.kind}"
-        main_variant = f"grouping-k{wf.demo.ablations.grouping_budget or wf.cluster.proxies}"
-        finding = oracle_finding(main_variant, ablations, ORACLE_VARIANT, backends)
+        finding = (oracle_finding(result.main_clustering_variant, ablations, result.oracle_variant, backends)
+                   if result.oracle_variant else "")
         if finding:
             lines += ["", finding]
     if positions:
@@ -169,27 +179,30 @@ def write_report(demo: DemoRun, main: dict, ablations: dict[str, dict], pictures
                   "gives every proxy one time step and its height bin, `bfs` makes the time step the "
                   "proxy's BFS index. Held-out scores.", ""]
         lines += ablation_table(positions)
+    return lines
+
+
+def _pictures_section(result: DemoResult) -> list[str]:
+    pictures, run_dir = result.pictures, result.run_dir
+    lines: list[str] = []
     if pictures:
         lines += ["", "## Proxies of held-out scenes", "",
                   "Top and 3D views coloured by segment, with the BFS path (`p3d viz`).", ""]
-        lines += [f"![{p.stem}]({os.path.relpath(p, demo.run_dir)})" for p in pictures]
-        views = [scene_page(demo.run_dir, p.stem) for p in pictures]
+        lines += [f"![{p.stem}]({os.path.relpath(p, run_dir)})" for p in pictures]
+        views = [scene_page(run_dir, p.stem) for p in pictures]
         lines += ["", "3D viewers (`p3d view`, one self-contained HTML file each, with the main run's predictions): "
                   + ", ".join(f"[{v.stem}](view/{v.name})" for v in views if v.exists())]
-    from pipeline.ask.demo import report_lines
+    return lines
 
-    lines += report_lines(asked, demo.run_dir)
-    steps = sorted(demo.steps, key=lambda s: s.started)
+
+def _steps_section(result: DemoResult) -> list[str]:
+    steps = sorted(result.steps, key=lambda s: s.started)
     overlap = any(a.started + a.seconds > b.started for a, b in zip(steps, steps[1:]))
-    lines += ["", "## Steps", ""]
+    lines = ["", "## Steps", ""]
     if overlap:
         lines += ["Stage 4 and the ablation variants ran side by side (`demo.jobs`), so their seconds "
                   "overlap; the total is the wall clock.", ""]
     lines += ["| step | started at | seconds |", "|---|---:|---:|"]
     lines += [f"| {s.name} | {s.started:.0f} | {s.seconds:.1f} |" for s in steps]
-    lines += [f"| **total** | | {demo.wall_seconds:.1f} |", ""]
-    from schemas.io import atomic_open
-
-    with atomic_open(path) as f:
-        f.write("\n".join(lines))
-    return path
+    lines += [f"| **total** | | {result.wall_seconds:.1f} |", ""]
+    return lines
