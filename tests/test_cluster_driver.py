@@ -218,7 +218,8 @@ def test_a_killed_recluster_leaves_a_set_the_loader_refuses(tmp_path, monkeypatc
     shard: the loader refuses the set instead of yielding a mix of 20 and 40 proxies."""
     import pipeline.cluster.driver as driver
     from schemas.proxy import INDEX_FILE
-    from trainer.data import iter_scenes, scene_ids_in
+    from schemas.proxy import read_set_index
+    from trainer.data import iter_scenes
 
     out = tmp_path / "data"
     _write_store(out)
@@ -244,7 +245,7 @@ def test_a_killed_recluster_leaves_a_set_the_loader_refuses(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="no proxy index"):
         next(iter_scenes(root, shuffle=False))
     with pytest.raises(ValueError, match="no proxy index"):
-        scene_ids_in(root)
+        read_set_index(root)
     with pytest.raises(ValueError, match="no proxy index"):
         load_scene_proxies(out, "set", "scene01")
     # Had the old index survived (as it did before), the shards' parameters give the mix away.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,34 @@ def test_recipes_listed_stage_wins_and_the_default_is_the_papers_for_every_model
         TrainConfig(stages=[StageConfig(stage=1, trainable=["projector"])] * 2).stage(1)
 
 
-def test_run_py_accepts_the_launcher_flag():
-    from trainer.run import parse_args
+def test_run_py_and_p3d_train_take_the_same_flags_and_the_launchers(tmp_path, monkeypatch, capsys):
+    """Every flag of one is a flag of the other, and the deepspeed launcher's `--local_rank=N` parses
+    and sets LOCAL_RANK; the run then stops at the missing workflow, as a bad input (exit 2)."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
 
-    args = parse_args(["--stage", "2", "--workflow", "w.yaml", "--local_rank=1", "--resume"])
-    assert args.stage == 2 and args.local_rank == 1 and args.resume
+    from p3d.cli import app
+    from trainer import run
+
+    p3d_train = get_command(app).commands["train"]
+    flags = lambda cmd: sorted(opt for p in cmd.params for opt in p.opts + p.secondary_opts)  # noqa: E731
+    assert flags(p3d_train) == flags(run.command())
+    assert {"--max-steps", "--deepspeed-config", "--local_rank", "--resume", "--allow-changed-config"} <= set(
+        flags(p3d_train))
+
+    missing = tmp_path / "nope.yaml"
+    argv = ["--stage", "2", "--workflow", str(missing), "--local_rank=1", "--resume", "--max-steps", "3",
+            "--deepspeed-config", "zero3"]
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert exit_info.value.code == 2 and os.environ["LOCAL_RANK"] == "1"
+    assert capsys.readouterr().err == f"error: {missing}: workflow file not found\n"
+    res = CliRunner().invoke(app, ["train"] + argv)
+    assert res.exit_code == 2 and f"error: {missing}: workflow file not found" in res.output
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--stage", "2", "--deepspeed-config", "zero9"])
+    assert exit_info.value.code == 2 and "'zero9' is not one of" in capsys.readouterr().err
 
 
 def test_the_toy_workflow_lists_every_stage():

@@ -129,16 +129,15 @@ def save(engine, ckpt_dir: Path, step: int, state: dict, ident: dict[str, Any]) 
 
 def _save_state(tag_dir: Path, state: dict) -> None:
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     r = env.rank()
     np_state = np.random.get_state()
     tensors = {"torch_rng": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
     meta = dict(state, python_rng=repr(random.getstate()), numpy_pos=int(np_state[2]),
                 numpy_gauss=[int(np_state[3]), float(np_state[4])])
-    tmp = tag_dir / f".p3d_state_rank{r}.tmp.safetensors"
-    save_file(tensors, str(tmp))
-    tmp.replace(tag_dir / f"p3d_state_rank{r}.safetensors")
+    with atomic_open(tag_dir / f"p3d_state_rank{r}.safetensors", "wb") as f:
+        f.write(save(tensors))
     write_json_atomic(tag_dir / f"p3d_state_rank{r}.json", meta)
 
 

@@ -99,10 +99,6 @@ def iter_scenes(shard_dir: str | Path, *, rank: int = 0, world_size: int = 1, ep
             yield scene
 
 
-def scene_ids_in(shard_dir: str | Path) -> list[str]:
-    return sorted(read_set_index(shard_dir)[1])
-
-
 def categories_in(shard_dir: str | Path) -> list[str]:
     """Every category named in the shards' segments.json (read before distributed wrapping)."""
     cats: set[str] = set()
