@@ -38,7 +38,7 @@ WIDTHS = {"toy (hidden 128, 2 layers)": dict(hidden_size=128, intermediate_size=
 
 def _model(folder: Path, text: dict):
     """A Proxy3D export on a random toy-tokenizer Qwen2.5-VL of the given text widths."""
-    from pipeline.models import toy_models
+    from pipeline.toy import models as toy_models
     from trainer.model import Proxy3DModel
 
     saved = dict(toy_models.TOY_TEXT)

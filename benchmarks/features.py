@@ -80,7 +80,7 @@ def main() -> None:
     from pipeline.features.stage import prepare_frames
     from pipeline.models.mask_merge import merge_frames_3d
     from pipeline.models.rgbd import RGBDGeometry
-    from pipeline.models.toy_models import resolve_model
+    from pipeline.models.resolve import resolve_model
     from pipeline.sources import open_source
     from pipeline.sources.toy import build_toy_world
     from schemas.config_features import EncoderConfig, FeaturesConfig, SegmenterConfig
@@ -194,7 +194,7 @@ def _model_orders(world: Path, source, scene_id: str, cfg, points_per_side: int)
     from pipeline.features.stage import prepare_frames
     from pipeline.models.qwen_encoder import QwenVisionEncoder
     from pipeline.models.sam2_segmenter import SAM2Segmenter, load_segmenter
-    from pipeline.models.toy_models import resolve_model
+    from pipeline.models.resolve import resolve_model
     from schemas.config_features import SegmenterConfig
 
     images, _, _ = prepare_frames(source.load_scene(scene_id), cfg)

@@ -49,7 +49,7 @@ def main() -> None:
                                               proxies_per_object=100)
         model_dir = args.model
         if model_dir is None:
-            from pipeline.models.toy_models import build_toy_qwen
+            from pipeline.toy.models import build_toy_qwen
 
             model_dir = str(build_toy_qwen(Path(tmp) / "qwen", ["How many chairs are in the room?"]))
         by_scene = defaultdict(list)

@@ -136,7 +136,7 @@ def meta_table() -> list[dict]:
 # ------------------------------------------------------------------ 2. scene and features
 def make_scene(work: Path, frames: int, render_hw: tuple[int, int]):
     """One toy scene rendered at `render_hw`, exported as a ScanNet scene, read back by the ScanNet source."""
-    from pipeline.sources import ToySource
+    from pipeline.sources.toy.source import ToySource
     from pipeline.sources.scannet import ScanNetSource
     from pipeline.sources.scannet_export import export_scannet_scene
     from pipeline.sources.toy.world import build_toy_world
@@ -433,7 +433,7 @@ def main() -> None:
     steps, arrays = run_features(scene, cfg, data_root, device)
     cluster_row, proxies_out = run_cluster(arrays, p["proxies"], device)
     steps.append(cluster_row)
-    from pipeline.models.toy_models import resolve_model
+    from pipeline.models.resolve import resolve_model
 
     steps += run_training(arrays, proxies_out, p, resolve_model(p["lm"], data_root), work, device)
     report["steps"] = steps

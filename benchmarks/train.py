@@ -133,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from pipeline.models.toy_models import build_toy_qwen
+            from pipeline.toy.models import build_toy_qwen
 
             model = str(build_toy_qwen(Path(tmp) / "qwen", ["How many chairs are in the room?"]))
         from transformers import AutoConfig

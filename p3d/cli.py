@@ -123,10 +123,10 @@ def _register_all() -> None:
     from pipeline.cluster import cli as cluster_cli
     from pipeline.eval import cli as eval_cli
     from pipeline.features import cli as features_cli
-    from pipeline.sources import cli as sources_cli
+    from pipeline.toy import cli as toy_cli
     from trainer import cli as trainer_cli
 
-    for module in (sources_cli, features_cli, cluster_cli, trainer_cli, eval_cli, ask_cli):
+    for module in (toy_cli, features_cli, cluster_cli, trainer_cli, eval_cli, ask_cli):
         module.register(app)
 
 

@@ -91,7 +91,7 @@ def _meta_qwen(model: str, data_root: str | Path):
         return rc.build_on_meta(name, **reductions)
     if model in names:
         return rc.build_on_meta(names[model])
-    from pipeline.models.toy_models import resolve_model
+    from pipeline.models.resolve import resolve_model
 
     config = AutoConfig.from_pretrained(resolve_model(model, data_root))
     with torch.device("meta"):

@@ -119,7 +119,7 @@ def _weights_note(model: str) -> str:
     """What the report says of a model id's weights: `toy:` and `random:` ids have random weights
     that p3d built, and only this run trained."""
     from pipeline.models.real_configs import is_random_id
-    from pipeline.models.toy_models import is_toy_id
+    from pipeline.toy.models import is_toy_id
 
     if is_toy_id(model):
         return " (random-weight toy models built by p3d, trained only here)."

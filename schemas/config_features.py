@@ -51,7 +51,7 @@ class GeometryConfig(BaseModel):
     orientation_weight: float = Field(1.0, ge=0, description="weight of the camera orientations beside the "
                                                              "camera centres in the rotation fit; 0 = Umeyama")
     # sim_vggt only: VGGT's output contract and errors simulated from sensor depth and poses
-    # (pipeline/models/sim_vggt.py).
+    # (pipeline/toy/sim_vggt.py).
     depth_noise: float = Field(0.015, ge=0, lt=0.5, description="sim_vggt: relative per-pixel depth noise (sd)")
     rotation_noise_deg: float = Field(0.5, ge=0, description="sim_vggt: per-camera rotation noise (sd, degrees)")
     translation_noise_m: float = Field(0.015, ge=0, description="sim_vggt: per-camera centre noise (sd, metres)")
@@ -87,7 +87,7 @@ class SegmenterConfig(BaseModel):
     merge: Literal["overlap3d"] = "overlap3d"
     merge_voxel: float = Field(0.05, gt=0, description="voxel size (geometry units, metres) for 3D overlap")
     merge_min_overlap: float = Field(0.3, gt=0, le=1, description="shared voxels / smaller mask's voxels")
-    # sim_sam2 only: SAM 2's errors simulated from ground-truth masks (pipeline/models/sim_sam2.py).
+    # sim_sam2 only: SAM 2's errors simulated from ground-truth masks (pipeline/toy/sim_sam2.py).
     split_rate: float = Field(0.15, ge=0, le=1, description="sim_sam2: fraction of objects split in two")
     merge_rate: float = Field(0.1, ge=0, le=1, description="sim_sam2: fraction of objects merged with a neighbour")
     miss_rate: float = Field(0.1, ge=0, le=1, description="sim_sam2: chance an object is missed in a frame")

@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.config_cluster import ClusterConfig
 from schemas.config_features import FeaturesConfig
@@ -33,10 +32,20 @@ class ToyWorldConfig(BaseModel):
 
 class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["toy", "scannet", "video"] = "toy"
+    kind: str = Field("toy", description="a source plugin's name (group p3d.sources in pyproject.toml: "
+                                         "scannet, video, toy)")
     path: str = Field(description="folder of scenes (one sub-folder or .sens per scene), or videos")
     scenes: list[str] | None = Field(None, description="scene ids to run; default all")
     toy: ToyWorldConfig | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        # The registry reads installed entry points only (no pipeline module is imported), so schemas
+        # stays below the stages.
+        from pipeline.plugins import SOURCES, check_name
+
+        return check_name(SOURCES, kind)
 
 
 class EvalConfig(BaseModel):

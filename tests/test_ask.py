@@ -49,8 +49,8 @@ def _ok(*argv: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from pipeline.ask.film import film_toy_scene
-    from pipeline.models.toy_models import build_toy_qwen
+    from pipeline.toy.film import film_toy_scene
+    from pipeline.toy.models import build_toy_qwen
     from pipeline.models.vggt.config import VGGTConfig
     from pipeline.models.vggt.loader import random_vggt, save_vggt
     from schemas.workflow import ToyWorldConfig
@@ -305,8 +305,9 @@ def test_short_unreadable_and_mismatched_inputs_fail_in_one_line(trained, toy_ch
 def test_a_filmed_scene_folder_reads_back_with_the_folders_sensors_at_the_same_frames(tmp_path):
     """The demo films a held-out toy scene folder: read through its video and sidecar, the sampled frames
     carry exactly the folder's poses, intrinsics, depth, masks and objects; the pixels are the mp4's."""
-    from pipeline.ask.film import film_scene_folder
-    from pipeline.sources import ToySource, VideoSource
+    from pipeline.toy.film import film_scene_folder
+    from pipeline.sources import VideoSource
+    from pipeline.sources.toy.source import ToySource
     from pipeline.sources.toy.world import build_toy_world
     from schemas.workflow import ToyWorldConfig
 

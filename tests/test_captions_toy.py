@@ -55,7 +55,7 @@ def _scene_sample(scene_id: str, layout, unmatched: int | None, dim: int = 32) -
 
 @pytest.fixture(scope="module")
 def toy_captions(tmp_path_factory):
-    from pipeline.models.toy_models import build_toy_qwen
+    from pipeline.toy.models import build_toy_qwen
     from pipeline.sources.toy.shapes import CATEGORY_NAMES
     from trainer.model import Proxy3DModel
 

@@ -13,7 +13,8 @@ import shutil
 import pytest
 import torch
 
-from pipeline.models.toy_models import TOY_CHAT_TEMPLATE, build_toy_qwen, train_toy_tokenizer
+from pipeline.models.tokenizer import PLAIN_CHAT_TEMPLATE, train_bpe_tokenizer
+from pipeline.toy.models import build_toy_qwen
 from tests.conftest import SHARED
 from trainer.chat import IGNORE, chat_layout
 from trainer.data import Collator
@@ -91,7 +92,7 @@ def test_generation_prompt_ends_with_the_assistant_turn(qwen_tokenizer):
 
 
 def test_toy_template_renders_the_real_layout_without_the_default_system_turn(qwen_tokenizer):
-    toy = train_toy_tokenizer(["What is on the table?", "a lamp"])
+    toy = train_bpe_tokenizer(["What is on the table?", "a lamp"])
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is on the table?"}]},
                 {"role": "assistant", "content": "a lamp"}]
     real = qwen_tokenizer.apply_chat_template(messages, tokenize=False)
@@ -132,20 +133,19 @@ def test_toy_model_answer_layout_and_truncation(toy_model):
 
 
 def test_a_tokenizer_without_a_chat_template_is_refused():
-    tok = train_toy_tokenizer([])
+    tok = train_bpe_tokenizer([])
     tok.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         chat_layout(tok, "What is it?", "a chair", tok.convert_tokens_to_ids("<|image_pad|>"),
                     tok.convert_tokens_to_ids("<|im_end|>"))
 
 
-def test_a_toy_folder_saved_without_a_template_gets_the_toy_one(tmp_path):
-    """Toy model folders built before toy tokenizers had a template still train (trainer/model.py)."""
+def test_a_toy_folder_keeps_its_template(tmp_path):
+    """The toy builder saves its tokenizer's template: loading the folder needs nothing else."""
+    from transformers import AutoTokenizer
+
     folder = build_toy_qwen(tmp_path / "qwen", ["What is a chair?"])
-    (folder / "chat_template.jinja").unlink()
-    model = Proxy3DModel.build(str(folder), feat_dim=128, num_obj_tokens=2, categories=["chair"], height_bins=8,
-                               height_range=(0.0, 4.0), fourier_dim=8)
-    assert model.tokenizer.chat_template == TOY_CHAT_TEMPLATE
+    assert AutoTokenizer.from_pretrained(folder).chat_template == PLAIN_CHAT_TEMPLATE
 
 
 def test_an_answer_ends_at_the_first_stop_token(toy_model, qwen_tokenizer):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.models.qwen_encoder import QwenVisionEncoder
-from pipeline.models.toy_models import build_toy_qwen
+from pipeline.toy.models import build_toy_qwen
 
 
 @pytest.fixture(scope="module")

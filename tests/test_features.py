@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.features.scenes import ToyRenderedScenes
+from pipeline.toy.scenes import ToyRenderedScenes
 from pipeline.features.stage import load_models, process_scene
 from pipeline.models.protocols import SensorFrames
 from pipeline.models.rgbd import scale_intrinsics, unproject_depth

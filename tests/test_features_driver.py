@@ -16,7 +16,8 @@ import yaml
 
 from pipeline.features import store
 from pipeline.features.driver import run_features
-from pipeline.features.scenes import InMemoryScenes, ToyRenderedScenes, open_workflow_source
+from pipeline.features.scenes import InMemoryScenes, open_workflow_source
+from pipeline.toy.scenes import ToyRenderedScenes
 from schemas.config_features import EncoderConfig, FeaturesConfig
 from schemas.workflow import ToyWorldConfig, load_workflow
 
@@ -27,7 +28,7 @@ CFG = FeaturesConfig(num_frames=4, image_size=(112, 140), encoder=EncoderConfig(
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from pipeline.models.toy_models import resolve_model
+    from pipeline.models.resolve import resolve_model
 
     root = tmp_path_factory.mktemp("data")
     resolve_model("toy:qwen2_5_vl", root)  # built once here, not in every worker

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from pipeline.models.toy_models import build_toy_qwen
+from pipeline.toy.models import build_toy_qwen
 from tests.synthetic_shards import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ KILLS = 3
 def exported(tmp_path_factory):
     """An exported Proxy3D folder (untrained: what predict reads is the export format, not skill)
     and synthetic shards + records."""
-    from pipeline.models.toy_models import build_toy_qwen
+    from pipeline.toy.models import build_toy_qwen
     from trainer.model import Proxy3DModel
     from tests.synthetic_shards import CATEGORIES, write_synthetic
 

@@ -83,7 +83,7 @@ def test_toy_world_killed_at_random_points_then_rerun_equals_uninterrupted(tmp_p
 def test_an_interrupted_world_is_rendered_again_by_features(tmp_path):
     """What a killed render leaves (toy_world.json with complete: false) is redone, even with the
     workflow's own config; a finished world of that config is kept."""
-    from pipeline.features.scenes import ensure_toy_world
+    from pipeline.sources import prepare_source
     from pipeline.sources.toy import build_toy_world
     from schemas.workflow import ToyWorldConfig, Workflow
 
@@ -93,9 +93,9 @@ def test_an_interrupted_world_is_rendered_again_by_features(tmp_path):
     source = {"kind": "toy", "path": str(world / "scenes"), "toy": cfg.model_dump()}
     wf = Workflow.model_validate({"name": "t", "out": str(tmp_path / "out"), "source": source})
     messages: list[str] = []
-    assert ensure_toy_world(wf, echo=messages.append) is False
+    assert prepare_source(wf.source, echo=messages.append) is False
     info = json.loads((world / "toy_world.json").read_text())
     (world / "toy_world.json").write_text(json.dumps({**info, "complete": False}))
-    assert ensure_toy_world(wf, echo=messages.append) is True
+    assert prepare_source(wf.source, echo=messages.append) is True
     assert "was not finished" in messages[0]
     assert json.loads((world / "toy_world.json").read_text())["complete"] is True

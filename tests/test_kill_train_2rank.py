@@ -74,7 +74,7 @@ def _run_to_end(wf: Path, resume: bool) -> str:
 
 @pytest.mark.slow
 def test_two_ranks_killed_at_random_points_then_resumed_equal_uninterrupted(tmp_path):
-    from pipeline.models.toy_models import build_toy_qwen
+    from pipeline.toy.models import build_toy_qwen
     from tests.synthetic_shards import write_synthetic
 
     qwen = build_toy_qwen(tmp_path / "qwen", ["What is a chair?", "How many lamps are in the room?"])

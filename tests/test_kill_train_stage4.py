@@ -26,7 +26,7 @@ KILLS = 2
 
 @pytest.mark.slow
 def test_stage4_killed_at_random_points_then_resumed_equals_uninterrupted(tmp_path):
-    from pipeline.models.toy_models import build_toy_qwen
+    from pipeline.toy.models import build_toy_qwen
     from trainer.model import Proxy3DModel
     from tests.synthetic_shards import CATEGORIES, write_synthetic
     from trainer.train import train

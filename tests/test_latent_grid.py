@@ -65,7 +65,7 @@ def test_latent_grid_must_cut_square_pixel_patches():
 
 @pytest.mark.slow
 def test_feature_stage_writes_the_upsampled_grid(tmp_path):
-    from pipeline.features.scenes import ToyRenderedScenes
+    from pipeline.toy.scenes import ToyRenderedScenes
     from pipeline.features.stage import load_models, prepare_frames, process_scene
     from schemas.workflow import ToyWorldConfig
 

@@ -61,11 +61,11 @@ def test_depth_model_loads_through_the_user_path_and_refuses_relative_depth(tmp_
     from transformers import AutoModelForDepthEstimation
 
     from pipeline.models.depth_metric import tiny_metric_config
-    from pipeline.models.protocols import DEPTH_MODELS, resolve_factory
+    from pipeline.plugins import DEPTH_MODELS, load
     from schemas.config_features import DepthModelConfig
 
     folder = build_toy_depth_model(tmp_path / "da")
-    depth = resolve_factory(DEPTH_MODELS, "depth_anything")(DepthModelConfig(model=str(folder)), tmp_path)
+    depth = load(DEPTH_MODELS, "depth_anything")(DepthModelConfig(model=str(folder)), tmp_path)
     frames = np.random.default_rng(0).integers(0, 255, (3, 28, 42, 3), dtype=np.uint8)
     out = depth.predict(frames)
     assert out.shape == (3, 28, 42) and out.dtype == np.float32 and (out >= 0).all()
@@ -89,9 +89,9 @@ def test_withholding_sensor_data_needs_a_camera0_backend():
 
 @pytest.mark.slow
 def test_feature_stage_takes_metres_from_the_depth_model_when_sensor_data_is_withheld(tmp_path):
-    from pipeline.features.scenes import ToyRenderedScenes
     from pipeline.features.stage import load_models, prepare_frames, process_scene
     from pipeline.models.vggt.geometry import estimate_scale
+    from pipeline.toy.scenes import ToyRenderedScenes
     from schemas.config_features import DepthModelConfig, EncoderConfig, FeaturesConfig, GeometryConfig
     from schemas.workflow import ToyWorldConfig
 

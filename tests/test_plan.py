@@ -35,7 +35,7 @@ def test_zero_options_follow_deepspeeds_formulas():
 
 
 def test_trained_parameters_match_a_built_proxy3d_model(tmp_path):
-    from pipeline.models.toy_models import resolve_model
+    from pipeline.models.resolve import resolve_model
     from trainer.model import Proxy3DModel
 
     folder = resolve_model("toy:qwen2_5_vl", tmp_path)
@@ -94,9 +94,9 @@ def _mid_size_qwen(folder: Path) -> str:
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-    from pipeline.models.toy_models import SPECIAL_TOKENS, train_toy_tokenizer
+    from pipeline.models.tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
 
-    tokenizer = train_toy_tokenizer([])
+    tokenizer = train_bpe_tokenizer([])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
         text_config=dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,

@@ -68,7 +68,7 @@ def test_layout_reaches_the_batches_through_the_export(tmp_path, variant):
     layout; the export records it, and the exported model's collator lays it out."""
     import numpy as np
 
-    from pipeline.models.toy_models import build_toy_qwen
+    from pipeline.toy.models import build_toy_qwen
     from schemas.config_train import StageConfig
     from trainer.data import Collator
     from trainer.model import Proxy3DModel

@@ -34,7 +34,7 @@ def _run(*argv: str, cwd: Path = ROOT) -> str:
 def real_path(tmp_path_factory):
     from pipeline.models.vggt.config import VGGTConfig
     from pipeline.models.vggt.loader import random_vggt, save_vggt
-    from pipeline.sources import ToySource
+    from pipeline.sources.toy.source import ToySource
     from pipeline.sources.scannet_export import export_scannet_scene
     from pipeline.sources.toy.world import build_toy_world
     from schemas.workflow import ToyWorldConfig

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.models.protocols import SensorFrames
-from pipeline.models.sim_sam2 import SimSAM2, scene_rng, simulate_frame_masks
+from pipeline.toy.sim_sam2 import SimSAM2, scene_rng, simulate_frame_masks
 from schemas.config_features import SegmenterConfig
 
 RATES = SegmenterConfig(kind="sim_sam2", split_rate=0.2, merge_rate=0.1, miss_rate=0.1, background_rate=0.5, background_masks=3)
@@ -107,7 +107,7 @@ def test_toy_world_through_sim_sam2_store_and_matching(tmp_path):
     from pipeline.cluster.driver import run_cluster
     from pipeline.cluster.shards import load_scene_proxies
     from pipeline.features.patchify import nearest_resize, patchify_labels
-    from pipeline.features.scenes import ToyRenderedScenes
+    from pipeline.toy.scenes import ToyRenderedScenes
     from pipeline.features.stage import load_models, process_scene
     from pipeline.features.store import read_scene, write_scene
     from schemas.config_cluster import ClusterConfig

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.sources import SOURCES, ScanNetSource, SceneReadError, ToySource, VideoSource, open_source
+from pipeline.plugins import SOURCES, names
+from pipeline.sources import ScanNetSource, SceneReadError, VideoSource, open_source
 from pipeline.sources.base import uniform_indices
 from pipeline.sources.frames import read_frame_folder
 from pipeline.sources.scannet import index_sens, read_axis_alignment, read_ply_vertices, read_sens
+from pipeline.sources.toy.source import ToySource
 from schemas.workflow import SourceConfig
 
 SCENE = "scene0000_00"
@@ -359,7 +361,7 @@ def test_video_frame_folder_natural_order(tmp_path):
 # ---- registry -------------------------------------------------------------------------------
 
 def test_open_source_registry_and_filter(tmp_path):
-    assert set(SOURCES) == {"toy", "scannet", "video"}
+    assert names(SOURCES) == ["scannet", "toy", "video"]
     for name in ("a", "b"):
         _write_mp4(tmp_path / f"{name}.mp4", 3)
     src = open_source(SourceConfig(kind="video", path=str(tmp_path), scenes=["b"]), 2)

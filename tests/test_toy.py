@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from p3d.cli import app
-from pipeline.sources import ToySource
+from pipeline.sources.toy.source import ToySource
 from pipeline.sources.base import uniform_indices
 from pipeline.sources.toy import make_scene, split_for
 from pipeline.sources.toy.layout import intrinsics_for, look_pose, sample_layout

@@ -1,8 +1,11 @@
 """The toy Qwen2.5-VL is a real checkpoint folder: it loads through from_pretrained and runs."""
 
+import pytest
 import torch
 
-from pipeline.models.toy_models import SPECIAL_TOKENS, build_toy_qwen, is_untrained_toy, resolve_model
+from pipeline.models.resolve import is_untrained, resolve_model
+from pipeline.models.tokenizer import SPECIAL_TOKENS
+from pipeline.toy.models import build_toy_qwen
 
 
 def test_build_and_load_through_user_path(tmp_path):
@@ -10,7 +13,7 @@ def test_build_and_load_through_user_path(tmp_path):
 
     texts = ["How many chairs are in the room?", "3", "the red sofa near the wall"]
     folder = build_toy_qwen(tmp_path / "qwen", texts)
-    assert is_untrained_toy(folder)
+    assert is_untrained(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     for t in SPECIAL_TOKENS:
         assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1, t
@@ -32,3 +35,15 @@ def test_resolve_keeps_real_ids_and_builds_toy_once(tmp_path):
     stamp = (tmp_path / "models/qwen2_5_vl/config.json").stat().st_mtime_ns
     assert resolve_model("toy:qwen2_5_vl", tmp_path) == folder
     assert (tmp_path / "models/qwen2_5_vl/config.json").stat().st_mtime_ns == stamp
+
+
+def test_resolve_routes_each_id_scheme_and_refuses_unknown_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model id scheme 'nope'; known: random, toy"):
+        resolve_model("nope:qwen2_5_vl", tmp_path)
+    with pytest.raises(ValueError, match=r"unknown toy model 'toy:gpt'; known: toy:qwen2_5_vl"):
+        resolve_model("toy:gpt", tmp_path)
+    with pytest.raises(ValueError, match="'toy:sam2' is a sam2 model; this backend loads qwen2_5_vl models"):
+        resolve_model("toy:sam2", tmp_path)
+    folder = tmp_path / "my:model"  # an existing folder is taken as it is, colon or not
+    folder.mkdir()
+    assert resolve_model(str(folder), tmp_path) == str(folder)

@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 import yaml
 
-from pipeline.models.toy_models import build_toy_qwen
+from pipeline.toy.models import build_toy_qwen
 from tests.synthetic_shards import CATEGORIES, write_synthetic
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.toy_models import build_toy_qwen
+from pipeline.toy.models import build_toy_qwen
 from trainer.data import Collator, iter_scenes, scene_inputs
 from trainer.model import Proxy3DModel
 from trainer.stages import Example, build_examples

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.models.toy_models import build_toy_qwen
+from pipeline.toy.models import build_toy_qwen
 from tests.kill_helpers import kill_once_logged
 from tests.test_trainer_run import _workflow as run_workflow
 from tests.synthetic_shards import write_synthetic
@@ -82,6 +82,9 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(setup):
 
 
 def test_kill_inside_a_save_changed_config_and_no_pickle(setup, monkeypatch, capsys):
+    from typer.testing import CliRunner
+
+    from p3d.cli import app
     from trainer import run
     from trainer.checkpoint import ResumeConfigError
     from trainer.train import train
@@ -112,6 +115,17 @@ def test_kill_inside_a_save_changed_config_and_no_pickle(setup, monkeypatch, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "lr: 0.001 -> 0.002" in err and "--allow-changed-config" in err
+    assert (resolved.read_text() if resolved.exists() else None) == before
+    # --max-steps and --deepspeed-config change the run's configuration in both entries alike.
+    flags = ["--stage", "1", "--workflow", str(wf), "--resume", "--max-steps", "6",
+             "--deepspeed-config", "zero3"]
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(flags)
+    from_run = capsys.readouterr().err
+    from_p3d = CliRunner().invoke(app, ["train"] + flags)
+    for code, err in ((exit_info.value.code, from_run), (from_p3d.exit_code, from_p3d.output)):
+        assert code == 2 and 'train.deepspeed: "zero2" -> "zero3"' in err, err
+        assert "train.stages[stage=1].max_steps: 8 -> 6" in err, err
     assert (resolved.read_text() if resolved.exists() else None) == before
 
     # Resuming reads DeepSpeed's .pt files with weights_only=True and never builds a full unpickler.

@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from pipeline.models.toy_models import build_toy_qwen
+from pipeline.toy.models import build_toy_qwen
 from tests.synthetic_shards import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]

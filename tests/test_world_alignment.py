@@ -14,9 +14,10 @@ import pytest
 
 from pipeline.features import store
 from pipeline.features.driver import run_features
-from pipeline.features.scenes import InMemoryScenes, ToyRenderedScenes
+from pipeline.features.scenes import InMemoryScenes
 from pipeline.features.stage import FeatureModels, load_models, process_scene
 from pipeline.models.protocols import GeometryOutput
+from pipeline.toy.scenes import ToyRenderedScenes
 from schemas.config_features import EncoderConfig, FeaturesConfig, GeometryConfig
 from schemas.workflow import ToyWorldConfig
 from tests.test_align import random_similarity

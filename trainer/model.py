@@ -29,7 +29,6 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from pipeline.models.toy_models import TOY_CHAT_TEMPLATE, is_untrained_toy
 from schemas.config_train import RopePositions
 from schemas.io import atomic_dir
 from trainer import objects
@@ -98,8 +97,6 @@ class Proxy3DModel(nn.Module):
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
         tokenizer = AutoTokenizer.from_pretrained(base)
-        if tokenizer.chat_template is None and is_untrained_toy(base):
-            tokenizer.chat_template = TOY_CHAT_TEMPLATE  # a toy folder built before toy tokenizers had one
         lm = Qwen2_5_VLForConditionalGeneration.from_pretrained(base, dtype=dtype)
         tokens = objects.obj_tokens(num_obj_tokens)
         tokenizer.add_tokens(tokens)

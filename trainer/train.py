@@ -167,7 +167,7 @@ def training_records(path: Path, required: bool) -> tuple[dict[str, list], froze
 
 def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_dim: int,
                 categories: list[str]):
-    from pipeline.models.toy_models import resolve_model
+    from pipeline.models.resolve import resolve_model
     from trainer.model import Proxy3DModel
 
     stage = scfg.stage

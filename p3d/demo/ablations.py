@@ -81,7 +81,7 @@ def _oracle_changes(wf: Workflow) -> dict:
     """The oracle variant's own data root and features: the same scenes through `rgbd` + `instances`.
     A `toy:` model id resolves against the data root, so it is pinned to the main run's folder:
     the oracle's features then come from the same vision tower as the main run's."""
-    from pipeline.models.toy_models import is_toy_id, toy_model_dir
+    from pipeline.toy.models import is_toy_id, toy_model_dir
 
     def pinned(model: str) -> str:
         return str(toy_model_dir(model, wf.out)) if is_toy_id(model) else model

@@ -56,7 +56,7 @@ def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d) -> dict | Non
     recs = held_out_questions(records_path, scene_id, wf.eval.split, stage4.tasks if stage4 else None)
     if not recs:
         return None
-    from pipeline.ask.film import film_scene_folder
+    from pipeline.toy.film import film_scene_folder
     from pipeline.sources.sidecar import sidecar_path
 
     ask_dir = demo.run_dir / layout.DEMO_ASK

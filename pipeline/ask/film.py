@@ -1,8 +1,8 @@
 """Film a scene into a video file, as a phone would: the frames in order, one mp4 (PyAV).
 
-The toy world's scenes are walks around a room (pipeline/sources/toy), so a toy scene filmed this way
-is what `p3d ask` gets from a user: a video. Tests, the demo and benchmarks/ask.py film held-out toy
-scenes with it.
+The toy world's scenes are walks around a room, so a toy scene filmed this way is what `p3d ask` gets
+from a user: a video. Tests, the demo and benchmarks/ask.py film held-out toy scenes with it
+(pipeline/toy/film.py).
 
 A filmed toy scene also keeps its ground truth beside the video (`<stem>.groundtruth.npz`,
 pipeline/sources/sidecar.py): the toy workflow's networks (`sim_vggt`, `sim_sam2`) simulate the real
@@ -22,7 +22,6 @@ import numpy as np
 
 from pipeline.sources.base import Scene
 from schemas.io import atomic_open
-from schemas.workflow import ToyWorldConfig
 
 
 def even_size(height: int, width: int) -> tuple[int, int]:
@@ -66,29 +65,3 @@ def film_scene(scene: Scene, path: str | Path, fps: int = 10) -> Path:
         kept = replace(kept, depth_FHdWd=kept.depth_FHdWd[:, :height, :width])
     write_sidecar(kept, path)
     return write_video(kept.images_FHW3, path, fps)
-
-
-def film_scene_folder(scenes_dir: str | Path, scene_id: str, path: str | Path, fps: int = 10) -> Path:
-    """A toy scene already on disk (`<scenes_dir>/<scene_id>`), every frame, into a video and its sidecar."""
-    from pipeline.sources.toy.source import ToySource
-
-    scene = ToySource(Path(scenes_dir), 1 << 30, (scene_id,)).load_scene(scene_id)  # every frame
-    return film_scene(scene, path, fps)
-
-
-def film_toy_scene(toy: ToyWorldConfig, index: int, path: str | Path, fps: int = 10) -> Path:
-    """Scene `index` of a toy world, every rendered frame, into a video and its sidecar."""
-    from pipeline.sources.toy import make_scene
-    from pipeline.sources.toy.world import objects_of
-
-    toy_scene = make_scene(index, toy)
-    num = len(toy_scene.frames)
-    k_F33 = np.repeat(np.asarray(toy_scene.k_33, np.float32)[None], num, 0)
-    scene = Scene(scene_id=toy_scene.scene_id, source="toy", path=str(path),
-                  frame_indices=np.arange(num, dtype=np.int64),
-                  images_FHW3=np.stack([frame.rgb_HW3 for frame in toy_scene.frames]),
-                  depth_FHdWd=np.stack([frame.depth_HW for frame in toy_scene.frames]).astype(np.float32),
-                  poses_F44=np.asarray(toy_scene.poses_F44, np.float32), intrinsics_F33=k_F33,
-                  instances_FHW=np.stack([frame.instance_HW for frame in toy_scene.frames]).astype(np.int32),
-                  objects=objects_of(toy_scene.layout), num_frames_total=num, split=toy_scene.split)
-    return film_scene(scene, path, fps)

@@ -23,10 +23,10 @@ def features(
     overwrite: bool = typer.Option(False, "--overwrite", help="redo scenes that are already complete"),
 ) -> None:
     """Write patch-aligned (feature, point, label) triplets per scene; exits 1 if any scene failed."""
-    from schemas.cli_workflow import fail, missing_source, open_workflow
     from pipeline.features.driver import run_features
-    from pipeline.features.scenes import ensure_toy_world, open_workflow_source
-    from pipeline.sources import SceneReadError
+    from pipeline.features.scenes import open_workflow_source
+    from pipeline.sources import SceneReadError, prepare_source
+    from schemas.cli_workflow import fail, missing_source, open_workflow
 
     if executor not in (None, "ray", "local"):
         raise typer.BadParameter(f"unknown executor {executor!r}; choose ray or local", param_hint="--executor")
@@ -36,7 +36,7 @@ def features(
     cfg = wf.features.model_copy(update={k: v for k, v in updates.items() if v is not None})
     out_root = out if out is not None else Path(wf.out)
     ids = scene_list(scenes)
-    ensure_toy_world(wf, echo=typer.echo)
+    prepare_source(wf.source, echo=typer.echo)
     if not Path(wf.source.path).exists():
         fail(missing_source(run, "nothing at"))
     try:
@@ -46,7 +46,7 @@ def features(
         fail(str(e))
     if not scene_ids:
         fail(missing_source(run, "no scene folders under"))
-    # Models named `toy:` are built under the workflow's data root, beside the toy world's text.
+    # Models named `toy:` or `random:` are built under the workflow's data root (pipeline/models/resolve.py).
     report = run_features(cfg, out_root, Path(wf.out), source, scene_ids=scene_ids, overwrite=overwrite)
     if report.path is not None:
         run.save(report.path.with_suffix(".workflow.yaml"), features=cfg, out=str(out_root))

@@ -29,19 +29,9 @@ import numpy as np
 import pipeline
 from pipeline.features.align import align_to_world
 from pipeline.features.patchify import nearest_resize, patchify, patchify_labels, upsample_features
-from pipeline.models.protocols import (
-    DEPTH_MODELS,
-    ENCODERS,
-    GEOMETRIES,
-    SEGMENTERS,
-    Encoder,
-    Geometry,
-    GeometryOutput,
-    MetricDepth,
-    Segmenter,
-    SensorFrames,
-    resolve_factory,
-)
+from pipeline.models.protocols import Encoder, Geometry, GeometryOutput, MetricDepth, Segmenter, SensorFrames
+from pipeline.plugins import DEPTH_MODELS, ENCODERS, GEOMETRY, SEGMENTERS
+from pipeline.plugins import load as load_plugin
 from pipeline.models.rgbd import scale_intrinsics
 from pipeline.sources.base import Scene, uniform_indices
 from schemas.config_features import FeaturesConfig
@@ -65,12 +55,12 @@ class SceneResult:
 
 
 def load_models(cfg: FeaturesConfig, data_root: str | Path, device: str = "cpu") -> FeatureModels:
-    """Build the three backends named by the config (each loads its weights once)."""
+    """Build the backends the config names (each loads its weights once), through the plugin registry."""
     return FeatureModels(
-        encoder=resolve_factory(ENCODERS, cfg.encoder.kind)(cfg.encoder, data_root, device),
-        geometry=resolve_factory(GEOMETRIES, cfg.geometry.kind)(cfg.geometry, data_root, device),
-        segmenter=resolve_factory(SEGMENTERS, cfg.segmenter.kind)(cfg.segmenter, data_root, device),
-        depth=None if cfg.geometry.depth_model is None else resolve_factory(
+        encoder=load_plugin(ENCODERS, cfg.encoder.kind)(cfg.encoder, data_root, device),
+        geometry=load_plugin(GEOMETRY, cfg.geometry.kind)(cfg.geometry, data_root, device),
+        segmenter=load_plugin(SEGMENTERS, cfg.segmenter.kind)(cfg.segmenter, data_root, device),
+        depth=None if cfg.geometry.depth_model is None else load_plugin(
             DEPTH_MODELS, cfg.geometry.depth_model.kind)(cfg.geometry.depth_model, data_root, device),
     )
 

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.layout import models_dir
+from pipeline.models.resolve import UNTRAINED_MARKER
 from schemas.store import ModelRef
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 518  # Depth Anything V2's training resolution
 MULTIPLE = 14  # DINOv2 patch size
-TOY_MARKER = "p3d_toy.json"
 
 
 def network_size(image_hw: tuple[int, int], size: int = INPUT_SIZE, multiple: int = MULTIPLE
@@ -126,20 +125,17 @@ def build_toy_depth_model(folder: str | Path, seed: int = 0, input_size: int = 5
         (tmp / "preprocessor_config.json").write_text(json.dumps({
             "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
             "size": {"height": input_size, "width": input_size}}))
-        (tmp / TOY_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
+        (tmp / UNTRAINED_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
     return folder
 
 
 def load_depth_model(config, data_root, device: str = "cpu") -> MetricDepthModel:
     """Factory for the registry: `config` is a `schemas.config_features.DepthModelConfig`.
     `toy:depth_anything` is built under `<data_root>/models/depth_anything` on first use."""
-    model = config.model
-    if model.startswith("toy:"):
-        from schemas.io import build_once
+    from pipeline.models.resolve import resolve_model
 
-        folder = models_dir(data_root) / "depth_anything"
-        model = str(build_once(folder, TOY_MARKER, build_toy_depth_model))
+    model = resolve_model(config.model, data_root, family="depth_anything")
     depth = MetricDepthModel(model, revision=config.revision, device=device, dtype=config.dtype,
-                             trained=not (Path(model) / TOY_MARKER).exists())
+                             trained=not (Path(model) / UNTRAINED_MARKER).exists())
     depth.ref = depth.ref.model_copy(update={"model": config.model})
     return depth

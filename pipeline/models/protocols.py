@@ -1,18 +1,16 @@
-"""The three model backends of the feature stage, behind small protocols, and their registries.
+"""The model backends of the feature stage, behind small protocols.
 
-A backend knows nothing about Ray or files: arrays in, arrays out. Registries are plain dicts from
-the workflow's `kind` name to a "module:function" factory path, imported only when used so that
-`schemas` and `p3d --help` never pull in torch or transformers.
+A backend knows nothing about Ray or files: arrays in, arrays out. The workflow names each backend
+by its `kind`; pipeline/plugins.py resolves the name to the backend's factory (entry points in
+pyproject.toml), imported only when used so that `schemas` and `p3d --help` never pull in torch.
 
 Legend: F frames, H x W pixels at the encoder's input size, h x w token grid, D feature dim.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -86,30 +84,3 @@ class SensorFrames:
     intrinsics_F33: np.ndarray | None = None  # of the colour images
     depth_intrinsics_F33: np.ndarray | None = None  # of the depth images, when they differ
     instances_FHW: np.ndarray | None = None
-
-
-# name -> "module:factory"; each factory takes (config section, data_root, device) and returns a backend.
-ENCODERS: dict[str, str] = {
-    "qwen2_5_vl": "pipeline.models.qwen_encoder:load_encoder",
-}
-GEOMETRIES: dict[str, str] = {
-    "rgbd": "pipeline.models.rgbd:load_geometry",
-    "vggt": "pipeline.models.vggt_scaled:load_geometry",
-    "sim_vggt": "pipeline.models.sim_vggt:load_geometry",
-}
-SEGMENTERS: dict[str, str] = {
-    "instances": "pipeline.models.instances:load_segmenter",
-    "sam2": "pipeline.models.sam2_segmenter:load_segmenter",
-    "sim_sam2": "pipeline.models.sim_sam2:load_segmenter",
-}
-
-DEPTH_MODELS: dict[str, str] = {
-    "depth_anything": "pipeline.models.depth_metric:load_depth_model",
-}
-
-
-def resolve_factory(registry: dict[str, str], kind: str) -> Callable[..., Any]:
-    if kind not in registry:
-        raise ValueError(f"unknown backend kind {kind!r}; known: {', '.join(sorted(registry))}")
-    module_name, func_name = registry[kind].split(":")
-    return getattr(importlib.import_module(module_name), func_name)

@@ -197,10 +197,10 @@ class QwenVisionEncoder:
 
 def load_encoder(config, data_root, device: str = "cpu") -> QwenVisionEncoder:
     """Factory for the registry: `config` is a `schemas.config_features.EncoderConfig`."""
-    from pipeline.models.toy_models import is_untrained_toy, resolve_model
+    from pipeline.models.resolve import is_untrained, resolve_model
 
     folder = resolve_model(config.model, data_root)
-    trained = not (Path(folder).is_dir() and is_untrained_toy(folder))
+    trained = not (Path(folder).is_dir() and is_untrained(folder))
     encoder = QwenVisionEncoder(folder, revision=config.revision, device=device, dtype=config.dtype,
                                 video_mode=config.video_mode, keep_premerge=config.keep_premerge,
                                 trained=trained, frames_per_batch=config.frames_per_batch)

@@ -260,11 +260,11 @@ def _build_qwen(folder: Path, model: str, seed: int) -> None:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-    from pipeline.models.toy_models import SPECIAL_TOKENS, train_toy_tokenizer
+    from pipeline.models.tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
     from schemas.io import atomic_dir
 
     name, reductions = parse_random_id(model)
-    tokenizer = train_toy_tokenizer([])
+    tokenizer = train_bpe_tokenizer([])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     token_ids = {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
                  "pad_token_id": ids["<|endoftext|>"], "vision_start_token_id": ids["<|vision_start|>"],

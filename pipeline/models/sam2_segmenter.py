@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.models.mask_merge import merge_frames_3d, paint_masks
 from pipeline.models.protocols import SensorFrames
-from schemas.layout import models_dir
+from pipeline.models.resolve import UNTRAINED_MARKER
 from schemas.store import ModelRef
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -198,10 +198,6 @@ class SAM2Segmenter:
                                self.merge_min_overlap)
 
 
-TOY_SAM2 = "toy:sam2"
-TOY_MARKER = "p3d_toy.json"
-
-
 def tiny_sam2_config(image_size: int = 128):
     """A ~0.4M-parameter SAM 2 for tests and the toy workflow. Hiera puts a global-attention block
     inside stages 1-2, never first in a stage (a first block that pools queries cannot be global)."""
@@ -242,28 +238,22 @@ def build_toy_sam2(folder: str | Path, seed: int = 0) -> Path:
         model.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(
             {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}))
-        (tmp / TOY_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
+        (tmp / UNTRAINED_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
     return folder
 
 
 def load_segmenter(config, data_root, device: str = "cpu") -> SAM2Segmenter:
     """Factory for the registry: `config` is a `schemas.config_features.SegmenterConfig`.
-    `toy:sam2` is built under `<data_root>/models/sam2` on first use, `random:` ids as real_configs.py says."""
-    model = config.model
-    if model == TOY_SAM2:
-        from schemas.io import build_once
+    `random:` and `toy:` ids are built under `<data_root>/models` on first use (pipeline/models/resolve.py)."""
+    from pipeline.models.resolve import resolve_model
 
-        model = str(build_once(models_dir(data_root) / "sam2", TOY_MARKER, build_toy_sam2))
-    elif model.startswith("random:"):  # a real architecture with random weights (real_configs.py)
-        from pipeline.models.real_configs import resolve_random
-
-        model = resolve_random(model, data_root, family="sam2")
+    model = resolve_model(config.model, data_root, family="sam2")
     segmenter = SAM2Segmenter(model, revision=config.revision, device=device,
                               points_per_side=config.points_per_side, points_per_batch=config.points_per_batch,
                               pred_iou_thresh=config.pred_iou_thresh, stability_thresh=config.stability_thresh,
                               min_mask_area=config.min_mask_area, nms_iou=config.nms_iou,
                               merge_voxel=config.merge_voxel, merge_min_overlap=config.merge_min_overlap,
                               frames_per_batch=config.frames_per_batch,
-                              trained=not (Path(model) / TOY_MARKER).exists())
+                              trained=not (Path(model) / UNTRAINED_MARKER).exists())
     segmenter.ref = segmenter.ref.model_copy(update={"model": config.model})
     return segmenter

@@ -43,6 +43,13 @@ class ToySource(SceneSource):
 
     kind = "toy"
 
+    @staticmethod
+    def prepare(cfg, echo=print) -> bool:
+        """Render the world first when it is missing or stale (`pipeline.sources.prepare_source`)."""
+        from pipeline.toy.scenes import ensure_toy_world
+
+        return ensure_toy_world(cfg, echo)
+
     def available(self) -> list[str]:
         # Hidden folders are a writer's temporary or set-aside copies (schemas.io.replace_dir).
         return sorted(p.name for p in Path(self.path).iterdir()

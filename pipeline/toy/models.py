@@ -13,20 +13,13 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from schemas.io import atomic_dir
+from pipeline.models.resolve import UNTRAINED_MARKER
+from pipeline.models.tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
+from schemas.io import atomic_dir, build_once
 from schemas.layout import CATEGORIES_FILE, data_records, models_dir
 
 TOY_PREFIX = "toy:"
-TOY_MARKER = "p3d_toy.json"
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
+TOY_MARKER = UNTRAINED_MARKER
 # Qwen2.5-VL's text RoPE splits head_dim/2 frequencies into (temporal, height, width) sections.
 TOY_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=4096)
@@ -34,27 +27,6 @@ TOY_MROPE_SECTION = [4, 6, 6]  # sums to head_dim/2 = 128/4/2
 TOY_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                   fullatt_block_indexes=[1])
-# Qwen2.5-VL-Instruct's chat template reduced to what p3d sends: the same turns and vision markers
-# (text and image parts; no video, no "Picture N:" labels), so toy prompts run through the same
-# `apply_chat_template` code (trainer/chat.py), but without Qwen's default system prompt when none is
-# given: for a random-init model it is a constant prefix that teaches nothing and would add 11 tokens
-# to every toy example (stage 1's are ~25 tokens long).
-TOY_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-_BASE_TEXT = [
-    "system\nuser\nassistant\n",  # the chat template's role names, each one token
-    "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 10 0.5 1.25 metres meters",
-    "What is this object? How many are there? Where is it? left right front behind above below yes no",
-]
 
 
 def is_toy_id(model: str) -> bool:
@@ -65,29 +37,13 @@ def toy_model_dir(model: str, data_root: str | Path) -> Path:
     return models_dir(data_root) / model[len(TOY_PREFIX):]
 
 
-def train_toy_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
-    """A byte-level BPE tokenizer with Qwen's special tokens, as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(_BASE_TEXT) + list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token=None, model_max_length=TOY_TEXT["max_position_embeddings"],
-                                   chat_template=TOY_CHAT_TEMPLATE)
-
-
 def build_toy_qwen(out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0) -> Path:
     """Build, save and return the folder of a tiny random-weight Qwen2.5-VL with its tokenizer."""
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
     out_dir = Path(out_dir)
-    tokenizer = train_toy_tokenizer(texts)
+    tokenizer = train_bpe_tokenizer(texts, model_max_length=TOY_TEXT["max_position_embeddings"])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text_cfg = dict(TOY_TEXT, vocab_size=len(tokenizer), bos_token_id=ids["<|endoftext|>"],
                     eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
@@ -129,24 +85,34 @@ def _toy_texts(data_root: Path) -> list[str]:
     return texts
 
 
-def resolve_model(model: str, data_root: str | Path) -> str:
-    """A hub id or folder stays as it is; `toy:<name>` and `random:<name>` (real architectures,
-    pipeline/models/real_configs.py) become their folder, built on first use."""
-    from pipeline.models.real_configs import is_random_id, resolve_random
+def _build_toy_sam2(out: Path, data_root: Path) -> Path:
+    from pipeline.models.sam2_segmenter import build_toy_sam2
 
-    if is_random_id(model):
-        return resolve_random(model, data_root, family="qwen2_5_vl")
-    if not is_toy_id(model):
-        return model
+    return build_toy_sam2(out)
+
+
+def _build_toy_depth(out: Path, data_root: Path) -> Path:
+    from pipeline.models.depth_metric import build_toy_depth_model
+
+    return build_toy_depth_model(out)
+
+
+# toy:<name> -> (the family of loaders that can load it, its builder(folder, data root)).
+TOY_MODELS = {
+    "qwen2_5_vl": ("qwen2_5_vl", lambda out, data_root: build_toy_qwen(out, _toy_texts(data_root))),
+    "sam2": ("sam2", _build_toy_sam2),
+    "depth_anything": ("depth_anything", _build_toy_depth),
+}
+
+
+def resolve_toy_model(model: str, data_root: str | Path, family: str) -> str:
+    """The `p3d.model_ids` plugin of `toy:<name>`: its folder under `<data root>/models`, built on first
+    use; `family` is what the caller can load."""
     name = model[len(TOY_PREFIX):]
-    if name != "qwen2_5_vl":
-        raise ValueError(f"unknown toy model {model!r}; known: toy:qwen2_5_vl")
-    from schemas.io import build_once
-
-    folder = build_once(toy_model_dir(model, data_root), TOY_MARKER,
-                        lambda out: build_toy_qwen(out, _toy_texts(Path(data_root))))
+    if name not in TOY_MODELS:
+        raise ValueError(f"unknown toy model {model!r}; known: {', '.join(TOY_PREFIX + n for n in TOY_MODELS)}")
+    toy_family, build = TOY_MODELS[name]
+    if toy_family != family:
+        raise ValueError(f"{model!r} is a {toy_family} model; this backend loads {family} models")
+    folder = build_once(toy_model_dir(model, data_root), TOY_MARKER, lambda out: build(Path(out), Path(data_root)))
     return str(folder)
-
-
-def is_untrained_toy(path: str | Path) -> bool:
-    return (Path(path) / TOY_MARKER).exists()

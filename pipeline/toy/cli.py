@@ -22,8 +22,8 @@ def toy(
                                                                "at most 8); the world does not depend on it"),
 ) -> None:
     """Render the procedural toy world with full ground truth (ScanNet exported-frame layout)."""
-    from schemas.cli_workflow import fail, open_workflow
     from pipeline.sources.toy import build_toy_world
+    from schemas.cli_workflow import fail, open_workflow
     from schemas.workflow import ToyWorldConfig
 
     run = None

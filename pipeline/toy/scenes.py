@@ -1,0 +1,81 @@
+"""Toy-world scenes for the feature stage: rendered on demand, and the toy source's prepare hook.
+
+  ToyRenderedScenes  toy-world scenes rendered on demand from (seed, index), no files needed; the same
+                     pure `make_scene` the toy-world writer uses (benchmark, tests);
+  ensure_toy_world   `ToySource.prepare`: render the world before features when it is missing or stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.sources.base import Scene, uniform_indices
+from schemas.workflow import SourceConfig, ToyWorldConfig
+
+
+@dataclass(frozen=True)
+class ToyRenderedScenes:
+    toy: ToyWorldConfig
+    num_frames: int
+
+    def scene_ids(self) -> list[str]:
+        from pipeline.sources.toy import scene_id_for
+
+        return [scene_id_for(i) for i in range(self.toy.num_scenes)]
+
+    def fingerprint(self, scene_id: str) -> str:
+        """Scenes are made from (toy config, index) alone: the config is their identity."""
+        return hashlib.sha256(f"toy\0{self.toy.model_dump_json()}\0{scene_id}".encode()).hexdigest()[:16]
+
+    def load_scene(self, scene_id: str) -> Scene:
+        from pipeline.sources.toy import make_scene
+        from pipeline.sources.toy.world import objects_of
+
+        if scene_id not in self.scene_ids():
+            raise ValueError(f"scene {scene_id}: not in a {self.toy.num_scenes}-scene toy world")
+        toy = make_scene(self.scene_ids().index(scene_id), self.toy)
+        pick = uniform_indices(len(toy.frames), self.num_frames)
+        frames = [toy.frames[i] for i in pick]
+        return Scene(
+            scene_id=scene_id, source="toy", path=f"toy:{self.toy.seed}/{scene_id}", frame_indices=pick,
+            images_FHW3=np.stack([f.rgb_HW3 for f in frames]),
+            depth_FHdWd=np.stack([f.depth_HW for f in frames]).astype(np.float32),
+            poses_F44=toy.poses_F44[pick].astype(np.float32),
+            intrinsics_F33=np.repeat(toy.k_33[None], len(pick), 0).astype(np.float32),
+            instances_FHW=np.stack([f.instance_HW for f in frames]).astype(np.int32),
+            objects=objects_of(toy.layout), num_frames_total=len(toy.frames), split=toy.split,
+        )
+
+
+def ensure_toy_world(source: SourceConfig, echo: Callable[[str], object] = print) -> bool:
+    """The toy source's `prepare` hook: render the toy world first when a toy workflow's scenes folder
+    is empty, or was rendered from another toy config (another seed) than the workflow's; True if it
+    rendered."""
+    from pipeline.sources.toy import build_toy_world
+
+    if source.kind != "toy":
+        return False
+    scenes_dir = Path(source.path)
+    toy = source.toy or ToyWorldConfig()
+    if scenes_dir.is_dir() and any((p / "manifest.json").exists() for p in scenes_dir.iterdir()):
+        made = scenes_dir.parent / "toy_world.json"
+        try:
+            made_info = json.loads(made.read_text()) if made.is_file() else {}
+            made_with = made_info.get("config")
+        except (ValueError, AttributeError):
+            made_info, made_with = {}, None
+        interrupted = made_info.get("complete") is False  # a render was killed: old and new scenes mixed
+        if not interrupted and (made_with is None or made_with == toy.model_dump(mode="json")):
+            return False  # a world of unknown provenance (hand-made) is kept as it is
+        why = "was not finished" if interrupted else "was rendered from another config than the workflow's"
+        echo(f"toy world under {scenes_dir} {why} ({made}): rendering it again")
+    else:
+        echo(f"toy world not found under {scenes_dir}: rendering it first")
+    build_toy_world(scenes_dir.parent, scenes_dir, toy, progress=echo)
+    return True
