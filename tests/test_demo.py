@@ -178,3 +178,32 @@ def test_report_says_which_model_ids_have_random_weights():
     assert "toy models" in _weights_note("toy:qwen2_5_vl")
     assert "real architecture with random weights" in _weights_note("random:qwen2_5_vl_3b@layers=1")
     assert _weights_note("Qwen/Qwen2.5-VL-7B-Instruct") == "."
+
+
+def test_report_reads_the_ablation_rows_and_findings_from_the_result(tmp_path):
+    """The ablation section comes from the DemoResult alone: its rows, whether a variant reused the
+    main run, and the oracle finding only when the result names an oracle variant."""
+    from p3d.demo.result import DemoResult, Step
+    from p3d.report import write_report
+
+    def grounding(acc):
+        return {"results": [{"name": "toy/grounding", "metrics": {"Acc@0.25": acc}, "chance": {"Acc@0.25": 17.2},
+                             "num_samples": 9}]}
+
+    demo = _demo_run(tmp_path)
+    demo.run_dir.mkdir(parents=True)
+    rows = {"grouping-k64": grounding(40.0), "no-grouping-k64": grounding(25.0), "oracle": grounding(80.0)}
+    steps = [Step("cluster", ["p3d", "cluster"], 2.0, 0.0), Step("features", ["p3d", "features"], 3.0, 5.0)]
+    result = DemoResult(demo.workflow_path, demo.workflow, demo.run_dir, grounding(40.0), steps, 9.0,
+                        ablations=rows, main_clustering_variant="grouping-k64", oracle_variant="oracle",
+                        reuses_main_run=True)
+    text = write_report(result).read_text()
+    assert "| grouping-k64 | 40.0 (Acc@0.25) |" in text and "| no-grouping-k64 | 25.0 (Acc@0.25) |" in text
+    assert "(the variant with the main run's clustering is the main run)." in text
+    assert "Acc@0.25 40.0 with grouping versus 25.0 without (+15.0 points" in text
+    assert "grounds with Acc@0.25 40.0 (50 % of the oracle's)" in text  # 100 * 40 / 80
+    assert "| cluster | 0 | 2.0 |\n| features | 5 | 3.0 |\n| **total** | | 9.0 |" in text
+    no_oracle = DemoResult(demo.workflow_path, demo.workflow, demo.run_dir, grounding(40.0), steps, 9.0,
+                           ablations=rows, main_clustering_variant="grouping-k64")
+    text = write_report(no_oracle).read_text()
+    assert "of the oracle's" not in text and "is the main run)." not in text
