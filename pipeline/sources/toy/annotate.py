@@ -12,6 +12,11 @@ VSI-Bench (the paper's spatial benchmark) does, and only objects whose category 
 room, so that the name is unambiguous: such a question is askable whatever the segmenter merged or
 missed (an identifier-named one is not when its object matches no segment). Their `target_ids` still
 list the objects, in the order the question names them.
+The category also tells the size: the training split's mean answer per question scores held-out
+object size at MRA 88.8 (the constant per question type: 43.7), as a fresh model trained on these
+records does (87.5) without reading the scene; for distance (37.9), room size (74.0) and left/right
+(58.7) it gives about chance, and only they measure geometry (96 toy rooms, oracle segments,
+~350 steps on the simplified scene).
 """
 
 from __future__ import annotations
