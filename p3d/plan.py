@@ -121,7 +121,7 @@ def _meta_sam2(model: str):
     from transformers import AutoConfig, Sam2Model
 
     from pipeline.models import real_configs as rc
-    from pipeline.models.sam2_segmenter import TOY_SAM2, tiny_sam2_config
+    from pipeline.toy.models import TOY_SAM2, tiny_sam2_config
 
     if rc.is_random_id(model):
         name, reductions = rc.parse_random_id(model)

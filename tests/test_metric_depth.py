@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.features.align import depth_in_cameras, metric_depth_scale
-from pipeline.models.depth_metric import MetricDepthModel, build_toy_depth_model, network_size
+from pipeline.models.depth_metric import MetricDepthModel, network_size
+from pipeline.toy.models import build_toy_depth_model
 
 
 def test_scale_is_the_true_factor_despite_outlier_pixels_and_a_wrong_frame():
@@ -60,8 +61,8 @@ def test_input_size_and_pixels_follow_the_checkpoints_dpt_processor(tmp_path):
 def test_depth_model_loads_through_the_user_path_and_refuses_relative_depth(tmp_path):
     from transformers import AutoModelForDepthEstimation
 
-    from pipeline.models.depth_metric import tiny_metric_config
-    from pipeline.plugins import DEPTH_MODELS, load
+    from schemas.plugins import DEPTH_MODELS, load
+    from pipeline.toy.models import tiny_metric_config
     from schemas.config_features import DepthModelConfig
 
     folder = build_toy_depth_model(tmp_path / "da")

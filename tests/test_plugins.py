@@ -1,4 +1,4 @@
-"""The plugin registry (pipeline/plugins.py) and the fence around the toy world (pipeline/toy).
+"""The plugin registry (schemas/plugins.py) and the fence around the toy world (pipeline/toy).
 
 The real path reaches a component only by its name through the registry, so it must neither import
 nor name `pipeline.toy`: checked by importing every real-path module in a fresh interpreter and by
@@ -14,13 +14,13 @@ import typing
 
 import pytest
 
-from pipeline import plugins
+from schemas import plugins
 from schemas.config_features import DepthModelConfig, EncoderConfig, GeometryConfig, SegmenterConfig
 from tests.conftest import ROOT
 
 # The real path: what the stages and the trainer are made of (the application shell and the toy are not).
 REAL_PATH = ("schemas", "pipeline/sources", "pipeline/models", "pipeline/features", "pipeline/cluster",
-             "pipeline/eval", "pipeline/executor.py", "pipeline/plugins.py", "trainer")
+             "pipeline/eval", "pipeline/executor.py", "trainer")
 EXPECTED = {
     plugins.SOURCES: {"scannet", "toy", "video"},
     plugins.ENCODERS: {"qwen2_5_vl"},

@@ -98,37 +98,6 @@ def _preprocessor_config(model: str, revision: str | None) -> dict:
     return json.loads(Path(path).read_text()) if path else {}
 
 
-def tiny_metric_config(max_depth: int = 20):
-    """A 2-layer DINOv2 Depth Anything in the metric-indoor layout (tests, the toy world)."""
-    from transformers import DepthAnythingConfig, Dinov2Config
-
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            patch_size=14, image_size=56, out_indices=[1, 2, 3, 4],
-                            reshape_hidden_states=False, apply_layernorm=True)
-    return DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, patch_size=14,
-                               neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
-                               depth_estimation_type="metric", max_depth=max_depth)
-
-
-def build_toy_depth_model(folder: str | Path, seed: int = 0, input_size: int = 56) -> Path:
-    """Save a random-weight tiny metric Depth Anything with `save_pretrained` (temp folder, then rename)."""
-    import torch
-    from transformers import AutoModelForDepthEstimation
-
-    from schemas.io import atomic_dir
-
-    folder = Path(folder)
-    torch.manual_seed(seed)
-    model = AutoModelForDepthEstimation.from_config(tiny_metric_config()).eval()
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        (tmp / "preprocessor_config.json").write_text(json.dumps({
-            "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
-            "size": {"height": input_size, "width": input_size}}))
-        (tmp / UNTRAINED_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
-    return folder
-
-
 def load_depth_model(config, data_root, device: str = "cpu") -> MetricDepthModel:
     """Factory for the registry: `config` is a `schemas.config_features.DepthModelConfig`.
     `toy:depth_anything` is built under `<data_root>/models/depth_anything` on first use."""

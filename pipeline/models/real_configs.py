@@ -15,7 +15,7 @@ e.g. `random:qwen2_5_vl_3b@layers=2,vision_depth=2,vocab=8192`, `random:vggt_1b@
 `random:sam2.1_hiera_large@image_size=256,depth=2` (REDUCTIONS lists the keys). The model is built once,
 saved under `<data root>/models/random/<id>` with `save_pretrained` (VGGT: `save_vggt`) and marked
 untrained, and from then on loads through the same code as the real checkpoint. The Qwen tokenizer
-is the toy BPE tokenizer (the real vocab files are not shipped): the config keeps the real vocabulary
+is the small BPE tokenizer of tokenizer.py (the real vocab files are not shipped): the config keeps the real vocabulary
 size, and its special-token ids are rewritten to that tokenizer's, which changes no shape.
 """
 
@@ -26,10 +26,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipeline.models.resolve import UNTRAINED_MARKER
 from schemas.layout import models_dir
 
 RANDOM_PREFIX = "random:"
-RANDOM_MARKER = "p3d_toy.json"  # the toy marker: every loader already reads it as "untrained"
+RANDOM_MARKER = UNTRAINED_MARKER  # every loader reads it as "untrained"
 
 HUB_IDS = {
     "qwen2_5_vl_7b": "Qwen/Qwen2.5-VL-7B-Instruct",

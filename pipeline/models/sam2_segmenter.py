@@ -198,50 +198,6 @@ class SAM2Segmenter:
                                self.merge_min_overlap)
 
 
-def tiny_sam2_config(image_size: int = 128):
-    """A ~0.4M-parameter SAM 2 for tests and the toy workflow. Hiera puts a global-attention block
-    inside stages 1-2, never first in a stage (a first block that pools queries cannot be global)."""
-    from transformers import (
-        Sam2Config,
-        Sam2HieraDetConfig,
-        Sam2MaskDecoderConfig,
-        Sam2PromptEncoderConfig,
-        Sam2VisionConfig,
-    )
-
-    s = image_size
-    backbone = Sam2HieraDetConfig(image_size=[s, s], hidden_size=16, num_attention_heads=1,
-                                  blocks_per_stage=[1, 2, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
-                                  num_attention_heads_per_stage=[1, 1, 2, 2], window_size_per_stage=[4, 4, 4, 4],
-                                  global_attention_blocks=[2, 4], window_positional_embedding_background_size=[4, 4])
-    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
-                              backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
-                              fpn_hidden_size=32)
-    return Sam2Config(vision_config=vision,
-                      prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=s, patch_size=16,
-                                                                    mask_input_channels=4),
-                      mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2,
-                                                                iou_head_hidden_dim=32))
-
-
-def build_toy_sam2(folder: str | Path, seed: int = 0) -> Path:
-    """Save a random-weight tiny SAM 2 with `save_pretrained` (temp folder, then rename)."""
-    import torch
-    from transformers import Sam2Model
-
-    from schemas.io import atomic_dir
-
-    folder = Path(folder)
-    torch.manual_seed(seed)
-    model = Sam2Model(tiny_sam2_config()).eval()
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        (tmp / "preprocessor_config.json").write_text(json.dumps(
-            {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}))
-        (tmp / UNTRAINED_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
-    return folder
-
-
 def load_segmenter(config, data_root, device: str = "cpu") -> SAM2Segmenter:
     """Factory for the registry: `config` is a `schemas.config_features.SegmenterConfig`.
     `random:` and `toy:` ids are built under `<data_root>/models` on first use (pipeline/models/resolve.py)."""

@@ -5,6 +5,8 @@ hub id. The first use builds a tiny Qwen2.5-VL (vision tower + language model, r
 small byte-level BPE tokenizer trained on the given texts, and saves both under
 `<data root>/models/qwen2_5_vl`. Everything afterwards loads that folder through the same
 `from_pretrained` code that loads a real checkpoint. The folder's `p3d_toy.json` marks it untrained.
+`toy:sam2` and `toy:depth_anything` are the same for the segmenter and the metric-depth model.
+The real path reaches `resolve_toy_model` only as the `toy` plugin of pipeline/models/resolve.py.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.models.resolve import UNTRAINED_MARKER
+from pipeline.models.sam2_segmenter import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.models.tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
 from schemas.io import atomic_dir, build_once
 from schemas.layout import CATEGORIES_FILE, data_records, models_dir
 
 TOY_PREFIX = "toy:"
 TOY_MARKER = UNTRAINED_MARKER
+TOY_SAM2 = "toy:sam2"
 # Qwen2.5-VL's text RoPE splits head_dim/2 frequencies into (temporal, height, width) sections.
 TOY_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=4096)
@@ -85,23 +89,82 @@ def _toy_texts(data_root: Path) -> list[str]:
     return texts
 
 
-def _build_toy_sam2(out: Path, data_root: Path) -> Path:
-    from pipeline.models.sam2_segmenter import build_toy_sam2
+def tiny_sam2_config(image_size: int = 128):
+    """A ~0.4M-parameter SAM 2 for tests and the toy workflow. Hiera puts a global-attention block
+    inside stages 1-2, never first in a stage (a first block that pools queries cannot be global)."""
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
 
-    return build_toy_sam2(out)
+    s = image_size
+    backbone = Sam2HieraDetConfig(image_size=[s, s], hidden_size=16, num_attention_heads=1,
+                                  blocks_per_stage=[1, 2, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
+                                  num_attention_heads_per_stage=[1, 1, 2, 2], window_size_per_stage=[4, 4, 4, 4],
+                                  global_attention_blocks=[2, 4], window_positional_embedding_background_size=[4, 4])
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
+                              backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+                              fpn_hidden_size=32)
+    return Sam2Config(vision_config=vision,
+                      prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=s, patch_size=16,
+                                                                    mask_input_channels=4),
+                      mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2,
+                                                                iou_head_hidden_dim=32))
 
 
-def _build_toy_depth(out: Path, data_root: Path) -> Path:
-    from pipeline.models.depth_metric import build_toy_depth_model
+def build_toy_sam2(folder: str | Path, seed: int = 0) -> Path:
+    """Save a random-weight tiny SAM 2 with `save_pretrained` (temp folder, then rename)."""
+    import torch
+    from transformers import Sam2Model
 
-    return build_toy_depth_model(out)
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    model = Sam2Model(tiny_sam2_config()).eval()
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(
+            {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}))
+        (tmp / TOY_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
+    return folder
+
+
+def tiny_metric_config(max_depth: int = 20):
+    """A 2-layer DINOv2 Depth Anything in the metric-indoor layout (tests, the toy world)."""
+    from transformers import DepthAnythingConfig, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=56, out_indices=[1, 2, 3, 4],
+                            reshape_hidden_states=False, apply_layernorm=True)
+    return DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, patch_size=14,
+                               neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
+                               depth_estimation_type="metric", max_depth=max_depth)
+
+
+def build_toy_depth_model(folder: str | Path, seed: int = 0, input_size: int = 56) -> Path:
+    """Save a random-weight tiny metric Depth Anything with `save_pretrained` (temp folder, then rename)."""
+    import torch
+    from transformers import AutoModelForDepthEstimation
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    model = AutoModelForDepthEstimation.from_config(tiny_metric_config()).eval()
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / "preprocessor_config.json").write_text(json.dumps({
+            "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
+            "size": {"height": input_size, "width": input_size}}))
+        (tmp / TOY_MARKER).write_text(json.dumps({"trained": False, "seed": seed}))
+    return folder
 
 
 # toy:<name> -> (the family of loaders that can load it, its builder(folder, data root)).
 TOY_MODELS = {
     "qwen2_5_vl": ("qwen2_5_vl", lambda out, data_root: build_toy_qwen(out, _toy_texts(data_root))),
-    "sam2": ("sam2", _build_toy_sam2),
-    "depth_anything": ("depth_anything", _build_toy_depth),
+    "sam2": ("sam2", lambda out, data_root: build_toy_sam2(out)),
+    "depth_anything": ("depth_anything", lambda out, data_root: build_toy_depth_model(out)),
 }
 
 
