@@ -43,7 +43,7 @@ class SourceConfig(BaseModel):
     def _registered_kind(cls, kind: str) -> str:
         # The registry reads installed entry points only (no pipeline module is imported), so schemas
         # stays below the stages.
-        from pipeline.plugins import SOURCES, check_name
+        from schemas.plugins import SOURCES, check_name
 
         return check_name(SOURCES, kind)
 

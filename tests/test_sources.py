@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.plugins import SOURCES, names
 from pipeline.sources import ScanNetSource, SceneReadError, VideoSource, open_source
 from pipeline.sources.base import uniform_indices
 from pipeline.sources.frames import read_frame_folder
 from pipeline.sources.scannet import index_sens, read_axis_alignment, read_ply_vertices, read_sens
 from pipeline.sources.toy.source import ToySource
+from schemas.plugins import SOURCES, names
 from schemas.workflow import SourceConfig
 
 SCENE = "scene0000_00"

@@ -30,11 +30,11 @@ import pipeline
 from pipeline.features.align import align_to_world
 from pipeline.features.patchify import nearest_resize, patchify, patchify_labels, upsample_features
 from pipeline.models.protocols import Encoder, Geometry, GeometryOutput, MetricDepth, Segmenter, SensorFrames
-from pipeline.plugins import DEPTH_MODELS, ENCODERS, GEOMETRY, SEGMENTERS
-from pipeline.plugins import load as load_plugin
 from pipeline.models.rgbd import scale_intrinsics
 from pipeline.sources.base import Scene, uniform_indices
 from schemas.config_features import FeaturesConfig
+from schemas.plugins import DEPTH_MODELS, ENCODERS, GEOMETRY, SEGMENTERS
+from schemas.plugins import load as load_plugin
 from schemas.store import StoreAttrs, WorldAlignment
 
 

@@ -1,7 +1,7 @@
 """The model backends of the feature stage, behind small protocols.
 
 A backend knows nothing about Ray or files: arrays in, arrays out. The workflow names each backend
-by its `kind`; pipeline/plugins.py resolves the name to the backend's factory (entry points in
+by its `kind`; schemas/plugins.py resolves the name to the backend's factory (entry points in
 pyproject.toml), imported only when used so that `schemas` and `p3d --help` never pull in torch.
 
 Legend: F frames, H x W pixels at the encoder's input size, h x w token grid, D feature dim.

@@ -1,7 +1,7 @@
 """A model id -> what `from_pretrained` loads.
 
 A hub id (`Qwen/Qwen2.5-VL-7B-Instruct`) or a local folder stays as it is. An id `<scheme>:<name>`
-goes to the scheme's plugin (pipeline/plugins.py, group `p3d.model_ids`), which returns the folder of
+goes to the scheme's plugin (schemas/plugins.py, group `p3d.model_ids`), which returns the folder of
 the model, built on first use under `<data root>/models`: `random:` the real architectures with random
 weights (real_configs.py), `toy:` the toy world's tiny models (pipeline/toy/models.py).
 """
@@ -24,7 +24,7 @@ def id_scheme(model: str) -> str | None:
 
 def resolve_model(model: str, data_root: str | Path, family: str = "qwen2_5_vl") -> str:
     """The hub id or folder `model` names; `family` is what the caller can load (qwen2_5_vl, sam2, ...)."""
-    from pipeline.plugins import MODEL_IDS, load
+    from schemas.plugins import MODEL_IDS, load
 
     scheme = id_scheme(model)
     if scheme is None:

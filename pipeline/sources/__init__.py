@@ -5,7 +5,7 @@
     for scene_id in source.scene_ids():
         scene = source.load_scene(scene_id)      # e.g. inside a Ray task; `source` pickles cheaply
 
-The workflow's `source.kind` names a source class through the plugin registry (pipeline/plugins.py,
+The workflow's `source.kind` names a source class through the plugin registry (schemas/plugins.py,
 group `p3d.sources`): `scannet` and `video` here, `toy` in pipeline/toy.
 """
 
@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.plugins import SOURCES
-from pipeline.plugins import load as load_plugin
 from pipeline.sources.base import Scene, SceneReadError, uniform_indices
 from pipeline.sources.scannet import ScanNetSource
 from pipeline.sources.source import SceneSource
 from pipeline.sources.video import VideoSource
+from schemas.plugins import SOURCES
+from schemas.plugins import load as load_plugin
 from schemas.workflow import SourceConfig
 
 

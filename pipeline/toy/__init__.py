@@ -1,7 +1,7 @@
 """The toy world and everything only it needs, fenced off from the real path.
 
 The real path (schemas, pipeline's stages, the trainer) never imports this package: it reaches a toy
-component by its name through the plugin registry (pipeline/plugins.py; entry points in
+component by its name through the plugin registry (schemas/plugins.py; entry points in
 pyproject.toml), as it reaches the real ones.
 
   world/     the procedural rooms: layout, shapes, render, annotate, the writer (world.py) and the

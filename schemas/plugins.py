@@ -1,4 +1,5 @@
-"""One registry for every component a workflow names by a word: Python entry points.
+"""One registry for every component a workflow names by a word: Python entry points. It lives in
+schemas/ because the workflow model checks names against it (schemas imports no stage).
 
 A workflow names its scene source (`source.kind`), its networks (`features.encoder.kind`,
 `geometry.kind`, `segmenter.kind`, `depth_model.kind`) and its model ids' schemes (`random:`, `toy:`)
