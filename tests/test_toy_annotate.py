@@ -67,3 +67,15 @@ def test_relative_direction_by_category_only_for_unique_categories():
         a, b, c = (LAYOUT.objects[i].category for i in r.target_ids)
         assert r.question == f"Standing at the {a} facing the {b}, is the {c} to the left or to the right?"
         assert r.answers == [HAND_SIDE[(a, b, c)]] and r.choices == ["left", "right"]
+
+
+def test_category_named_questions_are_asked_when_the_segmenter_missed_the_object():
+    from trainer.stages import record_example
+
+    # The segmenter found the sofa and both chairs (merged into one segment), not the table or the lamp.
+    segments = [{"id": 0, "label": 5, "instance_id": 2, "category": "sofa"},
+                {"id": 1, "label": 6, "instance_id": 0, "category": "chair"}]
+    for task in ("object_size", "distance", "relative_direction"):
+        for rec in _records(task):
+            asked = record_example(rec, segments, num_obj_tokens=8, with_answer=False)
+            assert asked is not None and asked.question.startswith(rec.question), rec.id
