@@ -201,3 +201,26 @@ def test_old_proxy_shards_are_refused(tmp_path):
     with pytest.raises(ValueError, match="format 1, expected 2.*re-run `p3d cluster`"):
         check_proxy_format({"scene_id": "s"}, "old.tar:s")
     check_proxy_format({"format_version": 2}, "new.tar:s")
+
+
+def test_a_number_about_objects_named_by_category_trains_without_their_segments():
+    """VSI-Bench-style questions name objects by category: an unmatched target does not stop a
+    number or choice answer from training, while answers that name the targets still need them."""
+    from trainer.stages import record_example
+
+    box = {"center": [0.0, 0.0, 0.5], "size": [1.0, 1.0, 1.0]}
+    segments = [{"id": 0, "label": 4, "instance_id": 11, "match_iou": 0.7, "category": "chair", "box": box}]
+    distance = Record(id="d", scene_id="s", task="distance", source="toy", answer_type="number",
+                      question="How far apart are the chair and the bed in meters?", answers=["2.5"],
+                      target_ids=[11, 12])  # 12: no segment
+    ex = record_example(distance, segments, 64)
+    assert ex is not None and ex.answer.startswith("2.5")
+    named = distance.model_copy(update={"question": "How far apart are <OBJ> and <OBJ> in meters?"})
+    assert record_example(named, segments, 64) is None  # the question cannot name object 12
+    find = Record(id="f", scene_id="s", task="multi_grounding", source="toy", answer_type="objects",
+                  question="Find all chairs.", target_ids=[11, 12])
+    assert record_example(find, segments, 64) is None
+    count = Record(id="c", scene_id="s", task="counting", source="toy", answer_type="number",
+                   question="How many chairs are in the room?", answers=["2"], target_ids=[11, 12])
+    assert record_example(count, segments, 64, count_by_listing=True) is None  # it would list one of two
+    assert record_example(count, segments, 64).answer.startswith("2")

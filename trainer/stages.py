@@ -150,8 +150,11 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
     if placeholders > len(idents):
         raise ValueError(f"record {record.id} (scene {record.scene_id}): {placeholders} {OBJ_PLACEHOLDER} "
                          f"placeholders but {len(idents)} target ids")
-    # The question must name its objects; the answer's targets matter only when training on it.
-    if None in idents[:placeholders] or (with_answer and None in idents):
+    # The question must name its objects. The answer's targets matter only when training on an answer
+    # that names them (objects, or a count that lists them): a number or a choice about objects the
+    # question names by category ("How far apart are the sofa and the table?") needs no segment of them.
+    names_targets = record.answer_type == "objects" or (count_by_listing and record.task == "counting")
+    if None in idents[:placeholders] or (with_answer and names_targets and None in idents):
         return None
     for ident in idents[:placeholders]:
         question = question.replace(OBJ_PLACEHOLDER, obj_token(ident), 1)
