@@ -79,10 +79,10 @@ def main() -> None:
     from pipeline.features.driver import FeatureWorker, run_features
     from pipeline.features.stage import prepare_frames
     from pipeline.models.mask_merge import merge_frames_3d
-    from pipeline.models.rgbd import RGBDGeometry
     from pipeline.models.resolve import resolve_model
+    from pipeline.models.rgbd import RGBDGeometry
     from pipeline.sources import open_source
-    from pipeline.sources.toy import build_toy_world
+    from pipeline.toy.world import build_toy_world
     from schemas.config_features import EncoderConfig, FeaturesConfig, SegmenterConfig
     from schemas.workflow import SourceConfig, ToyWorldConfig
 
@@ -193,8 +193,8 @@ def _model_orders(world: Path, source, scene_id: str, cfg, points_per_side: int)
 
     from pipeline.features.stage import prepare_frames
     from pipeline.models.qwen_encoder import QwenVisionEncoder
-    from pipeline.models.sam2_segmenter import SAM2Segmenter, load_segmenter
     from pipeline.models.resolve import resolve_model
+    from pipeline.models.sam2_segmenter import SAM2Segmenter, load_segmenter
     from schemas.config_features import SegmenterConfig
 
     images, _, _ = prepare_frames(source.load_scene(scene_id), cfg)

@@ -136,10 +136,10 @@ def meta_table() -> list[dict]:
 # ------------------------------------------------------------------ 2. scene and features
 def make_scene(work: Path, frames: int, render_hw: tuple[int, int]):
     """One toy scene rendered at `render_hw`, exported as a ScanNet scene, read back by the ScanNet source."""
-    from pipeline.sources.toy.source import ToySource
     from pipeline.sources.scannet import ScanNetSource
     from pipeline.sources.scannet_export import export_scannet_scene
-    from pipeline.sources.toy.world import build_toy_world
+    from pipeline.toy.source import ToySource
+    from pipeline.toy.world import build_toy_world
     from schemas.workflow import ToyWorldConfig
 
     data = work / "data"
@@ -220,12 +220,11 @@ def train_child(spec: dict) -> dict:
 
     env.setup_environment()
     import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: F401  (its code is not model memory)
 
     from trainer.data import Collator, scene_inputs
     from trainer.model import Proxy3DModel
     from trainer.stages import Example
-
-    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: F401  (its code is not model memory)
 
     data = np.load(spec["scene"], allow_pickle=False)
     feat, xyz = data["feat"], data["xyz"]

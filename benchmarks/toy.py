@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 
-
 def _timed(fn) -> tuple[float, float]:
     cpu, wall = time.process_time(), time.perf_counter()
     fn()
@@ -29,9 +28,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 scenes x 12 frames for the world")
     args = parser.parse_args()
 
-    from pipeline.sources.toy import build_toy_world, make_scene
-    from pipeline.sources.toy.render import render
-    from pipeline.sources.toy.world import _box_scene
+    from pipeline.toy.render import render
+    from pipeline.toy.world import _box_scene, build_toy_world, make_scene
     from schemas.workflow import ToyWorldConfig
 
     cfg = ToyWorldConfig()

@@ -16,7 +16,7 @@ from pipeline.features.align import (
     fit_to_sensor_poses,
     gravity_frame,
 )
-from pipeline.sources.toy.layout import look_pose
+from pipeline.toy.layout import look_pose
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:

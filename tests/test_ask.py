@@ -49,10 +49,10 @@ def _ok(*argv: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from pipeline.toy.film import film_toy_scene
-    from pipeline.toy.models import build_toy_qwen
     from pipeline.models.vggt.config import VGGTConfig
     from pipeline.models.vggt.loader import random_vggt, save_vggt
+    from pipeline.toy.film import film_toy_scene
+    from pipeline.toy.models import build_toy_qwen
     from schemas.workflow import ToyWorldConfig
     from tests.synthetic_shards import write_synthetic
 
@@ -134,7 +134,13 @@ def test_objects_named_by_an_answer_come_with_segment_box_and_category(trained):
     or from the matched ground-truth instance where the segment has one."""
     import copy
 
-    from pipeline.ask.answer import NAMING_QUESTION, PrefixCache, generate_reencoded, load_model, named_objects
+    from pipeline.ask.answer import (
+        NAMING_QUESTION,
+        PrefixCache,
+        generate_reencoded,
+        load_model,
+        named_objects,
+    )
     from pipeline.ask.inputs import open_input
     from pipeline.ask.prepare import checkpoint_workflow, prepare_scene
     from trainer.data import scene_inputs
@@ -221,7 +227,7 @@ def test_a_toy_checkpoint_asks_a_filmed_toy_video_through_its_ground_truth_sidec
     from pipeline.ask.inputs import open_input
     from pipeline.ask.prepare import checkpoint_workflow, prepare_scene
     from pipeline.features import store
-    from pipeline.sources.toy import make_scene
+    from pipeline.toy.world import make_scene
     from schemas.workflow import ToyWorldConfig
     from trainer.objects import segment_identifiers
 
@@ -305,10 +311,10 @@ def test_short_unreadable_and_mismatched_inputs_fail_in_one_line(trained, toy_ch
 def test_a_filmed_scene_folder_reads_back_with_the_folders_sensors_at_the_same_frames(tmp_path):
     """The demo films a held-out toy scene folder: read through its video and sidecar, the sampled frames
     carry exactly the folder's poses, intrinsics, depth, masks and objects; the pixels are the mp4's."""
-    from pipeline.toy.film import film_scene_folder
     from pipeline.sources import VideoSource
-    from pipeline.sources.toy.source import ToySource
-    from pipeline.sources.toy.world import build_toy_world
+    from pipeline.toy.film import film_scene_folder
+    from pipeline.toy.source import ToySource
+    from pipeline.toy.world import build_toy_world
     from schemas.workflow import ToyWorldConfig
 
     toy = ToyWorldConfig(num_scenes=1, frames=9, seed=2, image_size=(56, 70))
@@ -393,8 +399,8 @@ def test_real_format_checkpoint_loads_reads_its_workflow_and_answers_from_the_ca
     from pipeline.ask.inputs import open_input
     from pipeline.ask.prepare import AskError, check_backends, check_store_scene, checkpoint_workflow
     from schemas.config_features import QWEN_VL_DEFAULT
-    from trainer.data import iter_scenes, scene_inputs
     from tests.synthetic_shards import write_synthetic
+    from trainer.data import iter_scenes, scene_inputs
 
     root, checkpoint = real_checkpoint
     run = checkpoint_workflow(checkpoint, None, [])

@@ -20,8 +20,8 @@ from pipeline.eval.predictions import load_predictions, write_predictions
 from schemas.proxy import INDEX_FILE, SHARD_PATTERN, ProxyMeta, SegmentInfo, index_payload
 from schemas.record import load_records, write_records
 
-toy_layout = pytest.importorskip("pipeline.sources.toy.layout")
-toy_annotate = pytest.importorskip("pipeline.sources.toy.annotate")
+toy_layout = pytest.importorskip("pipeline.toy.layout")
+toy_annotate = pytest.importorskip("pipeline.toy.annotate")
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap needs java")
 
 NUM_OBJ_TOKENS = 16  # >= the toy world's 12 objects per room at most
@@ -56,7 +56,7 @@ def _scene_sample(scene_id: str, layout, unmatched: int | None, dim: int = 32) -
 @pytest.fixture(scope="module")
 def toy_captions(tmp_path_factory):
     from pipeline.toy.models import build_toy_qwen
-    from pipeline.sources.toy.shapes import CATEGORY_NAMES
+    from pipeline.toy.shapes import CATEGORY_NAMES
     from trainer.model import Proxy3DModel
 
     root = tmp_path_factory.mktemp("captions")

@@ -78,7 +78,7 @@ def test_ray_and_local_agree_and_failures_are_recorded(ray_runtime, scenes, data
 
 
 def _toy_workflow(tmp_path: Path, num_scenes: int) -> Path:
-    from pipeline.sources.toy import build_toy_world
+    from pipeline.toy.world import build_toy_world
 
     world = tmp_path / "world"
     build_toy_world(world, world / "scenes", ToyWorldConfig(num_scenes=num_scenes, frames=4, seed=2),

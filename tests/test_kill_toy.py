@@ -45,7 +45,7 @@ def _kill_after(proc: subprocess.Popen, scenes_done: int, delay: float) -> set[i
 
 @pytest.mark.slow
 def test_toy_world_killed_at_random_points_then_rerun_equals_uninterrupted(tmp_path):
-    from pipeline.sources.toy import build_toy_world
+    from pipeline.toy.world import build_toy_world
     from schemas.workflow import ToyWorldConfig
 
     reference = _start(tmp_path / "reference")
@@ -84,7 +84,7 @@ def test_an_interrupted_world_is_rendered_again_by_features(tmp_path):
     """What a killed render leaves (toy_world.json with complete: false) is redone, even with the
     workflow's own config; a finished world of that config is kept."""
     from pipeline.sources import prepare_source
-    from pipeline.sources.toy import build_toy_world
+    from pipeline.toy.world import build_toy_world
     from schemas.workflow import ToyWorldConfig, Workflow
 
     cfg = ToyWorldConfig(num_scenes=1, frames=4, seed=4, image_size=(96, 128))

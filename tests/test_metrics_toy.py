@@ -12,9 +12,9 @@ from pipeline.eval.evaluate import evaluate, format_table
 from pipeline.eval.predictions import Prediction, write_predictions
 from schemas.record import Record, write_records
 
-toy_layout = pytest.importorskip("pipeline.sources.toy.layout")
-toy_annotate = pytest.importorskip("pipeline.sources.toy.annotate")
-toy_world = pytest.importorskip("pipeline.sources.toy.world")
+toy_layout = pytest.importorskip("pipeline.toy.layout")
+toy_annotate = pytest.importorskip("pipeline.toy.annotate")
+toy_world = pytest.importorskip("pipeline.toy.world")
 
 
 @pytest.fixture(scope="module")

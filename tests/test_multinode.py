@@ -102,7 +102,7 @@ def ray_cluster(tmp_path_factory):
 
 
 def _workflow(tmp_path: Path) -> Path:
-    from pipeline.sources.toy import build_toy_world
+    from pipeline.toy.world import build_toy_world
     from schemas.workflow import ToyWorldConfig
 
     toy = {"num_scenes": 4, "frames": 4, "seed": 3}

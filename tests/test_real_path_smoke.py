@@ -34,9 +34,9 @@ def _run(*argv: str, cwd: Path = ROOT) -> str:
 def real_path(tmp_path_factory):
     from pipeline.models.vggt.config import VGGTConfig
     from pipeline.models.vggt.loader import random_vggt, save_vggt
-    from pipeline.sources.toy.source import ToySource
     from pipeline.sources.scannet_export import export_scannet_scene
-    from pipeline.sources.toy.world import build_toy_world
+    from pipeline.toy.source import ToySource
+    from pipeline.toy.world import build_toy_world
     from schemas.workflow import ToyWorldConfig
 
     root = tmp_path_factory.mktemp("realpath")
@@ -81,8 +81,8 @@ def real_path(tmp_path_factory):
 
 
 def test_real_networks_features_cluster_train_predict(real_path):
-    from pipeline.features.store import list_scenes, read_scene
     from pipeline.cluster.shards import load_scene_proxies
+    from pipeline.features.store import list_scenes, read_scene
     from schemas.record import load_records
 
     root, data, wf_path, scenes, _ = real_path

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pipeline.sources import ScanNetSource, SceneReadError
-from pipeline.sources.toy.source import ToySource
 from pipeline.sources.scannet_export import DEPTH_SHIFT, export_scannet_scene
-from pipeline.sources.toy.world import build_toy_world
+from pipeline.toy.source import ToySource
+from pipeline.toy.world import build_toy_world
 from schemas.workflow import ToyWorldConfig
 
 

@@ -18,7 +18,7 @@ from pipeline.sources import ScanNetSource, SceneReadError, VideoSource, open_so
 from pipeline.sources.base import uniform_indices
 from pipeline.sources.frames import read_frame_folder
 from pipeline.sources.scannet import index_sens, read_axis_alignment, read_ply_vertices, read_sens
-from pipeline.sources.toy.source import ToySource
+from pipeline.toy.source import ToySource
 from schemas.plugins import SOURCES, names
 from schemas.workflow import SourceConfig
 

@@ -11,13 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from p3d.cli import app
-from pipeline.sources.toy.source import ToySource
 from pipeline.sources.base import uniform_indices
-from pipeline.sources.toy import make_scene, split_for
-from pipeline.sources.toy.layout import intrinsics_for, look_pose, sample_layout
-from pipeline.sources.toy.render import BoxScene, render
-from pipeline.sources.toy.shapes import CATEGORIES, CATEGORY_BY_NAME, rotate_parts
-from pipeline.sources.toy.world import required_views, views_per_object
+from pipeline.toy.layout import intrinsics_for, look_pose, sample_layout
+from pipeline.toy.render import BoxScene, render
+from pipeline.toy.shapes import CATEGORIES, CATEGORY_BY_NAME, rotate_parts
+from pipeline.toy.source import ToySource
+from pipeline.toy.world import make_scene, required_views, split_for, views_per_object
 from schemas.manifest import ObjectInfo
 from schemas.record import OBJ_PLACEHOLDER, TASKS, load_records
 from schemas.workflow import ToyWorldConfig
@@ -162,7 +161,7 @@ def test_render_matches_analytic_depth_and_footprint():
 def test_culled_render_equals_brute_force():
     cfg = ToyWorldConfig(num_scenes=1, frames=4, image_size=(48, 64))
     scene = make_scene(0, cfg)
-    from pipeline.sources.toy.world import _box_scene
+    from pipeline.toy.world import _box_scene
 
     boxes = _box_scene(scene.layout)
     for pose in scene.poses_F44:

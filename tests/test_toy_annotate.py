@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.sources.toy.annotate import generate_records
-from pipeline.sources.toy.layout import ToyLayout, ToyObject
+from pipeline.toy.annotate import generate_records
+from pipeline.toy.layout import ToyLayout, ToyObject
 from schemas.record import OBJ_PLACEHOLDER
 
 

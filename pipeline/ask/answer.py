@@ -26,7 +26,7 @@ import torch
 from trainer.model import text_only_batch
 from trainer.stages import Example
 
-NAMING_QUESTION = "What is {}?"  # the toy world's object_name template (pipeline/sources/toy/annotate.py)
+NAMING_QUESTION = "What is {}?"  # the toy world's object_name template (pipeline/toy/annotate.py)
 
 
 @dataclass

@@ -78,10 +78,10 @@ def open_input(source: str | Path, num_frames: int, ground_truth: bool = False) 
     """Recognise SOURCE; `SceneReadError` naming what it accepts when it is none of them. With
     `ground_truth` (the workflow's backends need sensors), a video's sidecar is read when it has one."""
     from pipeline.sources import ScanNetSource, VideoSource
-    from pipeline.sources.toy.source import ToySource
     from pipeline.sources.frames import IMAGE_SUFFIXES
     from pipeline.sources.sidecar import sidecar_path
     from pipeline.sources.video import VIDEO_SUFFIXES
+    from pipeline.toy.source import ToySource
 
     path = Path(source)
     if not path.exists():

@@ -25,8 +25,8 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline.sources.toy.layout import ToyLayout, ToyObject
-from pipeline.sources.toy.shapes import CATEGORY_BY_NAME, CATEGORY_NAMES
+from pipeline.toy.layout import ToyLayout, ToyObject
+from pipeline.toy.shapes import CATEGORY_BY_NAME, CATEGORY_NAMES
 from schemas.record import OBJ_PLACEHOLDER as OBJ
 from schemas.record import Record
 

@@ -22,7 +22,7 @@ def toy(
                                                                "at most 8); the world does not depend on it"),
 ) -> None:
     """Render the procedural toy world with full ground truth (ScanNet exported-frame layout)."""
-    from pipeline.sources.toy import build_toy_world
+    from pipeline.toy.world import build_toy_world
     from schemas.cli_workflow import fail, open_workflow
     from schemas.workflow import ToyWorldConfig
 

@@ -11,7 +11,7 @@ from schemas.workflow import ToyWorldConfig
 def film_scene_folder(scenes_dir: str | Path, scene_id: str, path: str | Path, fps: int = 10) -> Path:
     """A toy scene already on disk (`<scenes_dir>/<scene_id>`), every frame, into a video and its sidecar."""
     from pipeline.ask.film import film_scene
-    from pipeline.sources.toy.source import ToySource
+    from pipeline.toy.source import ToySource
 
     scene = ToySource(Path(scenes_dir), 1 << 30, (scene_id,)).load_scene(scene_id)  # every frame
     return film_scene(scene, path, fps)
@@ -20,8 +20,8 @@ def film_scene_folder(scenes_dir: str | Path, scene_id: str, path: str | Path, f
 def film_toy_scene(toy: ToyWorldConfig, index: int, path: str | Path, fps: int = 10) -> Path:
     """Scene `index` of a toy world, every rendered frame, into a video and its sidecar."""
     from pipeline.ask.film import film_scene
-    from pipeline.sources.toy import scene_id_for
     from pipeline.toy.scenes import ToyRenderedScenes
+    from pipeline.toy.world import scene_id_for
 
     every_frame = ToyRenderedScenes(toy, num_frames=1 << 30)
     return film_scene(every_frame.load_scene(scene_id_for(index)), path, fps)

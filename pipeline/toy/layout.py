@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.sources.toy.shapes import CATEGORIES, CATEGORY_BY_NAME, Part, rotate_parts
+from pipeline.toy.shapes import CATEGORIES, CATEGORY_BY_NAME, Part, rotate_parts
 from schemas.manifest import Box3D
 
 ROOM_SIDE_RANGE = (3.0, 8.0)

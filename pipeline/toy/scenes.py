@@ -25,7 +25,7 @@ class ToyRenderedScenes:
     num_frames: int
 
     def scene_ids(self) -> list[str]:
-        from pipeline.sources.toy import scene_id_for
+        from pipeline.toy.world import scene_id_for
 
         return [scene_id_for(i) for i in range(self.toy.num_scenes)]
 
@@ -34,8 +34,7 @@ class ToyRenderedScenes:
         return hashlib.sha256(f"toy\0{self.toy.model_dump_json()}\0{scene_id}".encode()).hexdigest()[:16]
 
     def load_scene(self, scene_id: str) -> Scene:
-        from pipeline.sources.toy import make_scene
-        from pipeline.sources.toy.world import objects_of
+        from pipeline.toy.world import make_scene, objects_of
 
         if scene_id not in self.scene_ids():
             raise ValueError(f"scene {scene_id}: not in a {self.toy.num_scenes}-scene toy world")
@@ -57,7 +56,7 @@ def ensure_toy_world(source: SourceConfig, echo: Callable[[str], object] = print
     """The toy source's `prepare` hook: render the toy world first when a toy workflow's scenes folder
     is empty, or was rendered from another toy config (another seed) than the workflow's; True if it
     rendered."""
-    from pipeline.sources.toy import build_toy_world
+    from pipeline.toy.world import build_toy_world
 
     if source.kind != "toy":
         return False

@@ -33,10 +33,10 @@ import numpy as np
 from PIL import Image
 
 from pipeline.processes import die_with_parent
-from pipeline.sources.toy.annotate import generate_records
-from pipeline.sources.toy.layout import ToyLayout, camera_path, intrinsics_for, sample_layout
-from pipeline.sources.toy.render import BoxScene, Rendered, render
-from pipeline.sources.toy.shapes import CATEGORY_NAMES
+from pipeline.toy.annotate import generate_records
+from pipeline.toy.layout import ToyLayout, camera_path, intrinsics_for, sample_layout
+from pipeline.toy.render import BoxScene, Rendered, render
+from pipeline.toy.shapes import CATEGORY_NAMES
 from schemas.io import remove_stale_temporaries, replace_dir, temporary_sibling, write_json_atomic
 from schemas.layout import CATEGORIES_FILE, RECORDS_FILE
 from schemas.manifest import ObjectInfo, SceneManifest
