@@ -112,6 +112,20 @@ def expect_list(data, path: Path, what: str) -> list:
     return data
 
 
+def split_from_name(name: str) -> str | None:
+    """The split a release file's name says ("train", "val" or "test"), None where it says none."""
+    return next((split for split in ("train", "val", "test") if split in name), None)
+
+
+def entries_with_split(paths: list[Path], what: str) -> list[tuple[str | None, int, object]]:
+    """Every entry of the JSON-list files as (split from its file's name, index in its file, entry)."""
+    out = []
+    for path in paths:
+        split = split_from_name(Path(path).name)
+        out += [(split, i, entry) for i, entry in enumerate(expect_list(read_json(path), path, what))]
+    return out
+
+
 def boxes_for(scene_objects: SceneObjects | None, scene_id: str, ids: Iterable[int]) -> list[Box3D]:
     """GT boxes of these instance ids; [] without a boxes file; ValueError if an id is unknown."""
     if scene_objects is None:

@@ -34,9 +34,8 @@ from pipeline.eval.convert.common import (
     ConversionResult,
     SceneObjects,
     boxes_for,
-    expect_list,
+    entries_with_split,
     no_boxes_note,
-    read_json,
 )
 from schemas.record import OBJ_PLACEHOLDER, Record
 
@@ -63,15 +62,6 @@ def read_label_map(path: str | Path) -> LabelMap:
                for row in reader}
     if not out:
         raise ValueError(f"{path}: the label map has a header but no rows")
-    return out
-
-
-def _load_entries(paths: list[Path], what: str) -> list[tuple[str | None, int, dict | object]]:
-    out = []
-    for path in paths:
-        split = next((s for s in ("train", "val", "test") if s in Path(path).name), None)
-        for i, entry in enumerate(expect_list(read_json(path), path, what)):
-            out.append((split, i, entry))
     return out
 
 
@@ -124,7 +114,7 @@ def _official_unique(entries, label_map: LabelMap, result: ConversionResult) -> 
 def convert_scanrefer(paths: list[Path], scene_objects: SceneObjects | None = None,
                       label_map: LabelMap | None = None) -> ConversionResult:
     result = ConversionResult("scanrefer", notes=no_boxes_note(scene_objects))
-    entries = _load_entries(paths, "ScanRefer descriptions")
+    entries = entries_with_split(paths, "ScanRefer descriptions")
     counts = _class_counts(entries, scene_objects)
     official = _official_unique(entries, label_map, result) if label_map is not None else None
     unique_from = "label_map" if official is not None else "boxes" if scene_objects is not None else "raw_names"
@@ -160,7 +150,7 @@ def convert_scan2cap(paths: list[Path], scene_objects: SceneObjects | None = Non
     result = ConversionResult("scan2cap", notes=no_boxes_note(scene_objects))
     grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
     splits: dict[tuple[str, str], str | None] = {}
-    for split, i, e in _load_entries(paths, "ScanRefer descriptions"):
+    for split, i, e in entries_with_split(paths, "ScanRefer descriptions"):
         if not isinstance(e, dict) or not {"scene_id", "object_id", "description"} <= e.keys():
             result.problems.append((f"[{i}]", "entry lacks scene_id, object_id or description"))
             continue
@@ -190,7 +180,7 @@ def convert_scan2cap(paths: list[Path], scene_objects: SceneObjects | None = Non
 def convert_multi3drefer(paths: list[Path], scene_objects: SceneObjects | None = None) -> ConversionResult:
     result = ConversionResult("multi3drefer", notes=no_boxes_note(scene_objects))
     seen: set[str] = set()
-    for split, i, e in _load_entries(paths, "Multi3DRefer descriptions"):
+    for split, i, e in entries_with_split(paths, "Multi3DRefer descriptions"):
         eid = (f"{e.get('scene_id')}-{e.get('object_id', 'x')}-{e.get('ann_id')}"
                if isinstance(e, dict) else f"[{i}]")
 

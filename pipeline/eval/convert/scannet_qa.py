@@ -27,6 +27,7 @@ from pipeline.eval.convert.common import (
     expect_list,
     no_boxes_note,
     read_json,
+    split_from_name,
 )
 from schemas.record import Record
 
@@ -36,7 +37,7 @@ SQA3D_TYPES = ("what", "is", "how", "can", "which")
 def convert_scanqa(paths: list[Path], scene_objects: SceneObjects | None = None) -> ConversionResult:
     result = ConversionResult("scanqa", notes=no_boxes_note(scene_objects))
     for path in paths:
-        split = _split_from_name(Path(path).name)
+        split = split_from_name(Path(path).name)
         for i, entry in enumerate(expect_list(read_json(path), path, "ScanQA questions")):
             qid = str(entry.get("question_id", f"{Path(path).name}[{i}]")) if isinstance(entry, dict) else f"{Path(path).name}[{i}]"
 
@@ -75,7 +76,7 @@ def convert_sqa3d(paths: list[Path], scene_objects: SceneObjects | None = None) 
             annotations.update({a["question_id"]: a for a in data["annotations"] if "question_id" in a})
         else:
             raise ValueError(f"{path}: neither an SQA3D questions file nor an annotations file")
-        split = split or _split_from_name(Path(path).name)
+        split = split or split_from_name(Path(path).name)
     for qid, q in questions.items():
 
         def build(q=q, qid=qid) -> Record:
@@ -95,10 +96,3 @@ def convert_sqa3d(paths: list[Path], scene_objects: SceneObjects | None = None) 
     for qid in annotations.keys() - questions.keys():
         result.problems.append((str(qid), "annotation without a question"))
     return result
-
-
-def _split_from_name(name: str) -> str | None:
-    for split in ("train", "val", "test"):
-        if split in name:
-            return split
-    return None
