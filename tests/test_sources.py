@@ -204,32 +204,25 @@ def test_exported_folder_converts_instances_and_aligns(tmp_path):
     assert np.allclose(scene.depth_FHdWd[0], _depth_mm(0) / 1000)
 
 
-def test_exported_folder_mismatched_counts(tmp_path):
+@pytest.mark.parametrize("frames, break_folder, message", [
+    (4, lambda folder: (folder / "depth" / "2.png").unlink(),
+     rf"scene {SCENE}: mismatched counts: .*depth has 3 frames, color has 4 \(missing frame 2\)"),
+    (4, lambda folder: (folder / "color" / "3.jpg").write_bytes(b"\xff\xd8 not really a jpeg"),
+     rf"scene {SCENE}: corrupt or unreadable image .*color/3\.jpg"),
+    (4, lambda folder: (folder / "pose" / "1.txt").write_text("1 0 0\n0 1 0\n"),
+     r"pose/1\.txt holds a \(2, 3\) matrix"),
+    (2, lambda folder: (folder / "intrinsic" / "intrinsic_color.txt").unlink(),
+     rf"scene {SCENE}: cannot read matrix .*intrinsic_color\.txt"),
+], ids=["missing depth frame", "corrupt colour frame", "bad pose matrix", "missing intrinsics"])
+def test_exported_folder_broken(tmp_path, frames, break_folder, message):
     folder = tmp_path / SCENE
-    write_exported(folder, 4)
-    (folder / "depth" / "2.png").unlink()
-    with pytest.raises(SceneReadError, match=rf"scene {SCENE}: mismatched counts: .*depth has 3 frames, color has 4 \(missing frame 2\)"):
-        read_frame_folder(SCENE, folder, 4, "scannet")
+    write_exported(folder, frames)
+    break_folder(folder)
+    with pytest.raises(SceneReadError, match=message):
+        read_frame_folder(SCENE, folder, frames, "scannet")
 
 
-def test_exported_folder_corrupt_frame(tmp_path):
-    folder = tmp_path / SCENE
-    write_exported(folder, 4)
-    (folder / "color" / "3.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(SceneReadError, match=rf"scene {SCENE}: corrupt or unreadable image .*color/3\.jpg"):
-        read_frame_folder(SCENE, folder, 4, "scannet")
-    (folder / "color" / "3.jpg").write_bytes(_jpeg(_colour(3)))
-    (folder / "pose" / "1.txt").write_text("1 0 0\n0 1 0\n")
-    with pytest.raises(SceneReadError, match=r"pose/1\.txt holds a \(2, 3\) matrix"):
-        read_frame_folder(SCENE, folder, 4, "scannet")
-
-
-def test_exported_folder_missing_pieces(tmp_path):
-    folder = tmp_path / SCENE
-    write_exported(folder, 2)
-    (folder / "intrinsic" / "intrinsic_color.txt").unlink()
-    with pytest.raises(SceneReadError, match=rf"scene {SCENE}: cannot read matrix .*intrinsic_color\.txt"):
-        read_frame_folder(SCENE, folder, 2, "scannet")
+def test_exported_folder_not_there(tmp_path):
     with pytest.raises(SceneReadError, match="color not found"):
         read_frame_folder(SCENE, tmp_path / "nothing", 2, "scannet")
 
