@@ -1,5 +1,5 @@
 """`p3d ask --questions`: many questions about one scene, the scene's prefix encoded once (KV cache,
-pipeline/ask/answer.py), beside re-encoding the whole prompt for every question, in the same run.
+p3d/ask/answer.py), beside re-encoding the whole prompt for every question, in the same run.
 
 The model is a Proxy3D export on a random-weight Qwen2.5-VL of the toy width (hidden 128, 2 layers,
 the demo's) and a wider one (hidden 512, 4 layers), over one scene of K proxies (K = 128, the toy
@@ -84,7 +84,7 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
 
 def run(num_questions: int, max_new_tokens: int, budgets: list[int], widths: dict, repeats: int,
         batch_size: int) -> None:
-    from pipeline.ask.answer import PrefixCache, generate_reencoded, load_model
+    from p3d.ask.answer import PrefixCache, generate_reencoded, load_model
     from trainer.data import scene_inputs
     from trainer.stages import Example
 

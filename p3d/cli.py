@@ -119,7 +119,7 @@ def plan(
 
 
 def _register_all() -> None:
-    from pipeline.ask import cli as ask_cli
+    from p3d.ask import cli as ask_cli
     from pipeline.cluster import cli as cluster_cli
     from pipeline.eval import cli as eval_cli
     from pipeline.features import cli as features_cli

@@ -21,7 +21,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.ask.prepare import MIN_PARALLAX, check_parallax
+from p3d.ask.prepare import MIN_PARALLAX, check_parallax
 
 FRAMES = 6
 
@@ -134,15 +134,15 @@ def test_objects_named_by_an_answer_come_with_segment_box_and_category(trained):
     or from the matched ground-truth instance where the segment has one."""
     import copy
 
-    from pipeline.ask.answer import (
+    from p3d.ask.answer import (
         NAMING_QUESTION,
         PrefixCache,
         generate_reencoded,
         load_model,
         named_objects,
     )
-    from pipeline.ask.inputs import open_input
-    from pipeline.ask.prepare import checkpoint_workflow, prepare_scene
+    from p3d.ask.inputs import open_input
+    from p3d.ask.prepare import checkpoint_workflow, prepare_scene
     from trainer.data import scene_inputs
     from trainer.objects import segment_identifiers
     from trainer.predict import clean_text
@@ -183,9 +183,9 @@ def test_objects_named_by_an_answer_come_with_segment_box_and_category(trained):
 
 @pytest.mark.slow
 def test_kv_cached_answers_equal_reencoded_ones(trained):
-    from pipeline.ask.answer import PrefixCache, generate_reencoded, load_model
-    from pipeline.ask.inputs import open_input
-    from pipeline.ask.prepare import checkpoint_workflow, prepare_scene
+    from p3d.ask.answer import PrefixCache, generate_reencoded, load_model
+    from p3d.ask.inputs import open_input
+    from p3d.ask.prepare import checkpoint_workflow, prepare_scene
     from trainer.data import scene_inputs
 
     _, checkpoint, video, _, cache = trained
@@ -223,9 +223,9 @@ def test_questions_file_answers_each_line(trained, tmp_path):
 def test_a_toy_checkpoint_asks_a_filmed_toy_video_through_its_ground_truth_sidecar(trained, toy_checkpoint, tmp_path):
     """The simulators read the sidecar's poses, depth and masks at the frames sampled from the decoded mp4:
     the boxes are in the frame fitted to the true poses, the segments carry the true categories."""
-    from pipeline.ask.answer import named_objects
-    from pipeline.ask.inputs import open_input
-    from pipeline.ask.prepare import checkpoint_workflow, prepare_scene
+    from p3d.ask.answer import named_objects
+    from p3d.ask.inputs import open_input
+    from p3d.ask.prepare import checkpoint_workflow, prepare_scene
     from pipeline.features import store
     from pipeline.toy.world import make_scene
     from schemas.workflow import ToyWorldConfig
@@ -277,7 +277,7 @@ def _error_line(res) -> str:
 def test_short_unreadable_and_mismatched_inputs_fail_in_one_line(trained, toy_checkpoint, tmp_path):
     import shutil
 
-    from pipeline.ask.film import write_video
+    from pipeline.sources.film import write_video
     from pipeline.sources.sidecar import sidecar_path
 
     root, checkpoint, video, _, _ = trained
@@ -395,9 +395,9 @@ def real_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow
 def test_real_format_checkpoint_loads_reads_its_workflow_and_answers_from_the_cached_prefix(real_checkpoint, trained):
-    from pipeline.ask.answer import PrefixCache, answer_questions, generate_reencoded, load_model
-    from pipeline.ask.inputs import open_input
-    from pipeline.ask.prepare import AskError, check_backends, check_store_scene, checkpoint_workflow
+    from p3d.ask.answer import PrefixCache, answer_questions, generate_reencoded, load_model
+    from p3d.ask.inputs import open_input
+    from p3d.ask.prepare import AskError, check_backends, check_store_scene, checkpoint_workflow
     from schemas.config_features import QWEN_VL_DEFAULT
     from tests.synthetic_shards import write_synthetic
     from trainer.data import iter_scenes, scene_inputs
@@ -434,7 +434,7 @@ def test_an_alignment_refusal_for_lack_of_parallax_is_named_as_such():
     """The feature stage's reason for a scene whose sensor cameras barely moved (align.py's own words)
     becomes the user's one line; other reasons pass through unchanged."""
     import pipeline.features.align as align
-    from pipeline.ask.prepare import _feature_failure
+    from p3d.ask.prepare import _feature_failure
 
     still_F44 = np.repeat(np.eye(4)[None], 4, 0)
     with pytest.raises(ValueError) as refused:

@@ -218,7 +218,7 @@ class Proxy3DModel(nn.Module):
         """Greedy decoding of a left-padded batch with a KV cache; stops at `<|im_end|>`.
 
         `prefix_cache`: the KV cache of a one-row prompt prefix every row shares, already run (a
-        scene's prefix, asked many questions: pipeline/ask/answer.py). It is copied, never changed;
+        scene's prefix, asked many questions: p3d/ask/answer.py). It is copied, never changed;
         `batch` then holds only the tokens after the prefix, and its `attention_mask` covers prefix
         and tokens (B x (P + L)).
         """

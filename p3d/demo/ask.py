@@ -1,7 +1,7 @@
 """The demo's `p3d ask` step: its own stage-4 checkpoint asked about a held-out scene, the answers
 beside the ground truth in the report.
 
-The scene is the held-out toy scene filmed into an mp4 (pipeline/ask/film.py), asked as a user asks
+The scene is the held-out toy scene filmed into an mp4 (pipeline/sources/film.py), asked as a user asks
 about a video: its frames are decoded and sampled from the mp4. The toy workflow's geometry and
 segmenter (`sim_vggt`, `sim_sam2`) simulate the networks from the toy world's depth, poses and masks,
 so the filmed scene carries them in its ground-truth sidecar, read at the sampled frames; a real
@@ -56,8 +56,8 @@ def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d) -> dict | Non
     recs = held_out_questions(records_path, scene_id, wf.eval.split, stage4.tasks if stage4 else None)
     if not recs:
         return None
-    from pipeline.toy.film import film_scene_folder
     from pipeline.sources.sidecar import sidecar_path
+    from pipeline.toy.film import film_scene_folder
 
     ask_dir = demo.run_dir / layout.DEMO_ASK
     ask_dir.mkdir(parents=True, exist_ok=True)

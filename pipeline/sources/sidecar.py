@@ -67,7 +67,7 @@ def check_frame_count(video: str | Path, video_frames: int) -> None:
     count = sidecar_frame_count(video)
     if count != video_frames:
         raise SceneReadError(f"{sidecar_path(video)}: mismatched frame counts: the ground truth describes {count} "
-                             f"frames, {video} holds {video_frames}; film the scene again (pipeline/ask/film.py)")
+                             f"frames, {video} holds {video_frames}; film the scene again (pipeline/sources/film.py)")
 
 
 def read_sidecar(scene: Scene) -> Scene:

@@ -61,11 +61,11 @@ def ask(
 ) -> None:
     """Answer questions about one scene of your own with a trained checkpoint; objects come back with
     their category and box in metres."""
-    from pipeline.ask.answer import answer_questions, load_model
-    from pipeline.ask.inputs import open_input
-    from pipeline.ask.prepare import checkpoint_workflow, default_cache_root, prepare_scene, sensor_backends
-    from schemas.cli_workflow import fail
+    from p3d.ask.answer import answer_questions, load_model
+    from p3d.ask.inputs import open_input
+    from p3d.ask.prepare import checkpoint_workflow, default_cache_root, prepare_scene, sensor_backends
     from pipeline.sources.base import SceneReadError
+    from schemas.cli_workflow import fail
 
     say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
     try:
@@ -121,11 +121,11 @@ def view(
 ) -> None:
     """Write one scene's proxies as a self-contained 3D HTML page (opens offline): points by segment, the
     BFS path, segment names and boxes, and a predictions file's boxes and answers."""
-    from schemas.cli_workflow import fail
+    from p3d.view import load_scene_predictions, write_scene_html
     from pipeline.cluster.cli import _missing_set, _resolve
     from pipeline.cluster.shards import load_scene_proxies, proxies_dir
+    from schemas.cli_workflow import fail
     from schemas.layout import scene_page
-    from p3d.view import load_scene_predictions, write_scene_html
 
     root, config, _ = _resolve(workflow, out, sets, name=name)
     _missing_set(root, config.name)

@@ -14,7 +14,7 @@ edited video or another checkpoint's settings get a folder of their own.
 
 A checkpoint trained with the toy world's simulated networks (`sim_vggt`, `sim_sam2`: VGGT's and
 SAM 2's output contracts made from ground truth) can read only a source that brings that ground
-truth: a ScanNet or toy scene folder, or a filmed toy video with its sidecar (pipeline/ask/film.py,
+truth: a ScanNet or toy scene folder, or a filmed toy video with its sidecar (pipeline/sources/film.py,
 pipeline/sources/sidecar.py), whose rows must match the video's frames. A bare video is refused in
 one line: a real video goes through a checkpoint trained with the real networks.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.ask.inputs import AskInput, count_frames
+from p3d.ask.inputs import AskInput, count_frames
 from schemas.layout import RESOLVED_WORKFLOW
 from schemas.workflow import ResolvedWorkflow
 
