@@ -195,42 +195,16 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, config: ClusterConfig, fea
     feat_VD = feat_ND[idx_valid] if config.space == "xyz+feat" else None
     space_VC = distance_space(xyz_V3, feat_VD, config, feat_mean_D, feat_std_D)
 
-    # Cluster each group; proxies are numbered group by group, in FPS order within a group.
-    proxy_V = np.full(num_valid, -1, dtype=np.int64)
-    members = np.argsort(groups.group_N, kind="stable")
-    bounds = np.r_[0, np.cumsum(groups.sizes())]
-    proxy_group: list[int] = []
-    for g in range(groups.num_groups):
-        k = int(alloc_G[g])
-        if k == 0:
-            continue
-        idx = members[bounds[g]:bounds[g + 1]]
-        _, local = cluster_group(space_VC[idx], k, seed=config.seed + g)
-        proxy_V[idx] = len(proxy_group) + local
-        proxy_group += [g] * k
-    num_proxies = len(proxy_group)
+    proxy_V, proxy_group_K = _cluster_each_group(groups, alloc_G, space_VC, config.seed)
+    num_proxies = len(proxy_group_K)
     used = proxy_V >= 0
     # Means straight from the full feature map (rows named), so it is never gathered or copied.
     feat_KD = segment_mean(feat_ND, proxy_V[used], num_proxies, rows_N=idx_valid[used])
     xyz_K3 = segment_mean(xyz_V3[used], proxy_V[used], num_proxies)
-    proxy_group_K = np.asarray(proxy_group, dtype=np.int64)
     if not config.grouping:
         groups, proxy_group_K = _segments_from_proxy_labels(label_V, proxy_V, xyz_K3, config, notes)
         alloc_G = np.bincount(proxy_group_K, minlength=groups.num_groups)
-        members = np.argsort(groups.group_N, kind="stable")
-        bounds = np.r_[0, np.cumsum(groups.sizes())]
-
-    # Segments are the groups that received proxies; their centers drive the BFS.
-    seg_groups = [g for g in range(groups.num_groups) if alloc_G[g] > 0]
-    segments: list[Segment] = []
-    for g in seg_groups:
-        pts = xyz_V3[members[bounds[g]:bounds[g + 1]]].astype(np.float64)
-        segments.append(Segment(label=groups.primary_label(g), merged_labels=groups.merged_labels(g),
-                                size=len(pts), proxies=int(alloc_G[g]), center=pts.mean(0),
-                                box_min=pts.min(0), box_max=pts.max(0)))
-    order_S = bfs_order(np.stack([s.center for s in segments]), config.bfs_neighbors)
-    rank_of_group = np.full(groups.num_groups, -1, dtype=np.int64)
-    rank_of_group[np.asarray(seg_groups)[order_S]] = np.arange(len(order_S))
+    segments, rank_of_group = _segments_in_bfs_order(groups, alloc_G, xyz_V3, config.bfs_neighbors)
     segment_K = rank_of_group[proxy_group_K]
     segment_N = np.full(len(valid_N), -1, dtype=np.int32)
     segment_N[idx_valid] = rank_of_group[groups.group_N]
@@ -238,6 +212,46 @@ def _cluster_valid(feat_ND, xyz_N3, label_N, valid_N, config: ClusterConfig, fea
     perm = np.argsort(segment_K, kind="stable")
     return SceneProxies(
         feat_KD=feat_KD[perm], xyz_K3=xyz_K3[perm], segment_K=segment_K[perm].astype(np.int32),
-        segments=[segments[i] for i in order_S], num_triplets=len(valid_N), num_valid=num_valid,
+        segments=segments, num_triplets=len(valid_N), num_valid=num_valid,
         num_groups_initial=num_initial, merges=groups.merges, notes=notes, segment_N=segment_N,
     )
+
+
+def _group_members(groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+    """(members, bounds): group g's point indices are members[bounds[g]:bounds[g + 1]]."""
+    return np.argsort(groups.group_N, kind="stable"), np.r_[0, np.cumsum(groups.sizes())]
+
+
+def _cluster_each_group(groups: Groups, alloc_G, space_VC, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(proxy_V, proxy_group_K): group g's alloc_G[g] proxies by FPS, numbered group by group and in FPS
+    order within a group; proxy_V is -1 on the points of groups given none."""
+    proxy_V = np.full(len(space_VC), -1, dtype=np.int64)
+    members, bounds = _group_members(groups)
+    proxy_group: list[int] = []
+    for g in range(groups.num_groups):
+        k = int(alloc_G[g])
+        if k == 0:
+            continue
+        idx = members[bounds[g]:bounds[g + 1]]
+        _, local = cluster_group(space_VC[idx], k, seed=seed + g)
+        proxy_V[idx] = len(proxy_group) + local
+        proxy_group += [g] * k
+    return proxy_V, np.asarray(proxy_group, dtype=np.int64)
+
+
+def _segments_in_bfs_order(groups: Groups, alloc_G, xyz_V3, bfs_neighbors: int
+                           ) -> tuple[list[Segment], np.ndarray]:
+    """The groups that received proxies as segments in BFS order of their centers, and each group's
+    rank in that order (-1: a group with no proxies)."""
+    members, bounds = _group_members(groups)
+    seg_groups = [g for g in range(groups.num_groups) if alloc_G[g] > 0]
+    segments: list[Segment] = []
+    for g in seg_groups:
+        pts = xyz_V3[members[bounds[g]:bounds[g + 1]]].astype(np.float64)
+        segments.append(Segment(label=groups.primary_label(g), merged_labels=groups.merged_labels(g),
+                                size=len(pts), proxies=int(alloc_G[g]), center=pts.mean(0),
+                                box_min=pts.min(0), box_max=pts.max(0)))
+    order_S = bfs_order(np.stack([s.center for s in segments]), bfs_neighbors)
+    rank_of_group = np.full(groups.num_groups, -1, dtype=np.int64)
+    rank_of_group[np.asarray(seg_groups)[order_S]] = np.arange(len(order_S))
+    return [segments[i] for i in order_S], rank_of_group

@@ -356,15 +356,8 @@ def eval_scan2cap(pairs: list[Pair], name: str, scene_objects: SceneObjects | No
     refs, ious, texts = {}, [], []
     localized = True
     modes = Counter()
-    untokenized = 0
     for i, (rec, pred) in enumerate(pairs):
-        tokens = rec.meta.get("tokens")
-        if tokens is None:
-            untokenized += 1
-            tokens = [caption_tokens(a) for a in rec.answers]
-        if not tokens:
-            raise ValueError(f"record {rec.id} ({rec.scene_id}) has no reference captions")
-        refs[str(i)] = [scan2cap_reference(t) for t in tokens]
+        refs[str(i)] = _scan2cap_references(rec)
         iou = 0.0
         if pred is not None:
             if pred.boxes is None and pred.instance_ids is None:
@@ -394,20 +387,36 @@ def eval_scan2cap(pairs: list[Pair], name: str, scene_objects: SceneObjects | No
                            tokenize=tokenize)
     for metric in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"):
         res.metrics[metric] = 100.0 * plain.corpus[metric]
-    res.notes.append(f"caption convention {convention}: hit is IoU {'>' if convention == 'scan2cap' else '>='} k")
-    if untokenized:
-        res.notes.append(f"{untokenized} records carry no ScanRefer tokens: references tokenized from their "
-                         "answers (close to, not exactly, Scan2Cap's corpus)")
-    if not localized:
-        res.notes.append("predictions carry no boxes or instance ids: only plain caption scores")
-    if modes.get("ids"):
-        res.notes.append(f"{modes['ids']} samples compared by instance id (no target boxes available)")
+    untokenized = sum(rec.meta.get("tokens") is None for rec, _ in pairs)
+    res.notes += _scan2cap_notes(convention, untokenized, localized, modes)
     for i, (rec, pred) in enumerate(pairs):
         sample = {**_base_sample(rec, pred), "iou": ious[i]}
         for k, scores in per_k.items():
             sample.update({f"{m}@{k}": 100.0 * scores.per_sample[m][i] for m in ("CIDEr", "BLEU-4", "ROUGE-L")})
         res.per_sample.append(sample)
     return res
+
+
+def _scan2cap_references(rec: Record) -> list[str]:
+    """"sos <first 30 tokens> eos" per description: ScanRefer's own tokens, else the answers tokenized."""
+    tokens = rec.meta.get("tokens")
+    if tokens is None:
+        tokens = [caption_tokens(a) for a in rec.answers]
+    if not tokens:
+        raise ValueError(f"record {rec.id} ({rec.scene_id}) has no reference captions")
+    return [scan2cap_reference(t) for t in tokens]
+
+
+def _scan2cap_notes(convention: str, untokenized: int, localized: bool, modes: Counter) -> list[str]:
+    notes = [f"caption convention {convention}: hit is IoU {'>' if convention == 'scan2cap' else '>='} k"]
+    if untokenized:
+        notes.append(f"{untokenized} records carry no ScanRefer tokens: references tokenized from their "
+                     "answers (close to, not exactly, Scan2Cap's corpus)")
+    if not localized:
+        notes.append("predictions carry no boxes or instance ids: only plain caption scores")
+    if modes.get("ids"):
+        notes.append(f"{modes['ids']} samples compared by instance id (no target boxes available)")
+    return notes
 
 
 # ---------------------------------------------------------------- VSI-Bench aggregate

@@ -162,6 +162,9 @@ def _to_world(scene_id: str, images_FHW3: np.ndarray, sensor: SensorFrames, geo:
 
 
 def process_scene(scene: Scene, models: FeatureModels, cfg: FeaturesConfig) -> SceneResult:
+    """One scene through the stage: prepare, encode, geometry, world alignment, segment, patchify, then
+    the group's arrays and attributes. Longer than most: it is the stage's recipe read top to bottom
+    (each step timed in place), and a third of it is the attributes' field list."""
     seconds: dict[str, float] = {}
     with _timed(seconds, "prepare"):
         images_FHW3, sensor, frame_indices = prepare_frames(scene, cfg)

@@ -107,6 +107,23 @@ def valid_pose_frames(scene_id: str, frame_ids: list[int], poses: dict[int, np.n
     return valid
 
 
+def _optional_pngs(scene_id: str, folder: Path, color: dict[int, Path]) -> dict[int, Path] | None:
+    """A folder's numbered PNGs, checked to be the colour frames'; None where the export has none."""
+    if not folder.is_dir():
+        return None
+    files = _numbered(scene_id, folder, (".png",))
+    _same_frames(scene_id, color, files, folder)
+    return files
+
+
+def _read_depth(scene_id: str, files: list[Path], depth_shift: float) -> np.ndarray:
+    """Depth PNGs (millimetres by default, over `depth_shift`) as metres, F x Hd x Wd."""
+    maps = [read_png_u16(scene_id, f) for f in files]
+    if any(m.shape != maps[0].shape for m in maps):
+        raise SceneReadError(f"scene {scene_id}: depth images in {files[0].parent} differ in size")
+    return (np.stack(maps) / depth_shift).astype(np.float32)
+
+
 def read_frame_folder(scene_id: str, root: Path, num_frames: int, source: str,
                       axis_align_44: np.ndarray | None = None,
                       depth_shift: float = DEFAULT_DEPTH_SHIFT) -> Scene:
@@ -121,13 +138,8 @@ def read_frame_folder(scene_id: str, root: Path, num_frames: int, source: str,
         raise SceneReadError(f"scene {scene_id}: {pose_dir} not found")
     pose_files = _numbered(scene_id, pose_dir, (".txt",))
     _same_frames(scene_id, color, pose_files, pose_dir)
-    depth = instance = None
-    if (root / "depth").is_dir():
-        depth = _numbered(scene_id, root / "depth", (".png",))
-        _same_frames(scene_id, color, depth, root / "depth")
-    if (root / "instance-filt").is_dir():
-        instance = _numbered(scene_id, root / "instance-filt", (".png",))
-        _same_frames(scene_id, color, instance, root / "instance-filt")
+    depth = _optional_pngs(scene_id, root / "depth", color)
+    instance = _optional_pngs(scene_id, root / "instance-filt", color)
 
     frame_ids = sorted(color)
     poses = {n: read_matrix(scene_id, pose_files[n]) for n in frame_ids}
@@ -146,10 +158,7 @@ def read_frame_folder(scene_id: str, root: Path, num_frames: int, source: str,
 
     depth_FHdWd = k_depth = None
     if depth is not None:
-        maps = [read_png_u16(scene_id, depth[n]) for n in picked]
-        if any(m.shape != maps[0].shape for m in maps):
-            raise SceneReadError(f"scene {scene_id}: depth images in {root / 'depth'} differ in size")
-        depth_FHdWd = (np.stack(maps) / depth_shift).astype(np.float32)
+        depth_FHdWd = _read_depth(scene_id, [depth[n] for n in picked], depth_shift)
         k_depth = read_matrix(scene_id, root / "intrinsic" / "intrinsic_depth.txt")[:3, :3]
     instances_FHW = None
     if instance is not None:
