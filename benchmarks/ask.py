@@ -65,7 +65,7 @@ def _randomize(model, seed: int = 0) -> None:
 
 
 def _scene(folder: Path, num_proxies: int) -> dict:
-    from trainer.data import iter_scenes
+    from trainer.shard_reader import iter_scenes
     from tests.synthetic_shards import write_synthetic
 
     shards, _ = write_synthetic(folder, num_scenes=1, dim=128, proxies_per_object=max(1, num_proxies // 6))
@@ -85,8 +85,8 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
 def run(num_questions: int, max_new_tokens: int, budgets: list[int], widths: dict, repeats: int,
         batch_size: int) -> None:
     from p3d.ask.answer import PrefixCache, generate_reencoded, load_model
-    from trainer.data import scene_inputs
-    from trainer.stages import Example
+    from trainer.shard_reader import scene_inputs
+    from trainer.examples import Example
 
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(num_questions)]
     torch.set_num_threads(max(1, torch.get_num_threads()))

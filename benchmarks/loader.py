@@ -36,9 +36,9 @@ def main() -> None:
     import torch
 
     from schemas.record import load_records
-    from trainer.data import Collator
-    from trainer.loader import StageStream
     from trainer.model import Proxy3DModel
+    from trainer.rank_stream import StageStream
+    from trainer.shard_reader import Collator
 
     with tempfile.TemporaryDirectory() as tmp:
         shards, records = args.shards, args.records
@@ -56,7 +56,7 @@ def main() -> None:
         for r in load_records(records) if records else []:
             by_scene[r.scene_id].append(r)
         stream = StageStream(shards, args.stage, by_scene, 200, args.batch)
-        from trainer.data import iter_scenes
+        from trainer.shard_reader import iter_scenes
 
         dim = int(next(iter_scenes(shards, shuffle=False))["feat"].shape[1])
         torch.manual_seed(0)

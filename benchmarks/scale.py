@@ -222,9 +222,9 @@ def train_child(spec: dict) -> dict:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: F401  (its code is not model memory)
 
-    from trainer.data import Collator, scene_inputs
+    from trainer.shard_reader import Collator, scene_inputs
     from trainer.model import Proxy3DModel
-    from trainer.stages import Example
+    from trainer.examples import Example
 
     data = np.load(spec["scene"], allow_pickle=False)
     feat, xyz = data["feat"], data["xyz"]

@@ -43,9 +43,9 @@ def child(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from trainer.data import Collator, scene_inputs
+    from trainer.shard_reader import Collator, scene_inputs
     from trainer.model import Proxy3DModel
-    from trainer.stages import Example
+    from trainer.examples import Example
 
     torch.manual_seed(0)
     on_gpu = torch.cuda.is_available()

@@ -143,7 +143,7 @@ def test_objects_named_by_an_answer_come_with_segment_box_and_category(trained):
     )
     from p3d.ask.inputs import open_input
     from p3d.ask.prepare import checkpoint_workflow, prepare_scene
-    from trainer.data import scene_inputs
+    from trainer.shard_reader import scene_inputs
     from trainer.objects import segment_identifiers
     from trainer.predict import clean_text
 
@@ -186,7 +186,7 @@ def test_kv_cached_answers_equal_reencoded_ones(trained):
     from p3d.ask.answer import PrefixCache, generate_reencoded, load_model
     from p3d.ask.inputs import open_input
     from p3d.ask.prepare import checkpoint_workflow, prepare_scene
-    from trainer.data import scene_inputs
+    from trainer.shard_reader import scene_inputs
 
     _, checkpoint, video, _, cache = trained
     run = checkpoint_workflow(checkpoint, None, [])
@@ -400,7 +400,7 @@ def test_real_format_checkpoint_loads_reads_its_workflow_and_answers_from_the_ca
     from p3d.ask.prepare import AskError, check_backends, check_store_scene, checkpoint_workflow
     from schemas.config_features import QWEN_VL_DEFAULT
     from tests.synthetic_shards import write_synthetic
-    from trainer.data import iter_scenes, scene_inputs
+    from trainer.shard_reader import iter_scenes, scene_inputs
 
     root, checkpoint = real_checkpoint
     run = checkpoint_workflow(checkpoint, None, [])

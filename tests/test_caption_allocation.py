@@ -111,8 +111,8 @@ def test_training_shows_a_caption_its_objects_focus_block_and_other_examples_the
     from pipeline.cluster.shards import encode_sample
     from schemas.proxy import ProxyMeta
     from schemas.record import Record
-    from trainer.data import decode_sample
-    from trainer.loader import StageStream
+    from trainer.shard_reader import decode_sample
+    from trainer.rank_stream import StageStream
     from trainer.objects import segment_identifiers
 
     scene, params, base = clustered

@@ -96,7 +96,7 @@ def _eval(root, preds, name: str) -> dict:
 def test_toy_captions_predict_with_the_named_segments_box_then_score_m_at_iou(toy_captions):
     from p3d.cli import app
     from trainer.objects import obj_token, segment_identifiers
-    from trainer.stages import record_example
+    from trainer.examples import record_example
 
     root, shards, segments_of = toy_captions
     res = CliRunner().invoke(app, ["predict", "--checkpoint", str(root / "model"), "--shards", str(shards),

@@ -17,10 +17,10 @@ from pipeline.models.tokenizer import PLAIN_CHAT_TEMPLATE, train_bpe_tokenizer
 from pipeline.toy.models import build_toy_qwen
 from tests.conftest import SHARED
 from trainer.chat import IGNORE, chat_layout
-from trainer.data import Collator
+from trainer.shard_reader import Collator
 from trainer.model import P3DModelConfig, Proxy3DModel
 from trainer.predict import stop_ids, until_stop
-from trainer.stages import Example
+from trainer.examples import Example
 
 QWEN_DIR = SHARED / "reference" / "configs" / "Qwen__Qwen2.5-VL-7B-Instruct"
 QWEN_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")

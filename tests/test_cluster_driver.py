@@ -219,7 +219,7 @@ def test_a_killed_recluster_leaves_a_set_the_loader_refuses(tmp_path, monkeypatc
     import pipeline.cluster.driver as driver
     from schemas.proxy import INDEX_FILE
     from schemas.proxy import read_set_index
-    from trainer.data import iter_scenes
+    from trainer.shard_reader import iter_scenes
 
     out = tmp_path / "data"
     _write_store(out)
@@ -261,7 +261,7 @@ def test_a_killed_recluster_leaves_a_set_the_loader_refuses(tmp_path, monkeypatc
 
 def test_a_legacy_index_without_parameters_is_refused(store, tmp_path):
     from schemas.proxy import INDEX_FILE
-    from trainer.data import iter_scenes
+    from trainer.shard_reader import iter_scenes
 
     run_cluster(store, _config(name="legacy"))
     root = proxies_dir(store, "legacy")
@@ -325,7 +325,7 @@ def test_a_recluster_killed_by_sigkill_is_refused_by_the_loader(tmp_path):
     from pathlib import Path
 
     from schemas.proxy import INDEX_FILE
-    from trainer.data import iter_scenes
+    from trainer.shard_reader import iter_scenes
 
     out = tmp_path / "data"
     _write_store(out, 8)

@@ -53,7 +53,7 @@ def _set_files(out: Path) -> dict[str, str]:
 
 def _budgets_if_indexed(out: Path) -> set[int] | None:
     """Proxies per scene over the set as the loader reads it; None when the loader refuses it."""
-    from trainer.data import iter_scenes
+    from trainer.shard_reader import iter_scenes
 
     try:
         return {len(s["xyz"]) for s in iter_scenes(proxies_dir(out, "set"), shuffle=False)}

@@ -136,7 +136,7 @@ def test_scrambled_ids_categories_come_from_the_matched_instances(scrambled):
 def test_scrambled_ids_record_targets_and_eval_instance_ids(scrambled):
     from trainer.objects import instances_to_segments
     from trainer.predict import answer_objects
-    from trainer.stages import record_example
+    from trainer.examples import record_example
 
     out, objects, perm = scrambled
     segments = [s.model_dump(mode="json") for s in load_scene_proxies(out, "k60", "s0")["segments"]]
@@ -160,7 +160,7 @@ def test_unmatched_segments_and_targets_are_counted_not_dropped():
     from pipeline.eval.evaluate import evaluate
     from pipeline.eval.predictions import Prediction
     from trainer.predict import answer_objects
-    from trainer.stages import SKIP_OTHER, SKIP_UNMATCHED, stage4_examples, unmatched_targets
+    from trainer.examples import SKIP_OTHER, SKIP_UNMATCHED, stage4_examples, unmatched_targets
     from trainer.train import skipped_by_task
 
     box = {"center": [0.0, 0.0, 0.5], "size": [1.0, 1.0, 1.0]}
@@ -206,7 +206,7 @@ def test_old_proxy_shards_are_refused(tmp_path):
 def test_a_number_about_objects_named_by_category_trains_without_their_segments():
     """VSI-Bench-style questions name objects by category: an unmatched target does not stop a
     number or choice answer from training, while answers that name the targets still need them."""
-    from trainer.stages import record_example
+    from trainer.examples import record_example
 
     box = {"center": [0.0, 0.0, 0.5], "size": [1.0, 1.0, 1.0]}
     segments = [{"id": 0, "label": 4, "instance_id": 11, "match_iou": 0.7, "category": "chair", "box": box}]

@@ -70,9 +70,9 @@ def test_layout_reaches_the_batches_through_the_export(tmp_path, variant):
 
     from pipeline.toy.models import build_toy_qwen
     from schemas.config_train import StageConfig
-    from trainer.data import Collator
+    from trainer.shard_reader import Collator
     from trainer.model import Proxy3DModel
-    from trainer.stages import Example
+    from trainer.examples import Example
     from trainer.train import _load_model
 
     base = build_toy_qwen(tmp_path / "qwen", ["What is a chair?"])

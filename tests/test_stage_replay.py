@@ -6,7 +6,7 @@ import random
 from collections import Counter
 
 from schemas.record import Record
-from trainer.stages import build_examples, replay_sample
+from trainer.examples import build_examples, replay_sample
 
 # Three objects (instances 10, 11, 12 matched to segments 0, 1, 2 -> identifiers 0, 1, 2).
 SEGMENTS = [{"id": i, "label": i, "instance_id": 10 + i, "category": "chair",

@@ -70,7 +70,7 @@ def test_relative_direction_by_category_only_for_unique_categories():
 
 
 def test_category_named_questions_are_asked_when_the_segmenter_missed_the_object():
-    from trainer.stages import record_example
+    from trainer.examples import record_example
 
     # The segmenter found the sofa and both chairs (merged into one segment), not the table or the lamp.
     segments = [{"id": 0, "label": 5, "instance_id": 2, "category": "sofa"},

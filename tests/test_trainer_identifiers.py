@@ -4,9 +4,9 @@ import random
 
 import numpy as np
 
-from trainer.loader import permute_identifiers
+from trainer.rank_stream import permute_identifiers
 from trainer.objects import object_ids_in_text
-from trainer.stages import Example
+from trainer.examples import Example
 
 
 def _scene():
@@ -112,7 +112,7 @@ def test_answer_tokens_round_trip_to_the_target_instances():
     """record -> `<OBJxxx>` answer -> predict's parsing gives back exactly the record's targets."""
     from schemas.record import Record
     from trainer.predict import answer_objects
-    from trainer.stages import record_example
+    from trainer.examples import record_example
 
     rng = np.random.default_rng(1)
     for _ in range(30):
@@ -133,7 +133,7 @@ def test_counting_by_listing_names_exactly_the_counted_objects():
     and predict's parsing gives back the bare count and the counted instances."""
     from schemas.record import Record
     from trainer.predict import answer_objects, answer_parts
-    from trainer.stages import record_example, split_listed_answer
+    from trainer.examples import record_example, split_listed_answer
 
     rng = np.random.default_rng(2)
     for _ in range(30):
@@ -173,7 +173,7 @@ def test_answer_parts_leaves_other_answers_alone():
 def test_the_simplified_scene_holds_only_the_matched_objects():
     """Stages 1-3 see one token per dataset object: a segmenter's unmatched masks (an identifier but
     no instance, hence no category) and background stay out; the proxies keep every identifier."""
-    from trainer.data import scene_inputs
+    from trainer.shard_reader import scene_inputs
 
     box = {"center": [0.0, 0.0, 0.0], "size": [1.0, 1.0, 1.0]}
     segments = [

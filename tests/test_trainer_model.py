@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pipeline.toy.models import build_toy_qwen
-from trainer.data import Collator, iter_scenes, scene_inputs
+from trainer.shard_reader import Collator, iter_scenes, scene_inputs
 from trainer.model import Proxy3DModel
-from trainer.stages import Example, build_examples
+from trainer.examples import Example, build_examples
 from tests.synthetic_shards import CATEGORIES, write_synthetic
 
 NUM_OBJ = 32
@@ -179,7 +179,7 @@ def test_stage_builders_name_objects_and_relations(data):
 
 def test_record_mapping_through_the_matching(data):
     from schemas.record import Record
-    from trainer.stages import record_example
+    from trainer.examples import record_example
 
     # Labels are the segmenter's numbering; records name ground-truth instances (instance_id).
     segs = [{"id": 0, "label": 7, "instance_id": 3, "match_iou": 0.8, "category": "chair", "box": {}},
@@ -205,7 +205,7 @@ def test_stages_2_and_3_replay_stage_1_naming():
     """Stages 2-3 keep every stage-1 naming example (else a small model forgets how to name)."""
     import random
 
-    from trainer.stages import build_examples
+    from trainer.examples import build_examples
 
     segs = [{"id": i, "label": i if i % 3 else -1, "category": ["chair", "lamp"][i % 2] if i % 3 else None,
              "box": {"center": [float(i), 1.0, 0.5], "size": [0.5, 0.5, 1.0]}} for i in range(9)]

@@ -42,7 +42,7 @@ def _workflow(root: Path, qwen: Path, records: Path, out: str, stages: list[dict
 
 
 def test_loader_splits_every_scene_once_across_ranks_and_workers(setup):
-    from trainer.data import iter_scenes
+    from trainer.shard_reader import iter_scenes
 
     _, _, shards, _ = setup
     for world, workers in [(1, 1), (2, 1), (2, 2), (4, 1)]:  # 3 shards: the last two split by sample
@@ -148,7 +148,7 @@ def test_zero3_two_processes_drive_loss_down(setup):
 
 def test_held_out_scenes_never_reach_any_stage(setup):
     from schemas.record import load_records
-    from trainer.loader import StageStream
+    from trainer.rank_stream import StageStream
     from trainer.train import training_records
 
     _, _, shards, records = setup
@@ -162,7 +162,7 @@ def test_held_out_scenes_never_reach_any_stage(setup):
 
 
 def test_stage_tasks_filter_keeps_exactly_those_tasks(setup):
-    from trainer.loader import StageStream
+    from trainer.rank_stream import StageStream
     from trainer.train import training_records
 
     _, _, shards, records = setup
@@ -180,7 +180,7 @@ def test_stage_tasks_filter_keeps_exactly_those_tasks(setup):
 def test_count_by_listing_reaches_the_stream_from_the_workflow(setup):
     from schemas.workflow import load_workflow
     from trainer.recipes import stage_config
-    from trainer.stages import split_listed_answer
+    from trainer.examples import split_listed_answer
     from trainer.train import resolve_train_config, stage_stream, training_records
 
     root, qwen, shards, records = setup
@@ -203,7 +203,7 @@ def test_record_tasks_join_stages_1_to_3_on_the_simplified_scene(setup):
     from pydantic import ValidationError
 
     from schemas.config_train import StageConfig
-    from trainer.loader import StageStream
+    from trainer.rank_stream import StageStream
     from trainer.train import training_records
 
     _, _, shards, records = setup

@@ -55,8 +55,8 @@ def caption_objects(record, segments: list[dict]) -> dict:
 
 def not_asked_reason(record, segments: list[dict], num_obj_tokens: int) -> str:
     """Why `record_example` could not write the question (an object it names has no identifier)."""
+    from trainer.examples import OBJ_PLACEHOLDER
     from trainer.objects import instances_to_segments
-    from trainer.stages import OBJ_PLACEHOLDER
 
     named = record.target_ids[:record.question.count(OBJ_PLACEHOLDER)]
     unmatched = [t for t in named if t not in instances_to_segments(segments)]
@@ -69,7 +69,7 @@ def answer_parts(text: str, answer_type: str) -> tuple[str, str]:
     """(the answer, the text that names its objects). A model trained with count_by_listing names
     what it counts before the count ("<OBJ002> <OBJ005>: 2"): the answer is then the count, and the
     named objects stay with the prediction as its objects."""
-    from trainer.stages import split_listed_answer
+    from trainer.examples import split_listed_answer
 
     if answer_type == "objects":
         return text, text
@@ -99,8 +99,8 @@ def until_stop(ids: list[int], stops: set[int]) -> list[int]:
 def load_for_prediction(checkpoint: str | Path):
     """(model, collate, mode) of an exported folder: a stage-4 folder reads proxies, a stage 1-3
     folder the simplified scene; prompts are left-padded and never cut."""
-    from trainer.data import Collator
     from trainer.model import Proxy3DModel
+    from trainer.shard_reader import Collator
 
     model = Proxy3DModel.from_pretrained(checkpoint).eval()
     mode = "proxy" if 4 in model.cfg.stages_done else "fused"
@@ -128,8 +128,8 @@ def scene_questions(scene: dict, records: list, mode: str, num_obj_tokens: int):
     """Each record of the scene as (record, example, the scene inputs it is asked on); example and
     inputs None where the question cannot be asked (an object it names has no identifier)."""
     from pipeline.cluster.caption import captioned_segment, focus_scene
-    from trainer.data import scene_inputs
-    from trainer.stages import record_example
+    from trainer.examples import record_example
+    from trainer.shard_reader import scene_inputs
 
     inputs = scene_inputs(scene, mode, num_obj_tokens)
     for rec in records:
@@ -137,7 +137,7 @@ def scene_questions(scene: dict, records: list, mode: str, num_obj_tokens: int):
         if ex is None:
             yield rec, None, None
             continue
-        # A caption sees its object's Scan2Cap focus block, as in training (trainer/loader.py).
+        # A caption sees its object's Scan2Cap focus block, as in training (trainer/rank_stream.py).
         shown = focus_scene(scene, captioned_segment(ex) if mode == "proxy" else None)
         yield rec, ex, (inputs if shown is scene else scene_inputs(shown, mode, num_obj_tokens))
 
@@ -183,8 +183,8 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
             limit: int | None = None) -> int:
     """Answer the records of `split` (None: all); returns the number of predictions written."""
     from pipeline.eval.predictions import Prediction, write_predictions
-    from trainer.data import iter_scenes
-    from trainer.stages import unmatched_targets
+    from trainer.examples import unmatched_targets
+    from trainer.shard_reader import iter_scenes
 
     model, collate, mode = load_for_prediction(checkpoint)
     num_obj_tokens = model.cfg.num_obj_tokens

@@ -9,7 +9,7 @@ Layout under `train.out` (default runs/train):
                                   matched no segment: `unmatched_target`)
 Stage 1 starts from `train.model` (a hub id, folder or toy:<name>); stage N > 1 from stage<N-1>/model.
 `resume=True` continues from the latest complete checkpoint exactly: weights, optimizer, schedule, RNG
-and the position in the epoch (the data order is a function of seed, epoch and rank; see loader.py).
+and the position in the epoch (the data order is a function of seed, epoch and rank; see rank_stream.py).
 It refuses a checkpoint made under another configuration unless `allow_changed_config`, and cuts
 train_log.jsonl back to the checkpoint's step, so a step is never logged twice.
 
@@ -85,7 +85,7 @@ def check_stage_inputs(workflow: Workflow, cfg: TrainConfig, stage: int) -> None
 def stage_stream(cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, records_by_scene: dict,
                  held_out: frozenset[str], rank: int = 0, world: int = 1):
     """The stage's example stream on this rank, as the workflow's train section configures it."""
-    from trainer.loader import StageStream
+    from trainer.rank_stream import StageStream
 
     return StageStream(shard_dir, scfg.stage, records_by_scene, cfg.num_obj_tokens, scfg.batch_size,
                        seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank, world_size=world,
@@ -109,7 +109,7 @@ SKIPPED_FILE = layout.SKIPPED_FILE
 
 
 def skipped_by_task(tallies) -> dict[str, dict[str, int]]:
-    """Per-rank tallies of skipped records ((task, reason) -> n, trainer.loader.StageStream.skipped)
+    """Per-rank tallies of skipped records ((task, reason) -> n, trainer.rank_stream.StageStream.skipped)
     summed into task -> reason -> n, for the log and `stage<N>/skipped_records.json`."""
     out: dict[str, dict[str, int]] = {}
     for tally in tallies:
@@ -223,7 +223,7 @@ def start_distributed(seed: int) -> Ranks:
 
 def build_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, shard_dir: Path):
     """The stage's model, sized to the shards' features and categories, and its trainable parameters."""
-    from trainer.data import categories_in, iter_scenes
+    from trainer.shard_reader import categories_in, iter_scenes
 
     first = next(iter_scenes(shard_dir, shuffle=False))
     model = _load_model(workflow, cfg, scfg, int(first["feat"].shape[1]), categories_in(shard_dir))
@@ -425,7 +425,7 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     ranks = start_distributed(cfg.seed)
     import torch.distributed as dist
 
-    from trainer.data import Collator
+    from trainer.shard_reader import Collator
     shard_dir = layout.proxies_dir(wf.out, cfg.proxies)
     model, trainable = build_model(wf, cfg, scfg, shard_dir)
     num_trainable = sum(p.numel() for p in trainable)  # before ZeRO-3 partitions them

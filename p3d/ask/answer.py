@@ -1,7 +1,7 @@
 """Greedy answers about one scene, the scene's prefix encoded once for all questions (KV cache).
 
 Every prompt of a scene starts the same way: the template's opening (Qwen's system turn), the
-vision-start token, the K scene tokens and the vision-end token (trainer/data.py's Collator lays it
+vision-start token, the K scene tokens and the vision-end token (trainer/shard_reader.py's Collator lays it
 out; K is 128-700, a question ~10 tokens). `PrefixCache` runs that prefix through the language model
 once. A batch of questions then decodes on copies of its keys and values (`Proxy3DModel.generate`'s
 `prefix_cache`), each row `prefix | padding | question` with the padding masked out and the
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trainer.examples import Example
 from trainer.model import text_only_batch
-from trainer.stages import Example
 
 NAMING_QUESTION = "What is {}?"  # the toy world's object_name template (pipeline/toy/annotate.py)
 
@@ -133,8 +133,8 @@ def answer_questions(model, collate, mode: str, sample: dict, questions: list[st
                      kv_cache: bool = True, batch_size: int = 8) -> list[Answer]:
     """Each question's answer, with the objects it names. With `kv_cache` the scene is encoded once and
     the questions decoded `batch_size` at a time on it; without, each whole prompt is encoded alone."""
-    from trainer.data import scene_inputs
     from trainer.predict import answer_parts, clean_text
+    from trainer.shard_reader import scene_inputs
 
     if sample["feat"].shape[1] != model.cfg.feat_dim:
         raise ValueError(f"the scene's features have D={sample['feat'].shape[1]}, the checkpoint's projector reads "

@@ -48,7 +48,7 @@ class AskError(ValueError):
 class PreparedScene:
     scene_id: str
     cache_dir: Path
-    sample: dict  # the decoded proxy sample (trainer.data.decode_sample: segments as dicts)
+    sample: dict  # the decoded proxy sample (trainer.shard_reader.decode_sample: segments as dicts)
     alignment: dict = field(default_factory=dict)  # method, scale_method, scale, up_method
     cached: bool = False  # store group and shard were re-used
     warnings: list[str] = field(default_factory=list)
@@ -185,7 +185,7 @@ def prepare_scene(run: ResolvedWorkflow, ask_input: AskInput, cache_root: Path, 
     from pipeline.features import store
     from pipeline.features.driver import run_features
     from schemas.proxy import INDEX_FILE
-    from trainer.data import iter_scenes
+    from trainer.shard_reader import iter_scenes
 
     wf = run.workflow
     check_backends(run, ask_input)

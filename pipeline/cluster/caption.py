@@ -9,7 +9,7 @@ unchanged, and the store is read once per scene instead of once per object. Stor
 whole would cost K x S rows per scene (700 x ~50 for ScanNet); the focus blocks cost N x S.
 
 N is exact (or all of a segment's triplets when it has fewer): the variant's sequence length is
-K - k_s + N, where k_s is what the proportional allocation gave s. Training (trainer/loader.py) and
+K - k_s + N, where k_s is what the proportional allocation gave s. Training (trainer/rank_stream.py) and
 `p3d predict` show a caption example its object's variant (`focus_scene`), every other example
 the scene's own sequence.
 
@@ -99,7 +99,7 @@ def caption_variant(feat_KD: np.ndarray, xyz_K3: np.ndarray, segment_K: np.ndarr
 
 
 def captioned_segment(example) -> int | None:
-    """The segment a caption example (trainer.stages.Example) describes; None for other tasks."""
+    """The segment a caption example (trainer.examples.Example) describes; None for other tasks."""
     object_ids = example.meta.get("object_ids") if example.task == "caption" else None
     return int(object_ids[0]) if object_ids else None
 

@@ -23,7 +23,7 @@ Objects given as input. MMScan asks many questions about objects it shows the mo
 (`input_bboxes_id`: "Carefully compare these two objects, ..."); p3d names them by identifier instead:
 the question is prefixed "The objects: <OBJ>, <OBJ>." and the target ids start with those objects, in
 order, so each `<OBJ>` becomes the identifier of its object when the record is asked
-(trainer.stages.record_example).
+(trainer.examples.record_example).
 
 A sample naming an object id that is not among its scene's objects in `--boxes` (or whose scene is
 not there) is skipped and listed with its reason, as the devkit's loader drops samples whose

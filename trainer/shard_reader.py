@@ -1,4 +1,4 @@
-"""Shard loader and collation: proxy shards + records -> padded model batches.
+"""Shard reader and collation: proxy shards + records -> padded model batches.
 
 Shards stream through WebDataset. Every rank reads a disjoint part of the data: whole shards when
 there are at least ranks x workers of them, else every rank reads all shards and keeps the samples
@@ -28,9 +28,9 @@ import torch
 
 from schemas.proxy import FOCUS_MEMBERS, INDEX_FILE, check_proxy_format, check_sample_params, read_set_index
 from trainer.chat import IGNORE, chat_layout
+from trainer.examples import Example
 from trainer.objects import identifier_array
 from trainer.positions import quantize_height, rope_position_ids
-from trainer.stages import Example
 
 
 # ------------------------------------------------------------------ shards

@@ -1,6 +1,6 @@
 """Per-rank stream of training batches for one stage: shards -> scenes -> examples -> micro-batches.
 
-Every rank walks its own part of the shards (trainer.data.iter_scenes). Ranks can hold different
+Every rank walks its own part of the shards (trainer.shard_reader.iter_scenes). Ranks can hold different
 numbers of examples, but DeepSpeed needs every rank to take the same number of steps; so the epoch
 length is the longest rank's count of micro-batches (agreed once with an all-reduce) and a rank that
 runs out starts its part again. Every example is seen at least once per epoch, and the order is a
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.record import Record
 from pipeline.cluster.caption import captioned_segment, focus_scene
-from trainer.data import iter_scenes, scene_inputs
+from schemas.record import Record
+from trainer.examples import STAGE_MODES, Example, build_examples, split_listed_answer
 from trainer.objects import OBJ_TOKEN_RE, obj_token
-from trainer.stages import STAGE_MODES, Example, build_examples, split_listed_answer
+from trainer.shard_reader import iter_scenes, scene_inputs
 
 Item = tuple[Example, dict]
 OBJECT_LIST_RE = re.compile(rf"{OBJ_TOKEN_RE.pattern}( {OBJ_TOKEN_RE.pattern})*")
@@ -53,7 +53,7 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
         return OBJ_TOKEN_RE.sub(lambda m: obj_token(int(perm[int(m.group(1))])), text)
 
     def rename_answer(text: str) -> str:
-        # An answer that lists objects lists them in identifier order (trainer.stages); keep it so,
+        # An answer that lists objects lists them in identifier order (trainer.examples); keep it so,
         # else the order after renaming is random and the first token of a several-object answer
         # cannot be predicted.
         parts = split_listed_answer(text)
@@ -89,7 +89,7 @@ class StageStream:
         self.shuffle_scenes, self.rank, self.world_size = shuffle_scenes, rank, world_size
         self.mode = STAGE_MODES[stage]
         # (task, reason) -> records of this rank that could not be examples, tallied by `count()`
-        # (trainer.stages.stage4_examples); the trainer reports them per task.
+        # (trainer.examples.stage4_examples); the trainer reports them per task.
         self.skipped: Counter = Counter()
 
     def _examples(self, scene: dict, epoch: int, skipped: Counter | None = None) -> list[Item]:

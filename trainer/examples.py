@@ -1,4 +1,4 @@
-"""Stage data builders: one scene (its segments.json, and for stage 4 its records) -> examples.
+"""The examples of each training stage: one scene (segments.json; for stage 4 also its records) -> examples.
 
 Stages 1-3 use the simplified scene (one fused identifier + semantic token per object, paper 3.2)
 and generate their question/answer pairs from segments.json alone; stage 4 uses the real proxies and
