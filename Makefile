@@ -63,7 +63,7 @@ bench-gpu: $(BIN)/p3d  ## the GPU rehearsal at ScanNet size (CPU fallback at tin
 
 lint: $(BIN)/p3d
 	$(BIN)/pip install -q ruff
-	$(BIN)/python -m ruff check --select F pipeline trainer schemas tests benchmarks
+	$(BIN)/python -m ruff check --select F p3d pipeline trainer schemas tests benchmarks
 
 clean:
 	rm -rf data runs .pytest_cache
