@@ -20,16 +20,10 @@ def compute_stats(out: str | Path, scenes: list[str] | None = None) -> dict[str,
     import dask
     import dask.array as da
 
-    from pipeline.features.store import list_scenes, missing_chunks, read_scene, scene_path, unreadable_reason
+    from pipeline.features.store import list_scenes, read_scene, scene_path
 
     scene_ids = scenes if scenes is not None else list_scenes(out, complete_only=True)
-    # A damaged group is named, never skipped or read as fill values.
-    damaged = {s: r for s in (scenes or list_scenes(out, complete_only=False))
-               if (r := unreadable_reason(out, s)) is not None}
-    damaged.update({s: "; ".join(m) for s in scene_ids if s not in damaged and (m := missing_chunks(out, s))})
-    if damaged:
-        raise ValueError("; ".join(f"scene {s}: {r}" for s, r in sorted(damaged.items()))
-                         + " (re-run `p3d features --overwrite` on these scenes)")
+    _raise_if_damaged(out, scenes or list_scenes(out, complete_only=False), scene_ids)
     if not scene_ids:
         raise ValueError(f"{out}/features: no complete scenes to compute stats over")
     sums, sq_sums, lazy_scenes, dims = [], [], {}, set()
@@ -60,16 +54,7 @@ def compute_stats(out: str | Path, scenes: list[str] | None = None) -> dict[str,
         raise ValueError(f"{out}/features: no valid triplets in any scene")
     mean = np.sum(sums, axis=0) / total
     var = np.maximum(np.sum(sq_sums, axis=0) / total - mean ** 2, 0.0)
-    scenes_out = {}
-    for scene_id, c in computed.items():
-        num = int(c["label"].size)
-        scenes_out[scene_id] = {
-            "triplets": num,
-            "valid": int(c["valid"]),
-            "labeled": int(c["labeled"]),
-            "labels": int((np.unique(c["label"]) >= 0).sum()),
-            "nan_fraction": 1.0 - int(c["valid"]) / max(num, 1),
-        }
+    scenes_out = {scene_id: _scene_counts(c) for scene_id, c in computed.items()}
     num_triplets = sum(s["triplets"] for s in scenes_out.values())
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -82,6 +67,28 @@ def compute_stats(out: str | Path, scenes: list[str] | None = None) -> dict[str,
         "feat_mean": [float(v) for v in mean],
         "feat_std": [float(v) for v in np.sqrt(var)],
         "scenes": scenes_out,
+    }
+
+
+def _raise_if_damaged(out: str | Path, listed: list[str], complete: list[str]) -> None:
+    """A damaged group is named, never skipped or read as fill values."""
+    from pipeline.features.store import missing_chunks, unreadable_reason
+
+    damaged = {s: r for s in listed if (r := unreadable_reason(out, s)) is not None}
+    damaged.update({s: "; ".join(m) for s in complete if s not in damaged and (m := missing_chunks(out, s))})
+    if damaged:
+        raise ValueError("; ".join(f"scene {s}: {r}" for s, r in sorted(damaged.items()))
+                         + " (re-run `p3d features --overwrite` on these scenes)")
+
+
+def _scene_counts(computed: dict) -> dict[str, Any]:
+    num = int(computed["label"].size)
+    return {
+        "triplets": num,
+        "valid": int(computed["valid"]),
+        "labeled": int(computed["labeled"]),
+        "labels": int((np.unique(computed["label"]) >= 0).sum()),
+        "nan_fraction": 1.0 - int(computed["valid"]) / max(num, 1),
     }
 
 

@@ -21,7 +21,6 @@ def draw_proxies(sample: dict[str, Any], png: str | Path, title: str = "") -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
-    from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
     xyz_K3 = sample["xyz"].astype(np.float64)
     segment_K = sample["segment"]
@@ -61,14 +60,7 @@ def draw_proxies(sample: dict[str, Any], png: str | Path, title: str = "") -> Pa
     mappable = plt.cm.ScalarMappable(cmap=path_cmap, norm=plt.Normalize(0, max(num_seg - 1, 1)))
     fig.colorbar(mappable, ax=top, fraction=0.04, pad=0.02, label="BFS position of segment")
 
-    view = fig.add_subplot(1, 2, 2, projection="3d")
-    view.scatter(xyz_K3[~fg_K, 0], xyz_K3[~fg_K, 1], xyz_K3[~fg_K, 2], color="0.8", s=5, linewidths=0)
-    view.scatter(xyz_K3[fg_K, 0], xyz_K3[fg_K, 1], xyz_K3[fg_K, 2], c=colors_K[fg_K], s=12, linewidths=0)
-    view.add_collection3d(Line3DCollection(steps, colors=path_colors, linewidths=0.9, alpha=0.8))
-    view.set_xlabel("x (m)")
-    view.set_ylabel("y (m)")
-    view.set_zlabel("z (m)")
-    view.set_title("3D view")
+    _draw_3d_view(fig.add_subplot(1, 2, 2, projection="3d"), xyz_K3, fg_K, colors_K, steps, path_colors)
     fig.suptitle(title or f"{len(xyz_K3)} proxies, {num_seg} segments")
     fig.tight_layout()
     png = Path(png)
@@ -76,3 +68,16 @@ def draw_proxies(sample: dict[str, Any], png: str | Path, title: str = "") -> Pa
         fig.savefig(f, format="png")
     plt.close(fig)
     return png
+
+
+def _draw_3d_view(view, xyz_K3, fg_K, colors_K, steps, path_colors) -> None:
+    """The right panel: the top view's proxies and BFS path in 3D, without the labels."""
+    from mpl_toolkits.mplot3d.art3d import Line3DCollection
+
+    view.scatter(xyz_K3[~fg_K, 0], xyz_K3[~fg_K, 1], xyz_K3[~fg_K, 2], color="0.8", s=5, linewidths=0)
+    view.scatter(xyz_K3[fg_K, 0], xyz_K3[fg_K, 1], xyz_K3[fg_K, 2], c=colors_K[fg_K], s=12, linewidths=0)
+    view.add_collection3d(Line3DCollection(steps, colors=path_colors, linewidths=0.9, alpha=0.8))
+    view.set_xlabel("x (m)")
+    view.set_ylabel("y (m)")
+    view.set_zlabel("z (m)")
+    view.set_title("3D view")
