@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the synthetic shards are a test fixture (tests/)
+
+from benchmarks._common import best_of  # noqa: E402
 
 QUESTIONS = ["Find the chair.", "How many lamps are in the room?", "What is <OBJ001>?", "Find all tables.",
              "Which object is the sofa?", "How many chairs are in the room?", "What is <OBJ003>?",
@@ -72,16 +73,6 @@ def _scene(folder: Path, num_proxies: int) -> dict:
     return next(iter(iter_scenes(shards, shuffle=False)))
 
 
-def _timed(fn, repeats: int) -> tuple[float, object]:
-    """(fastest of `repeats` runs, its result): the machine is shared, the minimum is the least disturbed."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
 def run(num_questions: int, max_new_tokens: int, budgets: list[int], widths: dict, repeats: int,
         batch_size: int) -> None:
     from p3d.ask.answer import PrefixCache, generate_reencoded, load_model
@@ -104,8 +95,11 @@ def run(num_questions: int, max_new_tokens: int, budgets: list[int], widths: dic
                 inputs = scene_inputs(sample, mode, model.cfg.num_obj_tokens)
                 scene_id = sample["scene_id"]
                 generate_reencoded(model, collate, scene_id, inputs, questions[0], 2)  # warm-up
-                one_s, one = _timed(lambda: [generate_reencoded(model, collate, scene_id, inputs, q, max_new_tokens)
-                                             for q in questions], repeats)
+
+                def one_by_one():
+                    return [generate_reencoded(model, collate, scene_id, inputs, q, max_new_tokens) for q in questions]
+
+                one_s, one = best_of(one_by_one, repeats)
                 chunks = [questions[lo:lo + batch_size] for lo in range(0, len(questions), batch_size)]
 
                 def batched():  # collation counted, as the KV path's is
@@ -114,13 +108,13 @@ def run(num_questions: int, max_new_tokens: int, budgets: list[int], widths: dic
                                                        with_answer=False), max_new_tokens=max_new_tokens)
                                 for chunk in chunks]
 
-                batch_s, _ = _timed(batched, repeats)
+                batch_s, _ = best_of(batched, repeats)
 
                 def cached():
                     prefix = PrefixCache(model, collate, scene_id, inputs)  # the prefix's cost is counted
                     return prefix, [ids for chunk in chunks for ids in prefix.generate_batch(chunk, max_new_tokens)]
 
-                kv_s, (prefix, kv) = _timed(cached, repeats)
+                kv_s, (prefix, kv) = best_of(cached, repeats)
                 print(f"{label:30} {len(sample['xyz']):>4} {prefix.num_prefix:>6} | "
                       f"{one_s / num_questions * 1e3:>9.1f}ms {batch_s / num_questions * 1e3:>7.1f}ms "
                       f"{kv_s / num_questions * 1e3:>7.1f}ms | {one_s / kv_s:>7.2f}x {batch_s / kv_s:>7.2f}x | "

@@ -24,7 +24,6 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -32,14 +31,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the synthetic scenes are a test fixture (tests/)
 
-
-def best_of(repeats: int, fn) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+from benchmarks._common import best_of  # noqa: E402
 
 
 def bench_upsampling(dim: int, repeats: int) -> None:
@@ -47,8 +39,8 @@ def bench_upsampling(dim: int, repeats: int) -> None:
 
     rng = np.random.default_rng(0)
     feat = rng.standard_normal((32, 16, 21, dim), dtype=np.float32)
-    base_s, _ = best_of(repeats, lambda: feat.astype(np.float16))
-    up_s, up = best_of(repeats, lambda: upsample_features(feat, (32, 42), dtype=np.float16))
+    base_s, _ = best_of(lambda: feat.astype(np.float16), repeats)
+    up_s, up = best_of(lambda: upsample_features(feat, (32, 42), dtype=np.float16), repeats)
     print(f"upsampling, 32 frames, D={dim}:")
     print(f"  baseline float16 cast at 16x21  {base_s:7.3f} s   store {feat.size * 2 / 2**20:7.1f} MiB")
     print(f"  bilinear to 32x42 + cast         {up_s:7.3f} s   store {up.size * 2 / 2**20:7.1f} MiB")
@@ -69,9 +61,9 @@ def bench_focus(dim: int, repeats: int) -> None:
     def base():
         return cluster_scene(scene.feat_FhwD, scene.xyz_Fhw3, scene.label_Fhw, config=params)
 
-    base_s, proxies = best_of(repeats, base)
-    focus_s, focus = best_of(repeats, lambda: focus_proxies(scene.feat_FhwD, scene.xyz_Fhw3, proxies, 5,
-                                                            params))
+    base_s, proxies = best_of(base, repeats)
+    focus_s, focus = best_of(lambda: focus_proxies(scene.feat_FhwD, scene.xyz_Fhw3, proxies, 5, params),
+                              repeats)
     objects = sorted(set(focus.segment_M.tolist()))
     naive_s = base_s * len(objects)  # each variant is a whole cluster_scene
     print(f"Scan2Cap focus blocks, 32 frames of 32x42, D={dim}, K=700, N=5, {len(objects)} objects:")
@@ -87,8 +79,8 @@ def bench_scale(repeats: int) -> None:
     rng = np.random.default_rng(0)
     geometry = rng.uniform(0.5, 4.0, (32, 448, 588))
     model = 2.0 * geometry * rng.lognormal(0, 0.1, geometry.shape)
-    pooled_s, pooled = best_of(repeats, lambda: estimate_scale(geometry, model))
-    ours_s, ours = best_of(repeats, lambda: metric_depth_scale(model, geometry))
+    pooled_s, pooled = best_of(lambda: estimate_scale(geometry, model), repeats)
+    ours_s, ours = best_of(lambda: metric_depth_scale(model, geometry), repeats)
     print("metric scale, 32 frames of 448x588 (true 2.0, 10 % log-normal pixel noise):")
     print(f"  baseline pooled median           {pooled_s:7.3f} s   scale {pooled:.4f}")
     print(f"  median of per-frame medians      {ours_s:7.3f} s   scale {ours:.4f}")

@@ -28,8 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import (bench_batch, bench_model, current_rss_mb, make_train_step,  # noqa: E402
+                                reset_rss_peak, rss_peak_mb, step_seconds)
+from benchmarks._common import run_child as _run_child  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 STAGE3_TRAINABLE = ["projector", "position", "language_model"]  # workflows/scannet.yaml, stage 3
 
@@ -65,28 +67,6 @@ def device_name(device: str) -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def _reset_rss_peak() -> None:
-    """Start the peak over from now (Linux: `5` to clear_refs resets VmHWM). Without it the peak is
-    the process's lifetime one, which the imports can set before the model exists
-    (measured: docs/RESULTS.md#bench-scale-rss-reset)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _rss_peak_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class Meter:
     """Seconds and peak memory of one block (see the module docstring for what peak means)."""
 
@@ -106,7 +86,7 @@ class Meter:
         if self.cuda:
             self.torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.t0
-        self.peak_mb = (self.torch.cuda.max_memory_allocated() / 2**20) if self.cuda else _rss_peak_mb()
+        self.peak_mb = (self.torch.cuda.max_memory_allocated() / 2**20) if self.cuda else rss_peak_mb()
 
 
 # ------------------------------------------------------------------ 1. meta device
@@ -222,18 +202,12 @@ def train_child(spec: dict) -> dict:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: F401  (its code is not model memory)
 
-    from trainer.shard_reader import Collator, scene_inputs
-    from trainer.model import Proxy3DModel
-    from trainer.examples import Example
-
     data = np.load(spec["scene"], allow_pickle=False)
     feat, xyz = data["feat"], data["xyz"]
     on_gpu = torch.cuda.is_available()
-    _reset_rss_peak()
-    rss0 = _current_rss_mb()
-    torch.manual_seed(0)
-    model = Proxy3DModel.build(spec["model"], feat_dim=int(feat.shape[1]), num_obj_tokens=8, categories=["chair"],
-                               height_bins=64, height_range=(-0.5, 3.5), fourier_dim=64)
+    reset_rss_peak()
+    rss0 = current_rss_mb()
+    model = bench_model(spec["model"], int(feat.shape[1]))
     params = model.set_trainable(spec["trainable"])
     # Counted before ZeRO-3 partitions them (a partitioned parameter has numel 0).
     counts = {"trainable_params": int(sum(p.numel() for p in params)),
@@ -241,64 +215,18 @@ def train_child(spec: dict) -> dict:
     model.lm.config.use_cache = False
     if spec["checkpointing"]:
         model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    k = len(feat)
-    scene = {"scene_id": "bench", "feat": feat, "xyz": xyz, "segment": (np.arange(k) * 50 // k).astype(np.int32),
-             "segments": [{"id": i, "label": i, "category": "chair"} for i in range(50)]}
-    batch = Collator(model.tokenizer, model.cfg, model.category_ids, max_length=10**9)(
-        [(Example("bench", "qa", "How many chairs are in the room?", "3"), scene_inputs(scene, "proxy", 8))])
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    if spec["engine"] == "torch":
-        device = torch.device("cuda" if on_gpu else "cpu")
-        runner = model.to(device)
-
-        def step():
-            runner({k_: (v.to(device) if v is not None else None) for k_, v in batch.items()}).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    else:
-        import deepspeed
-
-        from trainer.train import deepspeed_config
-
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                          config=deepspeed_config(spec["engine"], 1, 1, 1, on_gpu))
-        device = engine.device
-
-        def step():
-            loss = engine({k_: (v.to(device) if v is not None else None) for k_, v in batch.items()}).loss
-            engine.backward(loss)
-            engine.step()
-
+    batch = bench_batch(model, feat, xyz, 1)
+    step = make_train_step(model, params, batch, spec["engine"], 1, on_gpu)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(spec["steps"] + 1):  # the first is warm-up (allocator, kernels, buckets): counted in the peak
-        t0 = time.perf_counter()
-        step()
-        if on_gpu:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else _rss_peak_mb() - rss0
-    return {"seq_len": int(batch["input_ids"].shape[1]), "step_s": float(np.median(times[1:])), "peak_mb": peak,
+    times = step_seconds(step, spec["steps"], on_gpu)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else rss_peak_mb() - rss0
+    return {"seq_len": int(batch["input_ids"].shape[1]), "step_s": float(np.median(times)), "peak_mb": peak,
             **counts}
 
 
-def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def run_child(spec: dict) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(min(8, os.cpu_count() or 1))))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
-        env.pop(k, None)
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
-                         text=True, check=False, cwd=ROOT)
-    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
-    if out.returncode or not lines:
-        raise RuntimeError(f"training child failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return _run_child(__file__, spec, omp_threads=str(min(8, os.cpu_count() or 1)), cwd=ROOT)
 
 
 def choose_trainable(model_folder: str, feat_dim: int, device: str) -> tuple[list[str], str]:

@@ -15,106 +15,44 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from benchmarks._common import (bench_batch, bench_model, current_rss_mb, make_train_step,  # noqa: E402
+                                rss_peak_mb, run_child, step_seconds)
 
 
 def child(spec: dict) -> dict:
+    """One configuration's steps in this process, on random proxy features."""
     from trainer import env
 
     env.setup_environment()
     import numpy as np
     import torch
 
-    from trainer.shard_reader import Collator, scene_inputs
-    from trainer.model import Proxy3DModel
-    from trainer.examples import Example
-
-    torch.manual_seed(0)
     on_gpu = torch.cuda.is_available()
-    model = Proxy3DModel.build(spec["model"], feat_dim=spec["dim"], num_obj_tokens=8, categories=["chair"],
-                               height_bins=64, height_range=(-0.5, 3.5), fourier_dim=64)
+    model = bench_model(spec["model"], spec["dim"])
     params = model.set_trainable(["projector", "position", "language_model"])
     model.lm.config.use_cache = False
     rng = np.random.default_rng(0)
     k = spec["tokens"]
-    scene = {"scene_id": "bench", "feat": rng.normal(size=(k, spec["dim"])).astype(np.float16),
-             "xyz": rng.uniform(0, 4, size=(k, 3)).astype(np.float32),
-             "segment": (np.arange(k) * 50 // k).astype(np.int32),
-             "segments": [{"id": i, "label": i, "category": "chair"} for i in range(50)]}
-    collate = Collator(model.tokenizer, model.cfg, model.category_ids, max_length=10**9)
-    items = [(Example("bench", "qa", "How many chairs are in the room?", "3"),
-              scene_inputs(scene, "proxy", 8))] * spec["batch"]
-    batch = collate(items)
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    if spec["engine"] == "torch":
-        device = torch.device("cuda" if on_gpu else "cpu")
-        runner = model.to(device)
-
-        def step():
-            loss = runner({k_: (v.to(device) if v is not None else None) for k_, v in batch.items()}).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    else:
-        import deepspeed
-
-        from trainer.train import deepspeed_config
-
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                          config=deepspeed_config(spec["engine"], spec["batch"], 1, 1, on_gpu))
-        device = engine.device
-
-        def step():
-            loss = engine({k_: (v.to(device) if v is not None else None) for k_, v in batch.items()}).loss
-            engine.backward(loss)
-            engine.step()
-
+    batch = bench_batch(model, rng.normal(size=(k, spec["dim"])).astype(np.float16),
+                        rng.uniform(0, 4, size=(k, 3)).astype(np.float32), spec["batch"])
+    step = make_train_step(model, params, batch, spec["engine"], spec["batch"], on_gpu)
     # Few identifiers: their glyph encoding must not set the process's peak before the steps do.
-    rss0 = _current_rss_mb()
-    step()  # warm-up: allocator, kernels, DeepSpeed buckets (its memory counts in the peak)
-    if on_gpu:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(spec["steps"]):
-        t0 = time.perf_counter()
-        step()
-        if on_gpu:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else _peak_rss_mb() - rss0
+    rss0 = current_rss_mb()
+    times = step_seconds(step, spec["steps"], on_gpu)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else rss_peak_mb() - rss0
     return {"seq_len": int(batch["input_ids"].shape[1]), "step_s": float(np.median(times)), "peak_mb": peak,
             "peak_kind": "cuda max allocated" if on_gpu else "RSS growth"}
 
 
 def run(spec: dict) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
-        env.pop(k, None)
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
-                         text=True, check=False)
-    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
-    if out.returncode or not lines:
-        raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return run_child(__file__, spec, omp_threads="2")
 
 
 def main() -> None:
