@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import best_of  # noqa: E402
 
 
 def purity_and_fragments(pred_FHW: np.ndarray, gt_FHW: np.ndarray) -> tuple[float, float]:
@@ -75,15 +79,10 @@ def main() -> None:
     parser.add_argument("--sam-points", type=int, default=8, help="SAM 2 prompt grid side in section 4")
     args = parser.parse_args()
 
-    from pipeline.features import store
-    from pipeline.features.driver import FeatureWorker, run_features
-    from pipeline.features.stage import prepare_frames
-    from pipeline.models.mask_merge import merge_frames_3d
     from pipeline.models.resolve import resolve_model
-    from pipeline.models.rgbd import RGBDGeometry
     from pipeline.sources import open_source
     from pipeline.toy.world import build_toy_world
-    from schemas.config_features import EncoderConfig, FeaturesConfig, SegmenterConfig
+    from schemas.config_features import EncoderConfig, FeaturesConfig
     from schemas.workflow import SourceConfig, ToyWorldConfig
 
     work = Path(tempfile.mkdtemp(prefix="p3d-bench-features-"))
@@ -98,7 +97,18 @@ def main() -> None:
                          encoder=EncoderConfig(model="toy:qwen2_5_vl"), num_actors=args.actors)
     resolve_model("toy:qwen2_5_vl", world)
 
-    # 1. Sequential loop over the same worker code, then the Ray driver pipelined and in the naive order.
+    _throughput(cfg, work, world, source, ids, args)
+    _cross_frame_identity(cfg, source, ids)
+    _tiny_sam2(cfg, work, world, source, ids)
+    # 4. SAM 2 batched against per frame; SDPA against eager attention.
+    _model_orders(world, source, ids[0], cfg, args.sam_points)
+    print(f"(outputs under {work})")
+
+
+def _throughput(cfg, work: Path, world: Path, source, ids: list[str], args) -> None:
+    """1. Sequential loop over the same worker code, then the Ray driver pipelined and in the naive order."""
+    from pipeline.features.driver import FeatureWorker, run_features
+
     t0 = time.perf_counter()
     worker = FeatureWorker(cfg, str(work / "seq"), str(world), source, device="cpu")
     setup_seq = time.perf_counter() - t0
@@ -118,7 +128,14 @@ def main() -> None:
         reports[name] = run_features(run_cfg, work / name.replace(" ", "_"), world, source, executor="ray")
         assert reports[name].ok, reports[name].failed
     _print_throughput(ids, args, loop_seq, setup_seq, steps_seq, reports)
-    # 2. The 3D-overlap merge against GT identities (scrambled per frame), and the no-merge baseline.
+
+
+def _cross_frame_identity(cfg, source, ids: list[str]) -> None:
+    """2. The 3D-overlap merge against GT identities (scrambled per frame), and the no-merge baseline."""
+    from pipeline.features.stage import prepare_frames
+    from pipeline.models.mask_merge import merge_frames_3d
+    from pipeline.models.rgbd import RGBDGeometry
+
     rng = np.random.default_rng(0)
     geometry = RGBDGeometry()
     rows = {"no merge (per-frame ids)": [], "overlap3d merge": []}
@@ -136,7 +153,14 @@ def main() -> None:
         arr = np.array(values)
         print(f"{name:28s}{arr[:, 0].mean():10.3f}{arr[:, 1].mean():20.2f}")
 
-    # 3. Tiny random SAM 2 through the sam2 path (plumbing; untrained masks).
+
+def _tiny_sam2(cfg, work: Path, world: Path, source, ids: list[str]) -> None:
+    """3. Tiny random SAM 2 through the sam2 path (plumbing; untrained masks)."""
+    from pipeline.features import store
+    from pipeline.features.driver import run_features
+    from pipeline.features.stage import prepare_frames
+    from schemas.config_features import SegmenterConfig
+
     sam_cfg = cfg.model_copy(update={"segmenter": SegmenterConfig(
         kind="sam2", model="toy:sam2", points_per_side=8, pred_iou_thresh=0.0, stability_thresh=0.0,
         min_mask_area=0.002)})
@@ -152,9 +176,6 @@ def main() -> None:
     print(f"\ntiny random SAM 2 + overlap3d, patch labels vs GT patch labels: purity {np.nanmean(arr[:, 0]):.3f}, "
           f"ids per GT object {np.nanmean(arr[:, 1]):.2f}, segmenter {sam_report.seconds_per_step.get('segmenter', 0) / max(len(ids), 1):.2f} s/scene, "
           f"{len(sam_report.failed)} scenes failed")
-    # 4. SAM 2 batched against per frame; SDPA against eager attention.
-    _model_orders(world, source, ids[0], cfg, args.sam_points)
-    print(f"(outputs under {work})")
 
 
 def _print_throughput(ids, args, loop_seq, setup_seq, steps_seq, reports) -> None:
@@ -178,16 +199,6 @@ def _print_throughput(ids, args, loop_seq, setup_seq, steps_seq, reports) -> Non
           "model setup)")
 
 
-def _timed_best(fn, repeats: int = 3) -> tuple[float, object]:
-    """Best of `repeats` wall times (a shared machine's noise only ever adds time) and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
-
-
 def _model_orders(world: Path, source, scene_id: str, cfg, points_per_side: int) -> None:
     import torch
 
@@ -204,8 +215,8 @@ def _model_orders(world: Path, source, scene_id: str, cfg, points_per_side: int)
                               points_per_batch=4 * prompts, frames_per_batch=8, pred_iou_thresh=0.0,
                               stability_thresh=0.0, min_mask_area=0.002)
     sam = load_segmenter(seg_cfg, world)
-    t_naive, naive = _timed_best(lambda: [sam.frame_masks(image) for image in images])
-    t_batched, batched = _timed_best(lambda: sam.batch_masks(images))
+    t_naive, naive = best_of(lambda: [sam.frame_masks(image) for image in images], 3)
+    t_batched, batched = best_of(lambda: sam.batch_masks(images), 3)
     same = all(np.array_equal(a[0], b[0]) for a, b in zip(naive, batched))
     print(f"\nSAM 2 automatic masks, tiny model, {num_frames} frames x {prompts} prompts, {images.shape[1]}x"
           f"{images.shape[2]} px, torch {torch.get_num_threads()} threads (best of 3)")
@@ -216,13 +227,13 @@ def _model_orders(world: Path, source, scene_id: str, cfg, points_per_side: int)
     eager = SAM2Segmenter(str(world / "models" / "sam2"), points_per_side=points_per_side,
                           points_per_batch=4 * prompts, pred_iou_thresh=0.0, stability_thresh=0.0,
                           attn_implementation="eager")
-    t_eager, _ = _timed_best(lambda: eager.batch_masks(images))
+    t_eager, _ = best_of(lambda: eager.batch_masks(images), 3)
     print(f"{'batched, eager attention':34s}{t_eager:8.3f} s  (SDPA {t_eager / t_batched:.2f}x)")
 
     qwen = resolve_model(cfg.encoder.model, world)
     encoders = {impl: QwenVisionEncoder(str(qwen)) for impl in ("sdpa", "eager")}
     encoders["eager"].net.set_attn_implementation("eager")
-    seconds = {impl: _timed_best(lambda e=enc: e.encode(images))[0] for impl, enc in encoders.items()}
+    seconds = {impl: best_of(lambda e=enc: e.encode(images), 3)[0] for impl, enc in encoders.items()}
     print(f"Qwen2.5-VL vision tower (tiny), {num_frames} frames: SDPA {seconds['sdpa']:.3f} s, "
           f"eager {seconds['eager']:.3f} s ({seconds['eager'] / seconds['sdpa']:.2f}x); the encoder loads with "
           f"{encoders['sdpa'].net.config._attn_implementation!r}")
