@@ -65,35 +65,44 @@ def main() -> None:
                                    height_bins=64, height_range=(-0.5, 3.5), fourier_dim=64)
         collate = Collator(model.tokenizer, model.cfg, model.category_ids)
 
-        t0, samples, tokens = time.perf_counter(), 0, 0
-        kept = []
-        for i, items in enumerate(stream.batches(0, args.batches)):
-            batch = collate(items)
-            samples += len(items)
-            tokens += int(batch["attention_mask"].sum())
-            if i < args.train_steps:
-                kept.append(batch)
-        load_s = time.perf_counter() - t0
-
-        params = model.set_trainable(["projector", "position", "language_model"])
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-        model.train()
-        loss = model(kept[0]).loss  # warm-up
-        loss.backward()
-        optimizer.zero_grad()
-        t0, train_samples = time.perf_counter(), 0
-        for batch in kept:
-            loss = model(batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            train_samples += int(batch["input_ids"].shape[0])
-        train_s = time.perf_counter() - t0
+        load_s, samples, tokens, kept = _time_loader(stream, collate, args.batches, args.train_steps)
+        train_s, train_samples = _time_training(model, kept)
 
     print(f"stage {args.stage}, batch {args.batch}, {samples} samples ({tokens / samples:.0f} tokens each)")
     print(f"{'loader (shards -> batches)':>32}: {samples / load_s:10.1f} samples/s")
     print(f"{'trainer (fwd + bwd + step)':>32}: {train_samples / train_s:10.1f} samples/s")
     print(f"loader / trainer: {(samples / load_s) / (train_samples / train_s):.1f}x")
+
+
+def _time_loader(stream, collate, num_batches: int, keep: int) -> tuple[float, int, int, list[dict]]:
+    """(seconds, samples, tokens, the first `keep` batches) of reading and collating `num_batches` batches."""
+    t0, samples, tokens = time.perf_counter(), 0, 0
+    kept = []
+    for i, items in enumerate(stream.batches(0, num_batches)):
+        batch = collate(items)
+        samples += len(items)
+        tokens += int(batch["attention_mask"].sum())
+        if i < keep:
+            kept.append(batch)
+    return time.perf_counter() - t0, samples, tokens, kept
+
+
+def _time_training(model, batches: list[dict]) -> tuple[float, int]:
+    """(seconds, samples) of forward + backward + AdamW steps over `batches`, after one warm-up pass."""
+    import torch
+
+    params = model.set_trainable(["projector", "position", "language_model"])
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+    model(batches[0]).loss.backward()  # warm-up
+    optimizer.zero_grad()
+    t0, samples = time.perf_counter(), 0
+    for batch in batches:
+        model(batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        samples += int(batch["input_ids"].shape[0])
+    return time.perf_counter() - t0, samples
 
 
 if __name__ == "__main__":
