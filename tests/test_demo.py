@@ -44,11 +44,12 @@ def test_demo_chain_writes_report_with_tables(tmp_path):
     assert {"object_name", "grounding", "counting"} <= tasks
     pictures = list((tmp_path / "runs" / "smoke" / "viz").glob("*.png"))
     assert len(pictures) == 1 and pictures[0].stat().st_size > 10_000
-    # p3d view beside each picture, and p3d ask on the held-out scene with the answers beside the truth.
+    # p3d view beside each picture, and p3d ask on the held-out scene filmed into a video (p3d/demo/ask.py),
+    # with the answers beside the truth.
     views = sorted(p.name for p in (tmp_path / "runs" / "smoke" / "view").glob("*.html"))
     assert views == [f"{pictures[0].stem}-ask.html", f"{pictures[0].stem}.html"]
     asked = json.loads((tmp_path / "runs" / "smoke" / "ask" / f"{pictures[0].stem}.json").read_text())
-    assert asked["kind"] == "toy" and asked["answers"] and asked["frame"]["method"] == "sensor_poses"
+    assert asked["kind"] == "video" and asked["answers"] and asked["frame"]["method"] == "sensor_poses"
     assert f"## Asking a held-out scene (`p3d ask`): {pictures[0].stem}" in text and "| ground truth |" in text
     for stage in (1, 2, 3, 4):
         assert (tmp_path / "train" / f"stage{stage}" / "model" / "p3d_config.json").exists()
