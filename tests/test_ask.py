@@ -308,6 +308,29 @@ def test_short_unreadable_and_mismatched_inputs_fail_in_one_line(trained, toy_ch
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("*/proxies"))
 
 
+@pytest.mark.slow
+def test_a_video_filmed_from_one_spot_is_refused_for_lack_of_parallax(toy_checkpoint, tmp_path):
+    """A tripod shot (every frame the first one, its ground truth too) gives no baseline to place the
+    room in 3D: `p3d ask` says so in one line, through the whole video path, and caches nothing."""
+    from dataclasses import replace
+
+    from pipeline.sources.film import film_scene
+    from pipeline.toy.scenes import ToyRenderedScenes
+    from pipeline.toy.world import scene_id_for
+    from schemas.workflow import ToyWorldConfig
+
+    toy = ToyWorldConfig(num_scenes=2, frames=12, seed=4, image_size=(112, 140))
+    scene = ToyRenderedScenes(toy, num_frames=1 << 30).load_scene(scene_id_for(0))
+    still = {name: np.repeat(getattr(scene, name)[:1], scene.num_frames, 0)
+             for name in ("images_FHW3", "depth_FHdWd", "poses_F44", "intrinsics_F33", "depth_intrinsics_F33",
+                          "instances_FHW") if getattr(scene, name) is not None}
+    video = film_scene(replace(scene, **still), tmp_path / "tripod.mp4")
+    line = _error_line(_invoke("ask", str(video), "Find the chair.", "--checkpoint", str(toy_checkpoint),
+                               "--cache", str(tmp_path / "cache")))
+    assert "not enough parallax" in line and "walking around" in line, line
+    assert not any((tmp_path / "cache").glob("*/proxies"))
+
+
 def test_a_filmed_scene_folder_reads_back_with_the_folders_sensors_at_the_same_frames(tmp_path):
     """The demo films a held-out toy scene folder: read through its video and sidecar, the sampled frames
     carry exactly the folder's poses, intrinsics, depth, masks and objects; the pixels are the mp4's."""
