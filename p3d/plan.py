@@ -77,6 +77,16 @@ class Plan:
 
 
 # ------------------------------------------------------------------ architectures on the meta device
+def _random_on_meta(model: str):
+    """The architecture a `random:` id names, on the meta device; None for any other id."""
+    from pipeline.models import real_configs as rc
+
+    if not rc.is_random_id(model):
+        return None
+    name, reductions = rc.parse_random_id(model)
+    return rc.build_on_meta(name, **reductions)
+
+
 @functools.lru_cache(maxsize=8)
 def _meta_qwen(model: str, data_root: str | Path):
     """A Qwen2.5-VL on the meta device from its config: random:/hub ids from real_configs, else a folder."""
@@ -86,9 +96,8 @@ def _meta_qwen(model: str, data_root: str | Path):
     from pipeline.models import real_configs as rc
 
     names = {v: k for k, v in rc.HUB_IDS.items()}
-    if rc.is_random_id(model):
-        name, reductions = rc.parse_random_id(model)
-        return rc.build_on_meta(name, **reductions)
+    if (random_net := _random_on_meta(model)) is not None:
+        return random_net
     if model in names:
         return rc.build_on_meta(names[model])
     from pipeline.models.resolve import resolve_model
@@ -101,13 +110,11 @@ def _meta_qwen(model: str, data_root: str | Path):
 def _meta_vggt(model: str):
     import torch
 
-    from pipeline.models import real_configs as rc
     from pipeline.models.vggt.config import VGGTConfig
     from pipeline.models.vggt.model import VGGT
 
-    if rc.is_random_id(model):
-        name, reductions = rc.parse_random_id(model)
-        return rc.build_on_meta(name, **reductions)
+    if (random_net := _random_on_meta(model)) is not None:
+        return random_net
     config_path = Path(model) / "config.json"
     cfg = VGGTConfig.vggt_1b()
     if config_path.is_file() and "aggregator" in config_path.read_text():
@@ -123,9 +130,8 @@ def _meta_sam2(model: str):
     from pipeline.models import real_configs as rc
     from pipeline.toy.models import TOY_SAM2, tiny_sam2_config
 
-    if rc.is_random_id(model):
-        name, reductions = rc.parse_random_id(model)
-        return rc.build_on_meta(name, **reductions)
+    if (random_net := _random_on_meta(model)) is not None:
+        return random_net
     if model == TOY_SAM2:
         config = tiny_sam2_config()
     elif model == rc.HUB_IDS["sam2.1_hiera_large"]:

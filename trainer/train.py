@@ -410,6 +410,9 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
 
     `stop_after` ends the process's work after that many optimizer steps without exporting (returns
     None), as a preemption would: tests use it to check that `resume` continues exactly.
+
+    A little over 60 lines on purpose: the set-up (each piece its own function above) and the step
+    loop read in one screen, as torchtitan's `train()` does; splitting the loop would hide it.
     """
     from trainer import checkpoint
     from trainer.recipes import stage_config

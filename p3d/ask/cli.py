@@ -98,7 +98,11 @@ def ask(
     if as_json:
         typer.echo(json.dumps(doc, indent=1))
         return
-    typer.echo(f"boxes in {doc['frame']['description']}")
+    _print_answers(answers, doc["frame"]["description"])
+
+
+def _print_answers(answers, frame_description: str) -> None:
+    typer.echo(f"boxes in {frame_description}")
     for a in answers:
         typer.echo(f"Q: {a.question}\nA: {a.text}")
         for o in a.objects:
