@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,18 +29,13 @@ from safetensors.numpy import load_file
 
 from pipeline.toy.models import build_toy_qwen
 from tests.synthetic_shards import write_synthetic
+from trainer.env import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 STEPS = 3
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _workflow(root: Path) -> Path:
@@ -90,7 +84,7 @@ def test_hostfile_launches_two_ranks_one_host_and_two_nodes_alike(tmp_path):
     runs = {"one_host": tmp_path / "one_host", "two_nodes": tmp_path / "two_nodes"}
     logs = [tmp_path / f"{name}.log" for name in ("one_host", "node0", "node1")]
     # Both jobs at once (different ports): most of each job's time is start-up and rendezvous.
-    port_one, port_two = _free_port(), _free_port()
+    port_one, port_two = free_port(), free_port()
     procs = [_launch(one_host, ["--no_ssh_check"], port_one, wf, runs["one_host"], logs[0])]
     procs += [_launch(two_nodes, ["--no_ssh", "--node_rank", str(rank)], port_two, wf, runs["two_nodes"], log)
               for rank, log in ((0, logs[1]), (1, logs[2]))]

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from safetensors.torch import load_file
 
 from tests.kill_helpers import alive, descendants, last_logged_step
 from tests.test_trainer_run import _workflow
+from trainer.env import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -33,19 +33,13 @@ STAGES = [{"stage": 1, "trainable": ["identifiers", "language_model"], "max_step
            "batch_size": 4}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(wf: Path, resume: bool) -> tuple[subprocess.Popen, int]:
     """torchrun with two ranks in a session of its own (so the whole group can be killed)."""
     extensions = os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions"))
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=extensions)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "P3D_WORKFLOW"):
         env.pop(k, None)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(ROOT / "trainer/run.py"), "--stage", "1", "--workflow", str(wf)] + ["--resume"] * resume
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,18 +24,14 @@ import numpy as np
 import pytest
 import yaml
 
+from trainer.env import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
 P3D = Path(sys.executable).parent / "p3d"
 START_TIMEOUT_S = 120
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(log: Path, proc: subprocess.Popen, marker: str = "Ray runtime started") -> None:
@@ -79,7 +74,7 @@ def ray_cluster(tmp_path_factory):
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN=secrets.token_hex(16))
     env.pop("RAY_ADDRESS", None)
-    port = _free_port()
+    port = free_port()
     node_args = ["--num-cpus", "1", "--block", "--disable-usage-stats", "--temp-dir", str(temp_dir),
                  "--node-ip-address", "127.0.0.1"]
     procs: list[subprocess.Popen] = []
@@ -87,7 +82,7 @@ def ray_cluster(tmp_path_factory):
         head_log = base / "head.log"
         procs.append(subprocess.Popen(
             [str(RAY), "start", "--head", "--port", str(port), "--include-dashboard", "false",
-             "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port()), *node_args],
+             "--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port()), *node_args],
             env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True))
         _wait_for(head_log, procs[0])
         worker_log = base / "worker.log"
