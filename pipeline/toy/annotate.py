@@ -103,6 +103,8 @@ def _relative_side(origin: ToyObject, facing: ToyObject, query: ToyObject) -> st
 
 def generate_records(layout: ToyLayout, scene_id: str, split: str | None,
                      rng: np.random.Generator) -> list[Record]:
+    """Every record of one room. Long on purpose: it is the toy annotation's list of question
+    templates, one block per task in the order the tasks are documented, read top to bottom."""
     objs = layout.objects
     by_cat: dict[str, list[ToyObject]] = {}
     for o in objs:

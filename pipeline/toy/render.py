@@ -50,7 +50,10 @@ def _hash_noise(points_N3: np.ndarray, cell: float, salt: int) -> np.ndarray:
 
 def render(scene: BoxScene, pose_44: np.ndarray, k_33: np.ndarray, image_hw: tuple[int, int],
            rng: np.random.Generator | None = None, cull: bool = True) -> Rendered:
-    """`cull=False` tests every part against every pixel: the slow reference for the culled path."""
+    """One frame's colour, z-depth and instance ids by ray casting. `cull=False` tests every part
+    against every pixel: the slow reference for the culled path. Long on purpose: one vectorised pass
+    (rays, per-part slab intersection, nearest hit, shading) whose intermediate arrays each step reuses;
+    split into functions it would pass half a dozen H x W arrays around."""
     h, w = image_hw
     rot_33, origin_3 = pose_44[:3, :3], pose_44[:3, 3]
     v, u = np.mgrid[0:h, 0:w].astype(np.float64)
