@@ -98,15 +98,27 @@ def bench_batch(model, feat_KD, xyz_K3, batch_size: int) -> dict:
                      scene_inputs(scene, "proxy", 8))] * batch_size)
 
 
-def make_train_step(model, params, batch: dict, engine: str, micro_batch: int, on_gpu: bool):
+def full_vocabulary_loss(model):
+    """The baseline of the answer-only logits (`Proxy3DModel.forward`): Hugging Face's own loss, which
+    projects every position onto the vocabulary."""
+    def run(batch: dict):
+        return model.lm(inputs_embeds=model.input_embeddings(batch), attention_mask=batch["attention_mask"],
+                        position_ids=batch["position_ids"], labels=batch["labels"], use_cache=False)
+    return run
+
+
+def make_train_step(model, params, batch: dict, engine: str, micro_batch: int, on_gpu: bool,
+                    full_logits: bool = False):
     """A closure running one forward + backward + optimizer step on `batch`: plain torch AdamW
-    (`engine` "torch") or DeepSpeed with the trainer's own config (`engine` "zero2" / "zero3")."""
+    (`engine` "torch") or DeepSpeed with the trainer's own config (`engine` "zero2" / "zero3").
+    `full_logits` (torch only): the loss through every position's logits, the baseline."""
     import torch
 
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     if engine == "torch":
         device = torch.device("cuda" if on_gpu else "cpu")
-        runner = model.to(device)
+        model.to(device)
+        runner = full_vocabulary_loss(model) if full_logits else model
 
         def step():
             runner({k: (v.to(device) if v is not None else None) for k, v in batch.items()}).loss.backward()

@@ -133,6 +133,39 @@ def test_greedy_generation_with_cache_matches_full_recompute(model, data):
         assert out == fast[b]
 
 
+def test_answer_only_loss_equals_the_full_vocabulary_loss_and_its_gradients(base, data):
+    """`forward` projects only the labelled positions onto the vocabulary; the loss and every gradient
+    must equal Hugging Face's own loss over the full logits (reference: `lm(..., labels=)`)."""
+    torch.manual_seed(3)
+    m = Proxy3DModel.build(str(base), feat_dim=128, num_obj_tokens=NUM_OBJ, categories=list(CATEGORIES),
+                           height_bins=16, height_range=(-0.5, 3.5), fourier_dim=16)
+    m.set_trainable(["projector", "position", "identifiers", "language_model"])
+    scene = _scene(data)
+    col = Collator(m.tokenizer, m.cfg, m.category_ids)
+    items = [(Example(scene["scene_id"], "object_name", q, a), scene_inputs(scene, "proxy", NUM_OBJ))
+             for q, a in [("What is <OBJ001>?", "chair"), ("How many chairs are in the room?", "2 chairs")]]
+    b = col(items, with_answer=True)  # two rows, different answer lengths: padding inside the batch
+    assert int((b["labels"] != -100).sum()) > 2
+
+    def loss_and_grads(full: bool):
+        m.zero_grad()
+        if full:
+            loss = m.lm(inputs_embeds=m.input_embeddings(b), attention_mask=b["attention_mask"],
+                        position_ids=b["position_ids"], labels=b["labels"], use_cache=False).loss
+        else:
+            loss = m(b).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    ref_loss, ref_grads = loss_and_grads(full=True)
+    loss, grads = loss_and_grads(full=False)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 10
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert m(b).logits.shape[0] == int((b["labels"][:, 1:] != -100).sum())
+
+
 def test_export_reload_same_outputs_with_lora_merged(model, data, tmp_path, base):
     torch.manual_seed(1)
     m = Proxy3DModel.build(str(base), feat_dim=128, num_obj_tokens=NUM_OBJ, categories=list(CATEGORIES),
