@@ -132,10 +132,12 @@ def _variant_workflow(wf: Workflow, name: str, change: dict, stage3_model: Path,
     return Workflow.model_validate(data)
 
 
-def prepare_ablations(demo: DemoRun, stage3_model: Path) -> tuple[list[Variant], list[str]]:
-    """Write each variant's workflow and cluster it (one at a time: clustering is quick and spreads
-    over the cores itself); the oracle variant first computes its own features. Returns the
-    variants to train and the names of those that repeat the main run."""
+def prepare_ablations(demo: DemoRun, stage3_model: Path, job: str | None = None,
+                      threads: int | None = None) -> tuple[list[Variant], list[str]]:
+    """Write each variant's workflow and cluster it (one at a time); the oracle variant first
+    computes its own features. `stage3_model` is only named (the demo prepares the variants while
+    stages 1-3 train); `job` and `threads` as in `DemoRun.run`. Returns the variants to train and
+    the names of those that repeat the main run."""
     wf = demo.workflow
     ab = wf.demo.ablations
     ab_dir = demo.run_dir / layout.DEMO_ABLATIONS
@@ -159,9 +161,9 @@ def prepare_ablations(demo: DemoRun, stage3_model: Path) -> tuple[list[Variant],
         variant = _variant_workflow(wf, name, change, stage3_model, records, ab_dir, oracle)
         path = _write_workflow(variant, ab_dir / f"{name}.yaml")
         if oracle is not None:
-            demo.run(f"features {name}", p3d_command("features", "--workflow", str(path)))
+            demo.run(f"features {name}", p3d_command("features", "--workflow", str(path)), job, threads)
         if variant.train.proxies != wf.train.proxies:
-            demo.run(f"cluster {name}", p3d_command("cluster", "--workflow", str(path)))
+            demo.run(f"cluster {name}", p3d_command("cluster", "--workflow", str(path)), job, threads)
         variants.append(Variant(name, path, variant, records if name == positions_name else scored,
                                 ab_dir / name))
     return variants, repeats

@@ -56,12 +56,20 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> DemoRes
     demo.run("features", p3d_command("features", "--workflow", str(workflow_path)))
     demo.run("stats", p3d_command("stats", "--workflow", str(workflow_path)))
     demo.run("cluster", p3d_command("cluster", "--workflow", str(workflow_path)))
-    for stage in (1, 2, 3):
-        demo.run(f"train stage {stage}", train_command(stage, workflow_path))
     with_ablations = wf.demo.ablations.enabled and not skip_ablations
-    variants, repeats = [], []
+
+    def stages_1_to_3(job: str | None, threads: int | None) -> None:
+        for stage in (1, 2, 3):
+            demo.run(f"train stage {stage}", train_command(stage, workflow_path), job, threads)
+
+    # The variants' features and clusters need no model: they run beside stages 1-3, whose tiny
+    # model gains little from a second thread. measured: docs/RESULTS.md#demo-parallel-jobs
+    before_stage4: dict[str, Callable[[str | None, int | None], object]] = {"stages 1-3": stages_1_to_3}
     if with_ablations:
-        variants, repeats = prepare_ablations(demo, layout.Layout.of(wf).stage_model(3))
+        before_stage4["ablations"] = lambda job, threads: prepare_ablations(
+            demo, layout.Layout.of(wf).stage_model(3), job, threads)
+    prepared = run_side_by_side(demo, before_stage4, wf.demo.jobs)
+    variants, repeats = prepared["ablations"] if with_ablations else ([], [])
     jobs: dict[str, Callable[[str | None, int | None], object]] = {
         "main": lambda job, threads: _stage4_and_scores(demo, "main", workflow_path, wf, records_path(wf),
                                                         run_dir / layout.DEMO_MAIN, job, threads)}
