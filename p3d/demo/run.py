@@ -59,8 +59,9 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> DemoRes
     with_ablations = wf.demo.ablations.enabled and not skip_ablations
 
     def stages_1_to_3(job: str | None, threads: int | None) -> None:
-        for stage in (1, 2, 3):
-            demo.run(f"train stage {stage}", train_command(stage, workflow_path), job, threads)
+        demo.run("train stage 1", train_command(1, workflow_path), job, threads)
+        for stage in (2, 3):  # the variants are prepared by now: every core
+            demo.run(f"train stage {stage}", train_command(stage, workflow_path), job)
 
     # The variants' features and clusters need no model: they run beside stages 1-3, whose tiny
     # model gains little from a second thread. measured: docs/RESULTS.md#demo-parallel-jobs
