@@ -5,8 +5,8 @@ workflow's dtype) plus their largest live activations at the workflow's frames a
 Per training GPU: ZeRO model states from DeepSpeed's own estimators
 (`estimate_zero2_model_states_mem_needs`, `estimate_zero3_model_states_mem_needs`: the functions
 behind its `..._all_cold` printouts), for the parameters the stage trains, plus the frozen weights,
-plus activations (gradient checkpointing keeps one hidden state per layer) and the logits, which at a
-150k vocabulary are the largest single tensor. Then which ZeRO stage / offload / LoRA fits.
+plus activations (gradient checkpointing keeps one hidden state per layer) and the answer positions'
+logits (at a 150k vocabulary the largest single tensor; the trainer computes no others). Then which ZeRO stage / offload / LoRA fits.
 
 Activation terms are estimates of the largest tensors alive at once, not a trace: they are checked
 against measured peaks on CPU (tests/test_plan.py states the tolerance) and on a GPU by
@@ -230,15 +230,21 @@ def trainable_split(lm_model, trainable: list[str], feat_dim: int, num_obj_token
     return sum(parts[t] for t in dict.fromkeys(trainable)), total, largest
 
 
+# The trainer projects only the answer's positions onto the vocabulary (trainer/model.py:
+# Proxy3DModel.forward); the plan counts logits for this many answer tokens per sample (a long caption).
+ANSWER_TOKENS = 64
+
+
 def activation_bytes(text_config, seq: int, batch: int, checkpointing: bool, vocab: int,
-                     param_bytes: int = 2) -> int:
+                     param_bytes: int = 2, answer_tokens: int = ANSWER_TOKENS) -> int:
     """Activations of one forward + backward: with checkpointing one H-wide state per layer is kept and
-    one layer is recomputed at a time; the logits (bf16, their float32 upcast and its gradient)."""
+    one layer is recomputed at a time; the answer positions' logits (bf16, their float32 upcast and
+    its gradient)."""
     h, inter, layers = text_config.hidden_size, text_config.intermediate_size, text_config.num_hidden_layers
     tokens = seq * batch
     layer_live = tokens * (10 * h + 4 * inter) * param_bytes
     kept = layers * tokens * h * param_bytes if checkpointing else layers * layer_live
-    logits = tokens * vocab * (param_bytes + 4 + 4)
+    logits = min(seq, answer_tokens) * batch * vocab * (param_bytes + 4 + 4)
     return kept + (layer_live if checkpointing else 0) + logits
 
 
