@@ -6,7 +6,8 @@ Per training GPU: ZeRO model states from DeepSpeed's own estimators
 (`estimate_zero2_model_states_mem_needs`, `estimate_zero3_model_states_mem_needs`: the functions
 behind its `..._all_cold` printouts), for the parameters the stage trains, plus the frozen weights,
 plus activations (gradient checkpointing keeps one hidden state per layer) and the answer positions'
-logits (at a 150k vocabulary the largest single tensor; the trainer computes no others). Then which ZeRO stage / offload / LoRA fits.
+logits (at a 150k vocabulary the largest single tensor; the trainer computes no others). Then which
+ZeRO stage / offload / LoRA fits.
 
 Activation terms are estimates of the largest tensors alive at once, not a trace: they are checked
 against measured peaks on CPU (tests/test_plan.py states the tolerance) and on a GPU by

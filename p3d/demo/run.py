@@ -60,7 +60,9 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> DemoRes
 
     def stages_1_to_3(job: str | None, threads: int | None) -> None:
         demo.run("train stage 1", train_command(1, workflow_path), job, threads)
-        for stage in (2, 3):  # the variants are prepared by now: every core
+        # Every core: the variants' preparation (~180 s) ends during stage 1 (~250 s), measured:
+        # docs/RESULTS.md#demo-runtime; if not, the two share the cores for a while, nothing worse.
+        for stage in (2, 3):
             demo.run(f"train stage {stage}", train_command(stage, workflow_path), job)
 
     # The variants' features and clusters need no model: they run beside stages 1-3, whose tiny
