@@ -1,0 +1,254 @@
+"""Steps to spatial answers: how many training steps the toy language model needs before its held-out
+answers to the toy world's spatial questions beat chance, with unlimited rooms.
+
+The demo trains on 48 rooms for a few hundred steps per stage and its spatial answers stay at chance
+(docs/RESULTS.md#spatial-tasks). This probe separates the two limits, data and steps: every batch is
+drawn from new rooms (`pipeline.toy.layout.sample_layout`), asked in the toy annotation's own words
+(`pipeline.toy.annotate.generate_records`), on the simplified scene of stages 1-3 (one fused token per
+object at its box centre, fresh identifiers per room, as `shuffle_identifiers` trains), through the
+trainer's own collator, model and loss. Held-out rooms are scored with the metrics `p3d eval` uses
+(MRA for numbers, accuracy for left/right) at each checkpoint of the curve, beside chance: the
+training answers' constant (mean per question type; the majority side), as pipeline/eval/chance.py
+defines it.
+
+    python benchmarks/spatial.py                      # a fresh toy model, distance + left/right
+    python benchmarks/spatial.py --init runs/toy/train/stage3/model --steps 4000 --tasks distance
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+SPATIAL_TASKS = ("distance", "relative_direction", "room_size", "object_size")
+# A diagnostic the toy annotation does not ask: where an object is on the floor plan, "x y" in metres
+# (what stage 2 teaches by identifier). It tells reading a position apart from computing with two.
+DIAGNOSTIC_TASKS = ("position",)
+
+
+@dataclass
+class Question:
+    room_id: str
+    task: str
+    question: str
+    answer: str
+    answer_type: str  # number, numbers or choice
+    question_type: str = ""
+
+
+def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tokens: int, room_id: str):
+    """One new room: [(question, fused scene inputs)] for its toy records of `tasks` (and the
+    diagnostic ones)."""
+    from pipeline.toy.annotate import generate_records
+    from pipeline.toy.layout import sample_layout
+
+    layout = sample_layout(rng)
+    objs = layout.objects[:num_obj_tokens]
+    inputs = {"xyz": np.array([o.center_3 for o in objs], np.float32).reshape(-1, 3),
+              "ident": rng.permutation(num_obj_tokens)[:len(objs)].astype(np.int64),
+              "categories": [o.category for o in objs], "feat": None}
+    layout.objects = objs
+    out = [(Question(room_id, r.task, r.question, r.answers[0], r.answer_type, r.question_type or ""), inputs)
+           for r in generate_records(layout, room_id, "train", rng) if r.task in tasks]
+    if "position" in tasks:
+        counts = defaultdict(int)
+        for o in objs:
+            counts[o.category] += 1
+        out += [(Question(room_id, "position", f"Where is the {o.category}?",
+                          f"{o.center_3[0]:.1f} {o.center_3[1]:.1f}", "numbers"), inputs)
+                for o in objs if counts[o.category] == 1]
+    return out
+
+
+def question_stream(seed: int, tasks: tuple[str, ...], num_obj_tokens: int):
+    """Endless (record, inputs) from new rooms, shuffled within a pool of rooms."""
+    rng, pool, n = np.random.default_rng(seed), [], 0
+    while True:
+        while len(pool) < 64:
+            pool += room_questions(rng, tasks, num_obj_tokens, f"room{n:06d}")
+            n += 1
+        i = int(rng.integers(len(pool)))
+        pool[i], pool[-1] = pool[-1], pool[i]
+        yield pool.pop()
+
+
+def chance_constants(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, samples: int = 4000):
+    """The training answers' constant per (task, question type): mean number, or the majority choice."""
+    from pipeline.eval.text import parse_number
+
+    values = defaultdict(list)
+    stream = question_stream(seed, tasks, num_obj_tokens)
+    for _ in range(samples):
+        q, _ = next(stream)
+        values[(q.task, q.question_type)].append(q.answer)
+    out = {}
+    for key, answers in values.items():
+        if key[0] == "relative_direction":
+            out[key] = max(set(answers), key=answers.count)
+        else:
+            numbers_NA = np.array([[float(x) for x in a.split()] for a in answers])
+            out[key] = " ".join(f"{v:.1f}" for v in numbers_NA.mean(0))
+    return out
+
+
+def score(q: Question, text: str) -> float:
+    """Accuracy for a choice, MRA for a number (per number, averaged, for "x y")."""
+    from pipeline.eval.metrics import mean_relative_accuracy
+    from pipeline.eval.text import parse_number
+
+    if q.answer_type == "choice":
+        return float(text.strip().lower() == q.answer)
+    if q.answer_type == "number":
+        return mean_relative_accuracy(parse_number(text), float(q.answer))
+    said = text.split()
+    return float(np.mean([mean_relative_accuracy(parse_number(said[i]) if i < len(said) else None, float(gt))
+                          for i, gt in enumerate(q.answer.split())]))
+
+
+def evaluate(model, collate, held_out, stops, batch_size: int = 64) -> dict[str, float]:
+    import torch
+
+    from trainer.examples import Example
+    from trainer.predict import clean_text, until_stop
+
+    model.eval()
+    per_task = defaultdict(list)
+    for start in range(0, len(held_out), batch_size):
+        part = held_out[start:start + batch_size]
+        batch = collate([(Example(q.room_id, q.task, q.question, ""), inputs) for q, inputs in part],
+                        with_answer=False)
+        with torch.inference_mode():
+            generated = model.generate(batch, max_new_tokens=8)
+        for (q, _), ids in zip(part, generated):
+            text = clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False))
+            per_task[q.task].append(score(q, text))
+    model.train()
+    return {task: 100.0 * float(np.mean(v)) for task, v in per_task.items()}
+
+
+def chance_scores(held_out, constants) -> dict[str, float]:
+    per_task = defaultdict(list)
+    for q, _ in held_out:
+        per_task[q.task].append(score(q, constants[(q.task, q.question_type)]))
+    return {task: 100.0 * float(np.mean(v)) for task, v in per_task.items()}
+
+
+def load_model(init: str | None, tmp: Path):
+    from pipeline.toy.models import build_toy_qwen
+    from pipeline.toy.shapes import CATEGORY_NAMES
+    from trainer.model import Proxy3DModel
+
+    if init:
+        return Proxy3DModel.from_pretrained(init)
+    texts = [f"How far apart are the {a} and the {b} in meters? Standing at the {a} facing the {b}, is "
+             f"the {c} to the left or to the right? How tall is the {a} in meters? Where is the {a}?"
+             for a, b, c in zip(CATEGORY_NAMES, CATEGORY_NAMES[1:], CATEGORY_NAMES[2:])]
+    base = build_toy_qwen(tmp / "qwen", texts)
+    # The toy workflow's train section (workflows/toy.yaml): 32 identifiers, 64 height bins.
+    return Proxy3DModel.build(str(base), feat_dim=64, num_obj_tokens=32, categories=CATEGORY_NAMES,
+                              height_bins=64, height_range=(-0.5, 3.5), fourier_dim=64)
+
+
+def main() -> None:
+    import torch
+
+    from trainer.examples import Example
+    from trainer.predict import stop_ids
+    from trainer.shard_reader import Collator
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--init", help="an exported p3d folder (e.g. the demo's runs/toy/train/stage3/model); "
+                   "default: a fresh random-weight toy model")
+    p.add_argument("--tasks", default="distance,relative_direction",
+                   help=f"comma-separated, of {', '.join(SPATIAL_TASKS + DIAGNOSTIC_TASKS)}")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--held-out", type=int, default=400, help="held-out questions")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fourier-sigma", type=float, help="re-initialise the (x, y) Fourier features with this "
+                   "frequency spread (trainer/positions.py FourierXY `sigma`; fresh models only)")
+    p.add_argument("--fourier-out-scale", type=float, help="... and this output scale (`out_scale`)")
+    p.add_argument("--json", help="also write the curve here")
+    args = p.parse_args()
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    unknown = sorted(set(tasks) - set(SPATIAL_TASKS + DIAGNOSTIC_TASKS))
+    if unknown:
+        p.error(f"--tasks: unknown {unknown}; choose from {SPATIAL_TASKS + DIAGNOSTIC_TASKS}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_model(args.init, Path(tmp))
+        if args.fourier_sigma is not None or args.fourier_out_scale is not None:
+            from trainer.positions import FourierXY
+
+            if args.init:
+                p.error("--fourier-*: a trained model's Fourier features are not re-initialised")
+            kw = {"sigma": args.fourier_sigma, "out_scale": args.fourier_out_scale}
+            model.fourier = FourierXY(model.cfg.hidden_size, model.cfg.fourier_dim,
+                                      **{k: v for k, v in kw.items() if v is not None})
+        model.set_trainable(["position", "language_model"])  # the toy workflow's stages 2-3
+        model.train()
+        n_obj = model.cfg.num_obj_tokens
+        collate = Collator(model.tokenizer, model.cfg, model.category_ids)
+        eval_collate = Collator(model.tokenizer, model.cfg, model.category_ids, padding_side="left")
+        # Held-out rooms come from another seed's stream: no room is both trained on and scored.
+        held_stream = question_stream(10_000 + args.seed, tasks, n_obj)
+        held_out = [next(held_stream) for _ in range(args.held_out)]
+        chance = chance_scores(held_out, chance_constants(20_000 + args.seed, tasks, n_obj))
+        stops = stop_ids(model)
+        params = [q for q in model.parameters() if q.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+        warmup = max(1, args.steps // 20)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        train_stream = question_stream(args.seed, tasks, n_obj)
+
+        print(f"model: {args.init or 'fresh toy model'}; tasks {', '.join(tasks)}; batch {args.batch}, "
+              f"lr {args.lr}; {len(held_out)} held-out questions from unseen rooms")
+        print(f"{'step':>6} {'loss':>7} {'min':>5}  " + "  ".join(f"{t:>18}" for t in tasks))
+        print(f"{'chance':>20}  " + "  ".join(f"{chance.get(t, float('nan')):>18.1f}" for t in tasks))
+        curve, losses, start = [], [], time.perf_counter()
+
+        def checkpoint(step: int) -> None:
+            acc = evaluate(model, eval_collate, held_out, stops)
+            loss = float(np.mean(losses)) if losses else float("nan")
+            losses.clear()
+            curve.append({"step": step, "loss": loss, "minutes": (time.perf_counter() - start) / 60, **acc})
+            print(f"{step:>6} {loss:>7.3f} {curve[-1]['minutes']:>5.1f}  "
+                  + "  ".join(f"{acc.get(t, float('nan')):>18.1f}" for t in tasks), flush=True)
+
+        checkpoint(0)
+        for step in range(1, args.steps + 1):
+            items = [next(train_stream) for _ in range(args.batch)]
+            batch = collate([(Example(q.room_id, q.task, q.question, q.answer), inputs) for q, inputs in items])
+            loss = model(batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            if step % args.eval_every == 0 or step == args.steps:
+                checkpoint(step)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "chance": chance, "curve": curve}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

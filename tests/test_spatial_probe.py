@@ -1,0 +1,80 @@
+"""benchmarks/spatial.py, the steps-to-spatial-answers probe: its rooms are asked what the toy
+annotation asks, with answers that are the rooms' geometry; its scores are the eval metrics; it runs
+through the trainer's own collator and model and prints its curve beside chance."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.spatial import Question, chance_scores, question_stream, room_questions, score  # noqa: E402
+
+
+def mra(pred: float, gt: float) -> float:
+    """VSI-Bench's MRA written out: thresholds 0.50, 0.55, ..., 0.95."""
+    return sum(abs(pred - gt) / gt <= 1 - t for t in [0.5 + 0.05 * i for i in range(10)]) / 10
+
+
+def test_rooms_ask_about_their_own_geometry():
+    rng = np.random.default_rng(3)
+    for n in range(5):
+        items = room_questions(rng, ("distance", "position", "relative_direction"), 32, f"room{n}")
+        inputs = items[0][1]
+        xyz_K3 = inputs["xyz"]
+        assert len(set(inputs["ident"].tolist())) == len(xyz_K3)  # distinct identifiers
+        centre_of = {c: xyz_K3[i] for i, c in enumerate(inputs["categories"])
+                     if inputs["categories"].count(c) == 1}
+        tasks = {q.task for q, _ in items}
+        assert {"distance", "position"} <= tasks
+        for q, scene in items:
+            assert scene is inputs
+            if q.task == "position":
+                cat = q.question.removeprefix("Where is the ").removesuffix("?")
+                assert q.answer == f"{centre_of[cat][0]:.1f} {centre_of[cat][1]:.1f}"
+            elif q.task == "distance":
+                a, b = re.fullmatch(r"How far apart are the (.+) and the (.+) in meters\?", q.question).groups()
+                assert abs(float(q.answer) - np.linalg.norm(centre_of[a] - centre_of[b])) <= 0.051
+
+
+def test_held_out_rooms_are_not_training_rooms():
+    stream, held = question_stream(0, ("distance",), 32), question_stream(10_000, ("distance",), 32)
+    train = {np.round(next(stream)[1]["xyz"], 4).tobytes() for _ in range(200)}
+    assert not train & {np.round(next(held)[1]["xyz"], 4).tobytes() for _ in range(200)}
+
+
+def test_scores_are_the_eval_metrics():
+    number = Question("r", "distance", "?", "2.0", "number")
+    assert score(number, "2.0") == 1.0 and score(number, "far") == 0.0
+    assert score(number, "2.5") == pytest.approx(mra(2.5, 2.0))
+    pair = Question("r", "position", "?", "1.0 4.0", "numbers")
+    assert score(pair, "1.0 2.0") == pytest.approx((1.0 + mra(2.0, 4.0)) / 2)
+    assert score(pair, "1.0") == pytest.approx(0.5)  # a missing number scores 0
+    side = Question("r", "relative_direction", "?", "left", "choice")
+    assert score(side, "left") == 1.0 and score(side, "right") == 0.0
+    held = [(number, None), (Question("r", "distance", "?", "4.0", "number"), None)]
+    assert chance_scores(held, {("distance", ""): "3.0"})["distance"] == pytest.approx(
+        100 * (mra(3.0, 2.0) + mra(3.0, 4.0)) / 2)
+
+
+@pytest.mark.slow
+def test_the_probe_trains_and_prints_its_curve_beside_chance(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/spatial.py", "--steps", "3", "--eval-every", "3",
+                           "--held-out", "12", "--batch", "4", "--tasks", "distance,position",
+                           "--fourier-sigma", "0.3", "--json", str(tmp_path / "curve.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "chance" in proc.stdout
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert [row["step"] for row in curve["curve"]] == [0, 3]
+    assert np.isfinite(curve["curve"][-1]["loss"])
+    assert set(curve["chance"]) == {"distance", "position"}
+    assert all(0 <= curve["curve"][-1][t] <= 100 for t in ("distance", "position"))
