@@ -70,9 +70,16 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
     return out
 
 
-def question_stream(seed: int, tasks: tuple[str, ...], num_obj_tokens: int):
-    """Endless (record, inputs) from new rooms, shuffled within a pool of rooms."""
+def question_stream(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, rooms: int | None = None):
+    """Endless (record, inputs) from new rooms, shuffled within a pool of rooms; with `rooms`, from
+    that many rooms only, pass after pass in a new order (the demo's case: 72 training rooms)."""
     rng, pool, n = np.random.default_rng(seed), [], 0
+    if rooms is not None:
+        fixed = [q for k in range(rooms) for q in room_questions(rng, tasks, num_obj_tokens, f"room{k:06d}")]
+        if not fixed:
+            raise ValueError(f"{rooms} rooms hold no question of {tasks}")
+        while True:
+            yield from (fixed[i] for i in rng.permutation(len(fixed)))
     while True:
         while len(pool) < 64:
             pool += room_questions(rng, tasks, num_obj_tokens, f"room{n:06d}")
@@ -178,6 +185,8 @@ def main() -> None:
     p.add_argument("--held-out", type=int, default=400, help="held-out questions")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rooms", type=int, help="train on this many rooms only (default: a new room for every "
+                   "few questions); tells the data the demo has (72 rooms) apart from the steps")
     p.add_argument("--fourier-sigma", type=float, help="re-initialise the (x, y) Fourier features with this "
                    "frequency spread (trainer/positions.py FourierXY `sigma`; fresh models only)")
     p.add_argument("--fourier-out-scale", type=float, help="... and this output scale (`out_scale`)")
@@ -215,10 +224,11 @@ def main() -> None:
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
         warmup = max(1, args.steps // 20)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-        train_stream = question_stream(args.seed, tasks, n_obj)
+        train_stream = question_stream(args.seed, tasks, n_obj, args.rooms)
 
         print(f"model: {args.init or 'fresh toy model'}; tasks {', '.join(tasks)}; batch {args.batch}, "
-              f"lr {args.lr}; {len(held_out)} held-out questions from unseen rooms")
+              f"lr {args.lr}; training rooms: {args.rooms or 'unlimited'}; {len(held_out)} held-out questions "
+              "from unseen rooms")
         print(f"{'step':>6} {'loss':>7} {'min':>5}  " + "  ".join(f"{t:>18}" for t in tasks))
         print(f"{'chance':>20}  " + "  ".join(f"{chance.get(t, float('nan')):>18.1f}" for t in tasks))
         curve, losses, start = [], [], time.perf_counter()

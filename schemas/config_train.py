@@ -42,6 +42,8 @@ class StageConfig(BaseModel):
                                     "these tasks per scene and epoch, drawn anew each epoch: keeps what an "
                                     "earlier stage taught (stage 4: the spatial tasks of stages 2-3) at a "
                                     "small cost")
+    replay_per_task: int = Field(1, ge=1, description="records of each replay task per scene and epoch "
+                                 "(fewer when the scene has fewer)")
 
     @model_validator(mode="after")
     def _record_tasks_before_stage_4(self):

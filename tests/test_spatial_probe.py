@@ -51,6 +51,18 @@ def test_held_out_rooms_are_not_training_rooms():
     assert not train & {np.round(next(held)[1]["xyz"], 4).tobytes() for _ in range(200)}
 
 
+def test_a_fixed_number_of_rooms_is_cycled_every_question_once_per_pass():
+    stream = question_stream(5, ("distance",), 32, rooms=3)
+    first = [next(stream) for _ in range(200)]
+    rooms = {q.room_id for q, _ in first}
+    assert rooms == {"room000000", "room000001", "room000002"}  # 3 rooms, nothing new ever
+    keys = [(q.room_id, q.question) for q, _ in first]
+    per_pass = len(set(keys))
+    # each pass asks every question once, in a new order
+    assert sorted(keys[:per_pass]) == sorted(keys[per_pass:2 * per_pass])
+    assert keys[:per_pass] != keys[per_pass:2 * per_pass]
+
+
 def test_scores_are_the_eval_metrics():
     number = Question("r", "distance", "?", "2.0", "number")
     assert score(number, "2.0") == 1.0 and score(number, "far") == 0.0

@@ -1,4 +1,5 @@
-"""`replay_tasks`: one record of each replayed task per scene and epoch, drawn anew each epoch."""
+"""`replay_tasks`: `replay_per_task` records (one by default) of each replayed task per scene and
+epoch, drawn anew each epoch."""
 
 from __future__ import annotations
 
@@ -45,3 +46,17 @@ def test_stage4_replay_adds_one_example_per_task_beside_the_tasks():
     assert not skipped
     without = build_examples(4, "s", SEGMENTS, RECORDS, 8, random.Random(0), tasks=frozenset({"counting"}))
     assert [ex.task for ex in without] == ["counting"]
+
+
+def test_replay_per_task_draws_distinct_records_capped_by_what_the_scene_has():
+    drawn = replay_sample(RECORDS, frozenset({"distance", "object_size", "counting"}), random.Random(0), per_task=3)
+    by_task = Counter(r.task for r in drawn)
+    # 3 of the 4 distance records, all 3 object_size records, the one counting record
+    assert by_task == {"distance": 3, "object_size": 3, "counting": 1}
+    assert len({r.id for r in drawn}) == len(drawn)  # no record twice in one epoch
+    seen = {r.id for seed in range(40) for r in replay_sample(RECORDS, frozenset({"distance"}),
+                                                                random.Random(seed), per_task=3)}
+    assert seen == {f"s-distance-{k}" for k in range(4)}  # and another 3 of 4 each epoch
+    examples = build_examples(4, "s", SEGMENTS, RECORDS, 8, random.Random(0), tasks=frozenset({"counting"}),
+                              replay_tasks=frozenset({"distance"}), replay_per_task=2)
+    assert sorted(ex.task for ex in examples) == ["counting", "distance", "distance"]

@@ -12,18 +12,14 @@ from pipeline.toy.models import build_toy_qwen
 from tests.synthetic_shards import CATEGORIES, write_synthetic
 
 
-# Without background the model also learns grounding; with unlabeled background segments interleaved
-# (as in the toy world, where they get no identifier so the object names stay dense) naming must hold.
-# Measured: object_name 1.0 / grounding 0.375 without background, object_name 1.0 / grounding 0.29
-# with 6 background segments per scene.
+# Without background the model learns naming and grounding; with unlabeled background segments
+# interleaved (as in the toy world, where they get no identifier so the object names stay dense)
+# naming must hold. Held-out: every second scene (48 of 96, ~96 grounding questions); with 12 (24
+# questions) one question moved grounding by 4 points and the same schedule measured 0.25 to 0.46
+# across seeds. With 48, seeds 0/1/2 measured grounding 0.44 / 0.47 / 0.38 (floor 0.3; chance ~0.22,
+# whose spread over 96 questions is ~0.04) and naming 0.99-1.0; with 6 background segments per scene
+# naming 1.0 (floor 0.4, chance 1/6). 2026-12-03.
 @pytest.mark.slow
-# With 6 background segments per scene the floor is 0.4 (chance 1/6): after the chat template
-# (27 % longer sequences, the lookup plateau ending later in some seeds) this schedule measured 0.46
-# on a clean checkout, against > 0.6 before. Held-out: every second scene (48 of 96, ~96 grounding
-# questions): with 12 (24 questions) one question moved grounding by 4 points and the same schedule
-# measured 0.25 to 0.46 across seeds. With 48, seeds 0/1/2 measured grounding 0.44 / 0.47 / 0.38
-# (floor 0.3; chance ~0.22, whose spread over 96 questions is ~0.04) and naming 0.99-1.0; with 6
-# background segments naming 1.0 (2026-12-03).
 @pytest.mark.parametrize("background, floors", [(0, {"object_name": 0.6, "grounding": 0.3}),
                                                 (6, {"object_name": 0.4})])
 def test_learns_object_names_and_grounding_on_held_out_scenes(tmp_path, background, floors):

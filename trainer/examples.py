@@ -220,24 +220,28 @@ def _mixed(own: list[Example], replay: list[Example], rng: random.Random) -> lis
     return out
 
 
-def replay_sample(records: list[Record], replay_tasks: frozenset[str], rng: random.Random) -> list[Record]:
-    """One record of each of `replay_tasks` that the scene has, drawn by `rng` (so another one each
-    epoch): a replay that keeps a task alive at a fixed, small cost per scene."""
+def replay_sample(records: list[Record], replay_tasks: frozenset[str], rng: random.Random,
+                  per_task: int = 1) -> list[Record]:
+    """`per_task` distinct records of each of `replay_tasks` that the scene has (all of them when it
+    has fewer), drawn by `rng` (so others each epoch): a replay that keeps a task alive at a fixed,
+    small cost per scene."""
     by_task: dict[str, list[Record]] = defaultdict(list)
     for rec in records:
         if rec.task in replay_tasks:
             by_task[rec.task].append(rec)
-    return [rng.choice(by_task[task]) for task in sorted(by_task)]
+    return [rec for task in sorted(by_task)
+            for rec in rng.sample(by_task[task], min(per_task, len(by_task[task])))]
 
 
 def build_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
                    num_obj_tokens: int, rng: random.Random, tasks: frozenset[str] | None = None,
                    record_tasks: frozenset[str] = frozenset(), count_by_listing: bool = False,
-                   skipped: Counter | None = None, replay_tasks: frozenset[str] = frozenset()) -> list[Example]:
+                   skipped: Counter | None = None, replay_tasks: frozenset[str] = frozenset(),
+                   replay_per_task: int = 1) -> list[Example]:
     """The stage's examples of one scene, only those of `tasks` when given; stages 1-3 add the
     records of `record_tasks`, asked about the simplified scene (a record question refers to objects
     by identifier, which the fused tokens carry as well as the proxies do). Any stage adds one
-    record of each of `replay_tasks` (`replay_sample`). `count_by_listing`: see `record_example`.
+    `replay_per_task` records of each of `replay_tasks` (`replay_sample`). `count_by_listing`: see `record_example`.
     `skipped` tallies the records of the stage's tasks that could not be examples (see
     `stage4_examples`)."""
     tally: Counter = Counter()
@@ -250,7 +254,7 @@ def build_examples(stage: int, scene_id: str, segments: list[dict], records: lis
                                 num_obj_tokens, rng, count_by_listing, tally)
         examples = _mixed(examples, extra, rng)
     if replay_tasks:
-        extra = stage4_examples(scene_id, segments, replay_sample(records, replay_tasks, rng),
+        extra = stage4_examples(scene_id, segments, replay_sample(records, replay_tasks, rng, replay_per_task),
                                 num_obj_tokens, rng, count_by_listing, tally)
         examples = _mixed(examples, extra, rng)
     if skipped is not None:

@@ -77,9 +77,9 @@ class StageStream:
                  rank: int = 0, world_size: int = 1, exclude_scenes: frozenset[str] = frozenset(),
                  shuffle_identifiers: bool = False, tasks: list[str] | None = None,
                  record_tasks: list[str] | None = None, count_by_listing: bool = False,
-                 replay_tasks: list[str] | None = None):
+                 replay_tasks: list[str] | None = None, replay_per_task: int = 1):
         self.tasks = frozenset(tasks) if tasks else None
-        self.replay_tasks = frozenset(replay_tasks or ())
+        self.replay_tasks, self.replay_per_task = frozenset(replay_tasks or ()), replay_per_task
         self.count_by_listing = count_by_listing
         self.record_tasks = frozenset(record_tasks or ())
         self.shard_dir, self.stage, self.records_by_scene = shard_dir, stage, records_by_scene
@@ -98,7 +98,7 @@ class StageStream:
                                   self.records_by_scene.get(scene["scene_id"], []), self.num_obj_tokens, rng,
                                   tasks=self.tasks, record_tasks=self.record_tasks,
                                   count_by_listing=self.count_by_listing, skipped=skipped,
-                                  replay_tasks=self.replay_tasks)
+                                  replay_tasks=self.replay_tasks, replay_per_task=self.replay_per_task)
         if not examples:
             return []
         # A caption example sees its object's Scan2Cap focus block (pipeline/cluster/caption.py);

@@ -91,6 +91,7 @@ def stage_stream(cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, records_b
                        seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank, world_size=world,
                        exclude_scenes=held_out, tasks=scfg.tasks, record_tasks=scfg.record_tasks,
                        count_by_listing=cfg.count_by_listing, replay_tasks=scfg.replay_tasks,
+                       replay_per_task=scfg.replay_per_task,
                        shuffle_identifiers=(cfg.shuffle_identifiers if scfg.shuffle_identifiers is None
                                             else scfg.shuffle_identifiers))
 
