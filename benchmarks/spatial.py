@@ -91,8 +91,6 @@ def question_stream(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, room
 
 def chance_constants(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, samples: int = 4000):
     """The training answers' constant per (task, question type): mean number, or the majority choice."""
-    from pipeline.eval.text import parse_number
-
     values = defaultdict(list)
     stream = question_stream(seed, tasks, num_obj_tokens)
     for _ in range(samples):
@@ -150,7 +148,7 @@ def chance_scores(held_out, constants) -> dict[str, float]:
     return {task: 100.0 * float(np.mean(v)) for task, v in per_task.items()}
 
 
-def load_model(init: str | None, tmp: Path):
+def load_model(init: str | None, tmp: Path, num_layers: int | None = None):
     from pipeline.toy.models import build_toy_qwen
     from pipeline.toy.shapes import CATEGORY_NAMES
     from trainer.model import Proxy3DModel
@@ -160,7 +158,7 @@ def load_model(init: str | None, tmp: Path):
     texts = [f"How far apart are the {a} and the {b} in meters? Standing at the {a} facing the {b}, is "
              f"the {c} to the left or to the right? How tall is the {a} in meters? Where is the {a}?"
              for a, b, c in zip(CATEGORY_NAMES, CATEGORY_NAMES[1:], CATEGORY_NAMES[2:])]
-    base = build_toy_qwen(tmp / "qwen", texts)
+    base = build_toy_qwen(tmp / "qwen", texts, num_layers=num_layers)
     # The toy workflow's train section (workflows/toy.yaml): 32 identifiers, 64 height bins.
     return Proxy3DModel.build(str(base), feat_dim=64, num_obj_tokens=32, categories=CATEGORY_NAMES,
                               height_bins=64, height_range=(-0.5, 3.5), fourier_dim=64)
@@ -187,6 +185,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rooms", type=int, help="train on this many rooms only (default: a new room for every "
                    "few questions); tells the data the demo has (72 rooms) apart from the steps")
+    p.add_argument("--layers", type=int, help="language-model depth of the fresh model (default: the toy "
+                   "model's 2)")
     p.add_argument("--fourier-sigma", type=float, help="re-initialise the (x, y) Fourier features with this "
                    "frequency spread (trainer/positions.py FourierXY `sigma`; fresh models only)")
     p.add_argument("--fourier-out-scale", type=float, help="... and this output scale (`out_scale`)")
@@ -201,7 +201,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_model(args.init, Path(tmp))
+        if args.init and args.layers:
+            p.error("--layers: a trained model keeps its depth")
+        model = load_model(args.init, Path(tmp), args.layers)
         if args.fourier_sigma is not None or args.fourier_out_scale is not None:
             from trainer.positions import FourierXY
 
@@ -226,8 +228,9 @@ def main() -> None:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         train_stream = question_stream(args.seed, tasks, n_obj, args.rooms)
 
-        print(f"model: {args.init or 'fresh toy model'}; tasks {', '.join(tasks)}; batch {args.batch}, "
-              f"lr {args.lr}; training rooms: {args.rooms or 'unlimited'}; {len(held_out)} held-out questions "
+        depth = len(model.lm.model.language_model.layers)
+        print(f"model: {args.init or 'fresh toy model'} ({depth} layers); tasks {', '.join(tasks)}; "
+              f"batch {args.batch}, lr {args.lr}; training rooms: {args.rooms or 'unlimited'}; {len(held_out)} held-out questions "
               "from unseen rooms")
         print(f"{'step':>6} {'loss':>7} {'min':>5}  " + "  ".join(f"{t:>18}" for t in tasks))
         print(f"{'chance':>20}  " + "  ".join(f"{chance.get(t, float('nan')):>18.1f}" for t in tasks))

@@ -139,8 +139,12 @@ def write_report(result: DemoResult) -> Path:
              "## Held-out metrics after stage 4", ""]
     stage4 = wf.train.stage(4)
     if stage4 is not None and stage4.tasks:
-        lines += [f"Stage 4 trained on the tasks {', '.join(stage4.tasks)}; the other tasks' rows show what "
-                  "stages 1-3 and those tasks carry over (no training of their own).", ""]
+        replayed = ""
+        if stage4.replay_tasks:
+            replayed = (f" and replayed {', '.join(stage4.replay_tasks)} ({stage4.replay_per_task} record(s) of "
+                        "each per scene and epoch, as stages 1-3 taught them)")
+        lines += [f"Stage 4 trained on the tasks {', '.join(stage4.tasks)}{replayed}; the other tasks' rows "
+                  "show what stages 1-3 and those tasks carry over (no training of their own).", ""]
     lines += metric_table(result.main)
     lines += _ablation_section(result)
     lines += _pictures_section(result)

@@ -166,6 +166,11 @@ def test_report_has_the_position_table_with_chance(tmp_path):
     result = DemoResult(demo.workflow_path, demo.workflow, demo.run_dir, scores(41.0, 30.0), [], 1.0,
                         positions={"height (main)": scores(41.0, 30.0), "bfs": scores(44.5, 28.0)})
     text = write_report(result).read_text()
+    # the held-out section says what stage 4 replays, and how many of each, as the workflow sets it
+    stage4 = demo.workflow.train.stage(4)
+    assert stage4.replay_tasks, "the toy workflow's stage 4 replays the spatial tasks"
+    assert (f"and replayed {', '.join(stage4.replay_tasks)} ({stage4.replay_per_task} record(s) of each per "
+            "scene and epoch") in text
     table = text.split("## Rotary position ids")[1]
     assert "| toy/distance | toy/grounding |" in table
     assert "| height (main) | 41.0 (MRA) | 30.0 (Acc@0.25) |" in table

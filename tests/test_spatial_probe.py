@@ -81,10 +81,13 @@ def test_scores_are_the_eval_metrics():
 def test_the_probe_trains_and_prints_its_curve_beside_chance(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/spatial.py", "--steps", "3", "--eval-every", "3",
                            "--held-out", "12", "--batch", "4", "--tasks", "distance,position",
-                           "--fourier-sigma", "0.3", "--json", str(tmp_path / "curve.json")],
+                           "--fourier-sigma", "0.3", "--layers", "3", "--rooms", "4",
+                           "--json", str(tmp_path / "curve.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "chance" in proc.stdout
+    # the depth printed is the loaded model's, built at the depth asked for
+    assert "(3 layers)" in proc.stdout and "training rooms: 4" in proc.stdout
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert [row["step"] for row in curve["curve"]] == [0, 3]
     assert np.isfinite(curve["curve"][-1]["loss"])

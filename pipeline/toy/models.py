@@ -41,15 +41,18 @@ def toy_model_dir(model: str, data_root: str | Path) -> Path:
     return models_dir(data_root) / model[len(TOY_PREFIX):]
 
 
-def build_toy_qwen(out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0) -> Path:
-    """Build, save and return the folder of a tiny random-weight Qwen2.5-VL with its tokenizer."""
+def build_toy_qwen(out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0,
+                   num_layers: int | None = None) -> Path:
+    """Build, save and return the folder of a tiny random-weight Qwen2.5-VL with its tokenizer;
+    `num_layers` replaces the toy depth (benchmarks/spatial.py asks what depth a task needs)."""
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
     out_dir = Path(out_dir)
     tokenizer = train_bpe_tokenizer(texts, model_max_length=TOY_TEXT["max_position_embeddings"])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text_cfg = dict(TOY_TEXT, vocab_size=len(tokenizer), bos_token_id=ids["<|endoftext|>"],
+    depth = {"num_hidden_layers": num_layers} if num_layers else {}
+    text_cfg = dict(TOY_TEXT, **depth, vocab_size=len(tokenizer), bos_token_id=ids["<|endoftext|>"],
                     eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                      "mrope_section": TOY_MROPE_SECTION})
