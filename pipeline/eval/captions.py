@@ -6,6 +6,7 @@ Scores are returned as fractions (0..1) with per-sample lists, in the order of t
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -74,7 +75,11 @@ def score_captions(
     out = CaptionScores()
     for name in metrics:
         scorer, labels = _scorer(name)
-        corpus, per = scorer.compute_score(gts, res)
+        try:
+            corpus, per = scorer.compute_score(gts, res)
+        except Exception:
+            _meteor.cache_clear()  # a failed Java process is not reused
+            raise
         if isinstance(labels, tuple):
             for label, c, p in zip(labels, corpus, per):
                 out.corpus[label] = float(c)
@@ -91,10 +96,7 @@ def _scorer(name: str):
 
         return Bleu(4), ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
     if name == "METEOR":
-        require_java()
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        return Meteor(), "METEOR"
+        return _meteor(), "METEOR"
     if name == "ROUGE-L":
         from pycocoevalcap.rouge.rouge import Rouge
 
@@ -104,6 +106,17 @@ def _scorer(name: str):
 
         return Cider(), "CIDEr"
     raise ValueError(f"unknown caption metric {name!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def _meteor():
+    """One METEOR Java process per Python process, reused for every corpus it scores: each start
+    loads its paraphrase tables, and a Scan2Cap eval scores three corpora (@0.25, @0.5, plain).
+    measured: docs/RESULTS.md#meteor-reuse"""
+    require_java()
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return Meteor()
 
 
 def caption_tokens(text: str) -> list[str]:
