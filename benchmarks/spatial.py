@@ -230,8 +230,8 @@ def main() -> None:
 
         depth = len(model.lm.model.language_model.layers)
         print(f"model: {args.init or 'fresh toy model'} ({depth} layers); tasks {', '.join(tasks)}; "
-              f"batch {args.batch}, lr {args.lr}; training rooms: {args.rooms or 'unlimited'}; {len(held_out)} held-out questions "
-              "from unseen rooms")
+              f"batch {args.batch}, lr {args.lr}; training rooms: {args.rooms or 'unlimited'}; "
+              f"{len(held_out)} held-out questions from unseen rooms")
         print(f"{'step':>6} {'loss':>7} {'min':>5}  " + "  ".join(f"{t:>18}" for t in tasks))
         print(f"{'chance':>20}  " + "  ".join(f"{chance.get(t, float('nan')):>18.1f}" for t in tasks))
         curve, losses, start = [], [], time.perf_counter()

@@ -38,10 +38,10 @@ class StageConfig(BaseModel):
     record_tasks: list[str] = Field(default_factory=list, description="stages 1-3: also train the records "
                                     "of these tasks (e.g. counting), on the stage's simplified scene")
 
-    replay_tasks: list[str] = Field(default_factory=list, description="also train one record of each of "
-                                    "these tasks per scene and epoch, drawn anew each epoch: keeps what an "
-                                    "earlier stage taught (stage 4: the spatial tasks of stages 2-3) at a "
-                                    "small cost")
+    replay_tasks: list[str] = Field(default_factory=list, description="also train `replay_per_task` "
+                                    "records of each of these tasks per scene and epoch, drawn anew each "
+                                    "epoch: keeps what an earlier stage taught (stage 4: the spatial tasks "
+                                    "of stages 2-3) at a small cost")
     replay_per_task: int = Field(1, ge=1, description="records of each replay task per scene and epoch "
                                  "(fewer when the scene has fewer)")
 

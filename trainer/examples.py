@@ -240,8 +240,9 @@ def build_examples(stage: int, scene_id: str, segments: list[dict], records: lis
                    replay_per_task: int = 1) -> list[Example]:
     """The stage's examples of one scene, only those of `tasks` when given; stages 1-3 add the
     records of `record_tasks`, asked about the simplified scene (a record question refers to objects
-    by identifier, which the fused tokens carry as well as the proxies do). Any stage adds one
-    `replay_per_task` records of each of `replay_tasks` (`replay_sample`). `count_by_listing`: see `record_example`.
+    by identifier, which the fused tokens carry as well as the proxies do). Any stage adds
+    `replay_per_task` records of each of `replay_tasks` (`replay_sample`). `count_by_listing`: see
+    `record_example`.
     `skipped` tallies the records of the stage's tasks that could not be examples (see
     `stage4_examples`)."""
     tally: Counter = Counter()
