@@ -42,6 +42,16 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def still_running(pids, seconds: float = 10.0) -> list[int]:
+    """Those of `pids` still running after up to `seconds`: a SIGKILLed process is not gone at once
+    (under load the kernel takes a while to tear it down), so a kill test waits a bounded time before
+    it calls a process one that outlived its kill."""
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file under `root` by relative path; a leftover temporary shows as an extra key."""
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

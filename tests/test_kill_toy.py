@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kill_helpers import alive, descendants, tree_digest
+from tests.kill_helpers import descendants, still_running, tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_SCENES = 6
@@ -64,10 +64,7 @@ def test_toy_world_killed_at_random_points_then_rerun_equals_uninterrupted(tmp_p
         if proc.returncode != -signal.SIGKILL:
             continue  # it finished first
         num_killed += 1
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(alive(p) for p in workers), "a rendering worker outlived the killed command"
+        assert not still_running(workers), "a rendering worker outlived the killed command"
         # A kill after the last write (the command still exiting) meets a finished world: that one
         # must then be the uninterrupted run's; any earlier kill leaves the world marked unfinished.
         if json.loads((killed / "toy_world.json").read_text())["complete"]:

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.kill_helpers import alive, descendants, last_logged_step
+from tests.kill_helpers import descendants, last_logged_step, still_running
 from tests.test_trainer_run import _workflow
 from trainer.env import free_port
 
@@ -98,7 +98,7 @@ def test_two_ranks_killed_at_random_points_then_resumed_equal_uninterrupted(tmp_
         num_killed += 1
         # `ranks` is empty when the kill landed before the launcher spawned them (the log kept from
         # the previous run can already hold the target step): a kill point like any other.
-        assert not any(alive(p) for p in ranks), "a rank outlived its killed launcher"
+        assert not still_running(ranks), "a rank outlived its killed launcher"
         marker = json.loads((stage_dir / "checkpoints/p3d_latest.json").read_text())
         for rank in (0, 1):  # the marker names a checkpoint both ranks finished
             assert (stage_dir / "checkpoints" / marker["tag"] / f"p3d_state_rank{rank}.json").exists()
