@@ -7,9 +7,10 @@ drawn from new rooms (`pipeline.toy.layout.sample_layout`), asked in the toy ann
 (`pipeline.toy.annotate.generate_records`), on the simplified scene of stages 1-3 (one fused token per
 object at its box centre, fresh identifiers per room, as `shuffle_identifiers` trains), through the
 trainer's own collator, model and loss. Held-out rooms are scored with the metrics `p3d eval` uses
-(MRA for numbers, accuracy for left/right) at each checkpoint of the curve, beside chance: the
-training answers' constant (mean per question type; the majority side), as pipeline/eval/chance.py
-defines it.
+(MRA for numbers, exact accuracy for left/right, where `p3d eval` also reads the answer's first word)
+at each checkpoint of the curve, beside chance: pipeline/eval/chance.py's constant answer (mean per
+question type; the majority side), taken here from the training stream rather than from the scored
+questions.
 
     python benchmarks/spatial.py                      # a fresh toy model, distance + left/right
     python benchmarks/spatial.py --init runs/toy/train/stage3/model --steps 4000 --tasks distance

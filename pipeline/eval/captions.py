@@ -78,7 +78,8 @@ def score_captions(
         try:
             corpus, per = scorer.compute_score(gts, res)
         except Exception:
-            _meteor.cache_clear()  # a failed Java process is not reused
+            if name == "METEOR":
+                _meteor.cache_clear()  # a failed Java process is not reused
             raise
         if isinstance(labels, tuple):
             for label, c, p in zip(labels, corpus, per):
