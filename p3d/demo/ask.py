@@ -49,9 +49,10 @@ def truth_of(rec, categories: dict[int, str]) -> str:
     return "; ".join(parts)
 
 
-def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d) -> dict | None:
-    """Run `p3d ask` (a demo step) on the scene with the main stage-4 checkpoint; None when the scene
-    has no question to ask."""
+def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d, job: str | None = None,
+                 threads: int | None = None) -> dict | None:
+    """Run `p3d ask` (a demo step of `job`, with `threads`) on the scene with the main stage-4
+    checkpoint; None when the scene has no question to ask."""
     stage4 = wf.train.stage(4)
     recs = held_out_questions(records_path, scene_id, wf.eval.split, stage4.tasks if stage4 else None)
     if not recs:
@@ -70,7 +71,7 @@ def ask_held_out(demo, wf, records_path: Path, scene_id: str, p3d) -> dict | Non
     demo.run(f"ask {scene_id}", p3d("ask", str(video), "--questions", str(questions),
                                    "--checkpoint", str(layout.stage_model(wf.train.out, 4)),
                                    "--cache", str(ask_dir / "cache"), "--save", str(doc_path), "--html", str(viewer),
-                                   "--max-new-tokens", str(wf.eval.max_new_tokens)))
+                                   "--max-new-tokens", str(wf.eval.max_new_tokens)), job, threads)
     doc = json.loads(doc_path.read_text())
     objects_json = Path(wf.source.path) / scene_id / "objects.json"
     categories = ({int(o["id"]): o["category"] for o in json.loads(objects_json.read_text())}

@@ -73,22 +73,29 @@ def run_demo(workflow_path: str | Path, skip_ablations: bool = False) -> DemoRes
             demo, layout.Layout.of(wf).stage_model(3), job, threads)
     prepared = run_side_by_side(demo, before_stage4, wf.demo.jobs)
     variants, repeats = prepared["ablations"] if with_ablations else ([], [])
-    jobs: dict[str, Callable[[str | None, int | None], object]] = {
-        "main": lambda job, threads: _stage4_and_scores(demo, "main", workflow_path, wf, records_path(wf),
-                                                        run_dir / layout.DEMO_MAIN, job, threads)}
+
+    def main_job(job: str | None, threads: int | None) -> tuple[dict, list[Path], dict | None]:
+        # The pictures and `p3d ask` need only the main stage-4 model and predictions: they run in
+        # its slot, while the variants still train, not after every job has ended.
+        # measured: docs/RESULTS.md#demo-runtime
+        from p3d.demo.ask import ask_held_out
+
+        scores = _stage4_and_scores(demo, "main", workflow_path, wf, records_path(wf),
+                                    run_dir / layout.DEMO_MAIN, job, threads)
+        pictures = _pictures(demo, job, threads)
+        shown = val_scenes(wf, 1)
+        asked = (ask_held_out(demo, wf, records_path(wf), shown[0], p3d_command, job, threads)
+                 if shown and wf.source.kind == "toy" else None)
+        return scores, pictures, asked
+
+    jobs: dict[str, Callable[[str | None, int | None], object]] = {"main": main_job}
     for v in variants:
         jobs[v.name] = lambda job, threads, v=v: _stage4_and_scores(demo, v.name, v.workflow_path, v.workflow,
                                                                     v.records, v.out_dir, job, threads)
     scores = run_side_by_side(demo, jobs, wf.demo.jobs)
-    main = scores["main"]
-    assert isinstance(main, dict)
+    main, pictures, asked = scores["main"]  # type: ignore[misc]
+    scores["main"] = main
     ablations, positions = _ablation_tables(wf, scores, repeats) if with_ablations else ({}, {})
-    pictures = _pictures(demo)
-    from p3d.demo.ask import ask_held_out
-
-    shown = val_scenes(wf, 1)
-    asked = (ask_held_out(demo, wf, records_path(wf), shown[0], p3d_command)
-             if shown and wf.source.kind == "toy" else None)
     return DemoResult(
         workflow_path, wf, run_dir, main, sorted(demo.steps, key=lambda s: s.started), demo.wall_seconds,
         ablations=ablations, positions=positions, pictures=pictures, asked=asked,
@@ -123,17 +130,17 @@ def _ablation_tables(wf: Workflow, scores: dict[str, object], repeats: list[str]
     return ablations, positions
 
 
-def _pictures(demo: DemoRun) -> list[Path]:
+def _pictures(demo: DemoRun, job: str | None = None, threads: int | None = None) -> list[Path]:
     """`p3d viz` and `p3d view` of the first held-out scenes (`demo.viz_scenes`)."""
     wf, run_dir, workflow_path = demo.workflow, demo.run_dir, demo.workflow_path
     pictures = []
     for scene_id in val_scenes(wf, wf.demo.viz_scenes):
         png = layout.scene_picture(run_dir, scene_id)
         demo.run(f"viz {scene_id}", p3d_command("viz", scene_id, "--workflow", str(workflow_path),
-                                                "--png", str(png)))
+                                                "--png", str(png)), job, threads)
         demo.run(f"view {scene_id}", p3d_command(
             "view", scene_id, "--workflow", str(workflow_path),
             "--predictions", str(run_dir / layout.DEMO_MAIN / layout.PREDICTIONS_FILE),
-            "--html", str(layout.scene_page(run_dir, scene_id))))
+            "--html", str(layout.scene_page(run_dir, scene_id))), job, threads)
         pictures.append(png)
     return pictures
