@@ -150,3 +150,35 @@ def test_kill_inside_a_save_changed_config_and_no_pickle(setup, monkeypatch, cap
 
     # Told to, resume continues under the changed config (from the last checkpoint, step 8).
     assert train(changed, 1, resume=True, allow_changed_config=True) is not None
+
+
+def test_setting_added_after_a_checkpoint_counts_as_changed_only_off_its_default(tmp_path):
+    """A checkpoint made before a stage field existed resumes when the field is at its default (the
+    former behaviour); the same field set otherwise, or a removed field, is still a change."""
+    from schemas.workflow import load_workflow
+    from trainer import checkpoint
+    from trainer.recipes import stage_config
+    from trainer.train import resolve_train_config
+
+    cfg = resolve_train_config(load_workflow(ROOT / "workflows/toy.yaml"), {})
+    stage3, stage4 = stage_config(cfg, 3), stage_config(cfg, 4)
+    assert stage3.replay_per_task == 1 and stage4.replay_per_task == 2  # the toy recipe: default, then not
+    for scfg, expected in ((stage3, []), (stage4, ["train.stages[stage=4].replay_per_task: (absent) -> 2"])):
+        now = checkpoint.run_identity("data/toy", cfg, scfg, 1)
+        key = f"train.stages[stage={scfg.stage}].replay_per_task"
+        saved = {k: v for k, v in now.items() if k != key}  # as written before the field existed
+        defaults = checkpoint.identity_defaults(cfg, scfg)
+        assert checkpoint.config_changes(saved, now, defaults) == expected
+        # Without the defaults every added field is a change.
+        assert checkpoint.config_changes(saved, now) == [f"{key}: (absent) -> {scfg.replay_per_task}"]
+        # A field the checkpoint had and the config no longer has is a change, defaults or not.
+        assert checkpoint.config_changes({**now, "train.gone": 1}, now, defaults) == ["train.gone: 1 -> (absent)"]
+
+        ckpt = tmp_path / f"stage{scfg.stage}"
+        ckpt.mkdir()
+        (ckpt / checkpoint.MARKER).write_text(json.dumps({"tag": "step0000010", "step": 10, "config": saved}))
+        if expected:
+            with pytest.raises(checkpoint.ResumeConfigError, match=r"replay_per_task: \(absent\) -> 2"):
+                checkpoint.check_resume(ckpt, now, False, defaults)
+        else:
+            assert checkpoint.check_resume(ckpt, now, False, defaults)["step"] == 10

@@ -58,16 +58,37 @@ def run_identity(data_root: str, cfg, scfg, world_size: int) -> dict[str, Any]:
     return ident
 
 
+def identity_defaults(cfg, scfg) -> dict[str, Any]:
+    """`run_identity`'s keys that have a default, with it (JSON values): what a setting added to p3d
+    after a checkpoint was made means when that checkpoint does not record it."""
+    from pydantic_core import to_jsonable_python
+
+    def defaults(model, prefix: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {f"{prefix}.{k}": to_jsonable_python(f.get_default(call_default_factory=True))
+                for k, f in type(model).model_fields.items() if k not in skip and not f.is_required()}
+
+    return {**defaults(cfg, "train", _NOT_IDENTITY), **defaults(scfg, f"train.stages[stage={scfg.stage}]")}
+
+
 def identity_hash(ident: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`field: saved -> now` for each field that differs (added and removed fields included)."""
+def config_changes(saved: dict[str, Any], now: dict[str, Any],
+                   defaults: dict[str, Any] | None = None) -> list[str]:
+    """`field: saved -> now` for each field that differs (added and removed fields included).
+
+    A field the saved identity lacks counts as unchanged when it is now at its default (`defaults`):
+    p3d gives a new setting the default that keeps the former behaviour (e.g. `replay_per_task: 1`,
+    one replayed record as before the field existed), so a run interrupted before the update resumes
+    without --allow-changed-config."""
     missing = object()
+    defaults = defaults or {}
     out = []
     for key in sorted(set(saved) | set(now)):
         a, b = saved.get(key, missing), now.get(key, missing)
+        if a is missing and key in defaults and b == defaults[key]:
+            continue
         if a != b:
             fmt = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
             out.append(f"{key}: {fmt(a)} -> {fmt(b)}")
@@ -82,12 +103,14 @@ def read_marker(ckpt_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def check_resume(ckpt_dir: Path, ident: dict[str, Any], allow_changed: bool) -> dict | None:
-    """The marker to resume from (None: no complete checkpoint), refusing a changed configuration."""
+def check_resume(ckpt_dir: Path, ident: dict[str, Any], allow_changed: bool,
+                 defaults: dict[str, Any] | None = None) -> dict | None:
+    """The marker to resume from (None: no complete checkpoint), refusing a changed configuration
+    (`config_changes`, with `identity_defaults`)."""
     marker = read_marker(ckpt_dir)
     if marker is None:
         return None
-    changes = config_changes(marker["config"], ident)
+    changes = config_changes(marker["config"], ident, defaults)
     if changes and not allow_changed:
         raise ResumeConfigError(
             f"{ckpt_dir / marker['tag']}: the checkpoint was made with another configuration ("
