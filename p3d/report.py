@@ -49,6 +49,28 @@ def _headline(res: dict) -> tuple[str, float | None, float | None]:
     return metric, res["metrics"].get(metric), res["chance"].get(metric)
 
 
+def under_chance_lines(scores: dict, beyond_budget: dict[str, str]) -> list[str]:
+    """The tasks whose headline score is at or under chance, in words: those the workflow names in
+    `demo.beyond_budget` with where that is measured, any other as not expected."""
+    known: dict[str, list[str]] = {}
+    unexpected: list[str] = []
+    for res in scores["results"]:
+        metric, value, chance = _headline(res)
+        if value is None or chance is None or value > chance:
+            continue
+        task = res["name"].split("/")[-1]
+        said = f"{res['name']} {_fmt(value)} ({metric}; chance {_fmt(chance)})"
+        if task in beyond_budget:
+            known.setdefault(beyond_budget[task], []).append(said)
+        else:
+            unexpected.append(said)
+    lines = [f"At or under chance, as measured: the demo's minutes do not train {', '.join(said)} "
+             f"above chance (measured: {where}; `demo.beyond_budget`)." for where, said in known.items()]
+    if unexpected:
+        lines.append(f"At or under chance, not expected (not in `demo.beyond_budget`): {', '.join(unexpected)}.")
+    return [line for text in lines for line in ("", text)]
+
+
 def ablation_table(ablations: dict[str, dict]) -> list[str]:
     tasks: list[str] = []
     for scores in ablations.values():
@@ -146,6 +168,7 @@ def write_report(result: DemoResult) -> Path:
         lines += [f"Stage 4 trained on the tasks {', '.join(stage4.tasks)}{replayed}; the other tasks' rows "
                   "show what stages 1-3 and those tasks carry over (no training of their own).", ""]
     lines += metric_table(result.main)
+    lines += under_chance_lines(result.main, wf.demo.beyond_budget)
     lines += _ablation_section(result)
     lines += _pictures_section(result)
     lines += report_lines(result.asked, run_dir)

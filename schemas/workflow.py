@@ -81,6 +81,11 @@ class DemoConfig(BaseModel):
                                                      "variant run this many at a time, the cores split "
                                                      "among them (default: one per core)")
     ablations: AblationConfig = AblationConfig()
+    beyond_budget: dict[str, str] = Field(
+        default_factory=dict,
+        description="task -> where it is measured that the demo's minutes do not train it above chance "
+                    "(a docs/RESULTS.md section); the report names such a task beside its score when it is at "
+                    "or under chance, and any other task at or under chance as not expected")
 
 
 class Workflow(BaseModel):

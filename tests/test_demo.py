@@ -213,3 +213,30 @@ def test_report_reads_the_ablation_rows_and_findings_from_the_result(tmp_path):
                            ablations=rows, main_clustering_variant="grouping-k64")
     text = write_report(no_oracle).read_text()
     assert "of the oracle's" not in text and "is the main run)." not in text
+
+
+def test_report_names_every_task_at_or_under_chance_and_whether_the_workflow_expects_it():
+    """A task at or under chance on its headline metric is said in words: with where it is measured
+    when the workflow names it in `demo.beyond_budget`, as not expected otherwise; a task above
+    chance is not named, whether listed or not."""
+    from p3d.report import under_chance_lines
+
+    def row(task, metrics, chance):
+        return {"name": f"toy/{task}", "metrics": metrics, "chance": chance, "num_samples": 9}
+
+    scores = {"results": [
+        row("distance", {"MRA": 27.2}, {"MRA": 45.9}),
+        row("room_size", {"MRA": 73.1}, {"MRA": 73.1}),  # equal to chance counts as at chance
+        row("object_size", {"MRA": 81.6}, {"MRA": 46.5}),  # listed, but above chance
+        # the headline is Acc@0.25 (above chance); Acc@0.5 under chance is no headline
+        row("grounding", {"Acc@0.25": 31.4, "Acc@0.5": 11.9}, {"Acc@0.25": 17.2, "Acc@0.5": 17.2}),
+        row("counting", {"EM": 50.0}, {"EM": 58.8}),
+        row("caption", {"CIDEr": 0.5}, {}),  # no chance: never named
+    ]}
+    where = "docs/RESULTS.md#spatial-probe"
+    text = "\n".join(under_chance_lines(scores, {"distance": where, "room_size": where, "object_size": where}))
+    assert ("do not train toy/distance 27.2 (MRA; chance 45.9), toy/room_size 73.1 (MRA; chance 73.1) "
+            f"above chance (measured: {where};") in text
+    assert "not expected (not in `demo.beyond_budget`): toy/counting 50.0 (EM; chance 58.8)." in text
+    assert "object_size" not in text and "grounding" not in text and "caption" not in text
+    assert under_chance_lines({"results": [scores["results"][2]]}, {}) == []
