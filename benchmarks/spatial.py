@@ -32,9 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 SPATIAL_TASKS = ("distance", "relative_direction", "room_size", "object_size")
-# A diagnostic the toy annotation does not ask: where an object is on the floor plan, "x y" in metres
-# (what stage 2 teaches by identifier). It tells reading a position apart from computing with two.
-DIAGNOSTIC_TASKS = ("position",)
+# Diagnostics the toy annotation does not ask: where an object is on the floor plan, "x y" in metres
+# (what stage 2 teaches by identifier), which tells reading a position apart from computing with two;
+# and which of two objects lies further along the room's x axis ("east" / "west"), left/right's
+# relation in the room's fixed frame, which tells comparing two positions apart from taking a
+# viewer's frame from a third.
+DIAGNOSTIC_TASKS = ("position", "east_west")
+EAST_WEST_MARGIN = 0.3  # metres along x under which the question is not asked (as left/right's 0.3)
 
 
 @dataclass
@@ -61,13 +65,21 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
     layout.objects = objs
     out = [(Question(room_id, r.task, r.question, r.answers[0], r.answer_type, r.question_type or ""), inputs)
            for r in generate_records(layout, room_id, "train", rng) if r.task in tasks]
+    counts = defaultdict(int)
+    for o in objs:
+        counts[o.category] += 1
+    unique = [o for o in objs if counts[o.category] == 1]
     if "position" in tasks:
-        counts = defaultdict(int)
-        for o in objs:
-            counts[o.category] += 1
         out += [(Question(room_id, "position", f"Where is the {o.category}?",
                           f"{o.center_3[0]:.1f} {o.center_3[1]:.1f}", "numbers"), inputs)
-                for o in objs if counts[o.category] == 1]
+                for o in unique]
+    if "east_west" in tasks:
+        pairs = [(a, c) for a in unique for c in unique
+                 if a is not c and abs(c.center_3[0] - a.center_3[0]) >= EAST_WEST_MARGIN]
+        for k in rng.permutation(len(pairs))[:max(2, len(objs))]:
+            a, c = pairs[int(k)]
+            out.append((Question(room_id, "east_west", f"Is the {c.category} east or west of the {a.category}?",
+                                 "east" if c.center_3[0] > a.center_3[0] else "west", "choice"), inputs))
     return out
 
 
@@ -99,7 +111,7 @@ def chance_constants(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, sam
         values[(q.task, q.question_type)].append(q.answer)
     out = {}
     for key, answers in values.items():
-        if key[0] == "relative_direction":
+        if key[0] in ("relative_direction", "east_west"):
             out[key] = max(set(answers), key=answers.count)
         else:
             numbers_NA = np.array([[float(x) for x in a.split()] for a in answers])
@@ -149,7 +161,7 @@ def chance_scores(held_out, constants) -> dict[str, float]:
     return {task: 100.0 * float(np.mean(v)) for task, v in per_task.items()}
 
 
-def load_model(init: str | None, tmp: Path, num_layers: int | None = None):
+def load_model(init: str | None, tmp: Path, num_layers: int | None = None, tasks: tuple[str, ...] = ()):
     from pipeline.toy.models import build_toy_qwen
     from pipeline.toy.shapes import CATEGORY_NAMES
     from trainer.model import Proxy3DModel
@@ -158,6 +170,8 @@ def load_model(init: str | None, tmp: Path, num_layers: int | None = None):
         return Proxy3DModel.from_pretrained(init)
     texts = [f"How far apart are the {a} and the {b} in meters? Standing at the {a} facing the {b}, is "
              f"the {c} to the left or to the right? How tall is the {a} in meters? Where is the {a}?"
+             # only when asked: the tokenizer (and so the curves measured without it) stays as it was
+             + (f" Is the {c} east or west of the {a}?" if "east_west" in tasks else "")
              for a, b, c in zip(CATEGORY_NAMES, CATEGORY_NAMES[1:], CATEGORY_NAMES[2:])]
     base = build_toy_qwen(tmp / "qwen", texts, num_layers=num_layers)
     # The toy workflow's train section (workflows/toy.yaml): 32 identifiers, 64 height bins.
@@ -204,7 +218,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.init and args.layers:
             p.error("--layers: a trained model keeps its depth")
-        model = load_model(args.init, Path(tmp), args.layers)
+        model = load_model(args.init, Path(tmp), args.layers, tasks)
         if args.fourier_sigma is not None or args.fourier_out_scale is not None:
             from trainer.positions import FourierXY
 

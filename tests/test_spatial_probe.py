@@ -26,8 +26,9 @@ def mra(pred: float, gt: float) -> float:
 
 def test_rooms_ask_about_their_own_geometry():
     rng = np.random.default_rng(3)
+    sides = set()
     for n in range(5):
-        items = room_questions(rng, ("distance", "position", "relative_direction"), 32, f"room{n}")
+        items = room_questions(rng, ("distance", "position", "relative_direction", "east_west"), 32, f"room{n}")
         inputs = items[0][1]
         xyz_K3 = inputs["xyz"]
         assert len(set(inputs["ident"].tolist())) == len(xyz_K3)  # distinct identifiers
@@ -43,6 +44,12 @@ def test_rooms_ask_about_their_own_geometry():
             elif q.task == "distance":
                 a, b = re.fullmatch(r"How far apart are the (.+) and the (.+) in meters\?", q.question).groups()
                 assert abs(float(q.answer) - np.linalg.norm(centre_of[a] - centre_of[b])) <= 0.051
+            elif q.task == "east_west":  # east: further along the room's x axis
+                c, a = re.fullmatch(r"Is the (.+) east or west of the (.+)\?", q.question).groups()
+                dx = centre_of[c][0] - centre_of[a][0]
+                assert abs(dx) >= 0.3 and q.answer == ("east" if dx > 0 else "west")
+                sides.add(q.answer)
+    assert sides == {"east", "west"}
 
 
 def test_held_out_rooms_are_not_training_rooms():
