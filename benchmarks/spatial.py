@@ -108,10 +108,11 @@ def chance_constants(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, sam
     stream = question_stream(seed, tasks, num_obj_tokens)
     for _ in range(samples):
         q, _ = next(stream)
-        values[(q.task, q.question_type)].append(q.answer)
+        values[(q.task, q.question_type)].append(q)
     out = {}
-    for key, answers in values.items():
-        if key[0] in ("relative_direction", "east_west"):
+    for key, asked in values.items():
+        answers = [q.answer for q in asked]
+        if asked[0].answer_type == "choice":
             out[key] = max(set(answers), key=answers.count)
         else:
             numbers_NA = np.array([[float(x) for x in a.split()] for a in answers])

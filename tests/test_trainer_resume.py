@@ -179,6 +179,6 @@ def test_setting_added_after_a_checkpoint_counts_as_changed_only_off_its_default
         (ckpt / checkpoint.MARKER).write_text(json.dumps({"tag": "step0000010", "step": 10, "config": saved}))
         if expected:
             with pytest.raises(checkpoint.ResumeConfigError, match=r"replay_per_task: \(absent\) -> 2"):
-                checkpoint.check_resume(ckpt, now, False, defaults)
+                checkpoint.check_resume(ckpt, "data/toy", cfg, scfg, 1, False)
         else:
-            assert checkpoint.check_resume(ckpt, now, False, defaults)["step"] == 10
+            assert checkpoint.check_resume(ckpt, "data/toy", cfg, scfg, 1, False)["step"] == 10

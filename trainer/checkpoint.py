@@ -103,14 +103,14 @@ def read_marker(ckpt_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def check_resume(ckpt_dir: Path, ident: dict[str, Any], allow_changed: bool,
-                 defaults: dict[str, Any] | None = None) -> dict | None:
-    """The marker to resume from (None: no complete checkpoint), refusing a changed configuration
-    (`config_changes`, with `identity_defaults`)."""
+def check_resume(ckpt_dir: Path, data_root: str, cfg, scfg, world_size: int, allow_changed: bool) -> dict | None:
+    """The marker to resume from (None: no complete checkpoint), refusing a run whose identity
+    (`run_identity`) changed (`config_changes`, with `identity_defaults`)."""
     marker = read_marker(ckpt_dir)
     if marker is None:
         return None
-    changes = config_changes(marker["config"], ident, defaults)
+    changes = config_changes(marker["config"], run_identity(data_root, cfg, scfg, world_size),
+                             identity_defaults(cfg, scfg))
     if changes and not allow_changed:
         raise ResumeConfigError(
             f"{ckpt_dir / marker['tag']}: the checkpoint was made with another configuration ("

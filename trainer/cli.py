@@ -85,10 +85,8 @@ def train(
         cfg = resolve_train_config(run.workflow, overrides)
         check_stage_inputs(run.workflow, cfg, stage)
         if resume:  # before the resolved workflow is overwritten with a refused one
-            scfg = stage_config(cfg, stage)
-            checkpoint.check_resume(layout.stage_checkpoints(cfg.out, stage),
-                                    checkpoint.run_identity(run.workflow.out, cfg, scfg, env.world_size()),
-                                    allow_changed_config, checkpoint.identity_defaults(cfg, scfg))
+            checkpoint.check_resume(layout.stage_checkpoints(cfg.out, stage), run.workflow.out, cfg,
+                                    stage_config(cfg, stage), env.world_size(), allow_changed_config)
         if env.rank() == 0:
             run.save(stage_dir(cfg, stage) / layout.RESOLVED_WORKFLOW, train=cfg)
         folder = run_train(run.workflow, stage, overrides, resume=resume,

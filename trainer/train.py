@@ -424,8 +424,8 @@ def train(workflow: Workflow | str | Path, stage: int, overrides: dict | None = 
     check_stage_inputs(wf, cfg, stage)
     identity = checkpoint.run_identity(wf.out, cfg, scfg, env.world_size())
     out_dir, ckpt_dir = stage_dir(cfg, stage), layout.stage_checkpoints(cfg.out, stage)
-    marker = (checkpoint.check_resume(ckpt_dir, identity, allow_changed_config,
-                                      checkpoint.identity_defaults(cfg, scfg)) if resume else None)
+    marker = (checkpoint.check_resume(ckpt_dir, wf.out, cfg, scfg, env.world_size(), allow_changed_config)
+              if resume else None)
 
     ranks = start_distributed(cfg.seed)
     import torch.distributed as dist
