@@ -51,16 +51,29 @@ class Question:
     question_type: str = ""
 
 
-def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tokens: int, room_id: str):
+@dataclass(frozen=True)
+class SceneOptions:
+    """How the probe's rooms are put to the model: `by_identifier` names the objects of the diagnostic
+    questions by their `<OBJxxx>` token (as stage 2 asks) instead of "the sofa"; `identifiers=False`
+    leaves the identifier term out of the scene tokens."""
+
+    by_identifier: bool = False
+    identifiers: bool = True
+
+
+def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tokens: int, room_id: str,
+                   options: SceneOptions = SceneOptions()):
     """One new room: [(question, fused scene inputs)] for its toy records of `tasks` (and the
     diagnostic ones)."""
     from pipeline.toy.annotate import generate_records
     from pipeline.toy.layout import sample_layout
+    from trainer.objects import obj_token
 
     layout = sample_layout(rng)
     objs = layout.objects[:num_obj_tokens]
+    ident = rng.permutation(num_obj_tokens)[:len(objs)].astype(np.int64)
     inputs = {"xyz": np.array([o.center_3 for o in objs], np.float32).reshape(-1, 3),
-              "ident": rng.permutation(num_obj_tokens)[:len(objs)].astype(np.int64),
+              "ident": ident if options.identifiers else np.full(len(objs), -1, np.int64),
               "categories": [o.category for o in objs], "feat": None}
     layout.objects = objs
     out = [(Question(room_id, r.task, r.question, r.answers[0], r.answer_type, r.question_type or ""), inputs)
@@ -68,9 +81,14 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
     counts = defaultdict(int)
     for o in objs:
         counts[o.category] += 1
-    unique = [o for o in objs if counts[o.category] == 1]
+    if options.by_identifier:
+        named = {id(o): obj_token(int(k)) for o, k in zip(objs, ident)}
+        unique = list(objs)
+    else:
+        named = {id(o): f"the {o.category}" for o in objs}
+        unique = [o for o in objs if counts[o.category] == 1]
     if "position" in tasks:
-        out += [(Question(room_id, "position", f"Where is the {o.category}?",
+        out += [(Question(room_id, "position", f"Where is {named[id(o)]}?",
                           f"{o.center_3[0]:.1f} {o.center_3[1]:.1f}", "numbers"), inputs)
                 for o in unique]
     if "east_west" in tasks:
@@ -78,34 +96,37 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
                  if a is not c and abs(c.center_3[0] - a.center_3[0]) >= EAST_WEST_MARGIN]
         for k in rng.permutation(len(pairs))[:max(2, len(objs))]:
             a, c = pairs[int(k)]
-            out.append((Question(room_id, "east_west", f"Is the {c.category} east or west of the {a.category}?",
+            out.append((Question(room_id, "east_west", f"Is {named[id(c)]} east or west of {named[id(a)]}?",
                                  "east" if c.center_3[0] > a.center_3[0] else "west", "choice"), inputs))
     return out
 
 
-def question_stream(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, rooms: int | None = None):
+def question_stream(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, rooms: int | None = None,
+                    options: SceneOptions = SceneOptions()):
     """Endless (record, inputs) from new rooms, shuffled within a pool of rooms; with `rooms`, from
     that many rooms only, pass after pass in a new order (the demo's case: 72 training rooms)."""
     rng, pool, n = np.random.default_rng(seed), [], 0
     if rooms is not None:
-        fixed = [q for k in range(rooms) for q in room_questions(rng, tasks, num_obj_tokens, f"room{k:06d}")]
+        fixed = [q for k in range(rooms) for q in room_questions(rng, tasks, num_obj_tokens, f"room{k:06d}",
+                                                                 options)]
         if not fixed:
             raise ValueError(f"{rooms} rooms hold no question of {tasks}")
         while True:
             yield from (fixed[i] for i in rng.permutation(len(fixed)))
     while True:
         while len(pool) < 64:
-            pool += room_questions(rng, tasks, num_obj_tokens, f"room{n:06d}")
+            pool += room_questions(rng, tasks, num_obj_tokens, f"room{n:06d}", options)
             n += 1
         i = int(rng.integers(len(pool)))
         pool[i], pool[-1] = pool[-1], pool[i]
         yield pool.pop()
 
 
-def chance_constants(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, samples: int = 4000):
+def chance_constants(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, samples: int = 4000,
+                     options: SceneOptions = SceneOptions()):
     """The training answers' constant per (task, question type): mean number, or the majority choice."""
     values = defaultdict(list)
-    stream = question_stream(seed, tasks, num_obj_tokens)
+    stream = question_stream(seed, tasks, num_obj_tokens, options=options)
     for _ in range(samples):
         q, _ = next(stream)
         values[(q.task, q.question_type)].append(q)
@@ -206,7 +227,13 @@ def main() -> None:
     p.add_argument("--fourier-sigma", type=float, help="re-initialise the (x, y) Fourier features with this "
                    "frequency spread (trainer/positions.py FourierXY `sigma`; fresh models only)")
     p.add_argument("--fourier-out-scale", type=float, help="... and this output scale (`out_scale`)")
+    p.add_argument("--by-identifier", action="store_true", help="name the objects of the diagnostic tasks "
+                   "(position, east_west) by their <OBJxxx> token, as stage 2 asks, not by category")
+    p.add_argument("--no-identifiers", action="store_true", help="scene tokens without the identifier term "
+                   "(how much its noise slows reading a position)")
     p.add_argument("--json", help="also write the curve here")
+    p.add_argument("--save", help="export the trained model to this folder (an --init for a later run: a "
+                   "curriculum, one task after another)")
     args = p.parse_args()
     tasks = tuple(t for t in args.tasks.split(",") if t)
     unknown = sorted(set(tasks) - set(SPATIAL_TASKS + DIAGNOSTIC_TASKS))
@@ -234,15 +261,16 @@ def main() -> None:
         collate = Collator(model.tokenizer, model.cfg, model.category_ids)
         eval_collate = Collator(model.tokenizer, model.cfg, model.category_ids, padding_side="left")
         # Held-out rooms come from another seed's stream: no room is both trained on and scored.
-        held_stream = question_stream(10_000 + args.seed, tasks, n_obj)
+        options = SceneOptions(by_identifier=args.by_identifier, identifiers=not args.no_identifiers)
+        held_stream = question_stream(10_000 + args.seed, tasks, n_obj, options=options)
         held_out = [next(held_stream) for _ in range(args.held_out)]
-        chance = chance_scores(held_out, chance_constants(20_000 + args.seed, tasks, n_obj))
+        chance = chance_scores(held_out, chance_constants(20_000 + args.seed, tasks, n_obj, options=options))
         stops = stop_ids(model)
         params = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
         warmup = max(1, args.steps // 20)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-        train_stream = question_stream(args.seed, tasks, n_obj, args.rooms)
+        train_stream = question_stream(args.seed, tasks, n_obj, args.rooms, options)
 
         depth = len(model.lm.model.language_model.layers)
         print(f"model: {args.init or 'fresh toy model'} ({depth} layers); tasks {', '.join(tasks)}; "
@@ -273,6 +301,8 @@ def main() -> None:
             losses.append(float(loss.detach()))
             if step % args.eval_every == 0 or step == args.steps:
                 checkpoint(step)
+        if args.save:
+            model.export(args.save)
         if args.json:
             Path(args.json).write_text(json.dumps({"args": vars(args), "chance": chance, "curve": curve}, indent=1))
 

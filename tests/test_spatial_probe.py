@@ -16,7 +16,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.spatial import Question, chance_scores, question_stream, room_questions, score  # noqa: E402
+from benchmarks.spatial import (  # noqa: E402
+    Question,
+    SceneOptions,
+    chance_scores,
+    question_stream,
+    room_questions,
+    score,
+)
 
 
 def mra(pred: float, gt: float) -> float:
@@ -50,6 +57,35 @@ def test_rooms_ask_about_their_own_geometry():
                 assert abs(dx) >= 0.3 and q.answer == ("east" if dx > 0 else "west")
                 sides.add(q.answer)
     assert sides == {"east", "west"}
+
+
+def test_diagnostics_named_by_identifier_ask_about_the_object_carrying_that_identifier():
+    rng = np.random.default_rng(4)
+    asked = set()
+    for n in range(5):
+        items = room_questions(rng, ("position", "east_west"), 32, f"room{n}", SceneOptions(by_identifier=True))
+        inputs = items[0][1]
+        centre_of = {f"<OBJ{k:03d}>": xyz for k, xyz in zip(inputs["ident"].tolist(), inputs["xyz"])}
+        # every object is asked about, also one whose category repeats in the room
+        assert {re.search(r"<OBJ\d{3}>", q.question)[0] for q, _ in items if q.task == "position"} == set(centre_of)
+        for q, _ in items:
+            asked.add(q.task)
+            if q.task == "position":
+                x, y = centre_of[re.fullmatch(r"Where is (<OBJ\d{3}>)\?", q.question)[1]][:2]
+                assert q.answer == f"{x:.1f} {y:.1f}"
+            else:
+                c, a = re.fullmatch(r"Is (<OBJ\d{3}>) east or west of (<OBJ\d{3}>)\?", q.question).groups()
+                assert q.answer == ("east" if centre_of[c][0] > centre_of[a][0] else "west")
+    assert asked == {"position", "east_west"}
+
+
+def test_rooms_without_identifiers_keep_their_questions_and_geometry():
+    with_ids = room_questions(np.random.default_rng(6), ("distance", "position"), 32, "r")
+    without = room_questions(np.random.default_rng(6), ("distance", "position"), 32, "r",
+                             SceneOptions(identifiers=False))
+    assert [(q.question, q.answer) for q, _ in with_ids] == [(q.question, q.answer) for q, _ in without]
+    np.testing.assert_array_equal(with_ids[0][1]["xyz"], without[0][1]["xyz"])
+    assert (with_ids[0][1]["ident"] >= 0).all() and (without[0][1]["ident"] == -1).all()
 
 
 def test_held_out_rooms_are_not_training_rooms():
@@ -89,7 +125,7 @@ def test_the_probe_trains_and_prints_its_curve_beside_chance(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/spatial.py", "--steps", "3", "--eval-every", "3",
                            "--held-out", "12", "--batch", "4", "--tasks", "distance,position",
                            "--fourier-sigma", "0.3", "--layers", "3", "--rooms", "4",
-                           "--json", str(tmp_path / "curve.json")],
+                           "--json", str(tmp_path / "curve.json"), "--save", str(tmp_path / "model")],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "chance" in proc.stdout
@@ -100,3 +136,15 @@ def test_the_probe_trains_and_prints_its_curve_beside_chance(tmp_path):
     assert np.isfinite(curve["curve"][-1]["loss"])
     assert set(curve["chance"]) == {"distance", "position"}
     assert all(0 <= curve["curve"][-1][t] <= 100 for t in ("distance", "position"))
+    # --save exports the trained model; --init continues from it (a curriculum), scoring it at step 0
+    # exactly as the first run scored it at its last step
+    assert (tmp_path / "model" / "p3d_config.json").exists()
+    proc = subprocess.run([sys.executable, "benchmarks/spatial.py", "--init", str(tmp_path / "model"),
+                           "--steps", "1", "--eval-every", "1", "--held-out", "12", "--batch", "4",
+                           "--tasks", "distance,position", "--json", str(tmp_path / "again.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert "(3 layers)" in proc.stdout
+    assert {t: again["curve"][0][t] for t in ("distance", "position")} == \
+        {t: curve["curve"][-1][t] for t in ("distance", "position")}
