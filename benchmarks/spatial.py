@@ -49,6 +49,7 @@ class Question:
     answer: str
     answer_type: str  # number, numbers or choice
     question_type: str = ""
+    named_xy: tuple[tuple[float, float], ...] = ()  # floor-plan centres of the objects named, in order
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
               "ident": ident if options.identifiers else np.full(len(objs), -1, np.int64),
               "categories": [o.category for o in objs], "feat": None}
     layout.objects = objs
-    out = [(Question(room_id, r.task, r.question, r.answers[0], r.answer_type, r.question_type or ""), inputs)
+    out = [(Question(room_id, r.task, r.question, r.answers[0], r.answer_type, r.question_type or "",
+                     tuple((b.center[0], b.center[1]) for b in r.target_boxes)), inputs)
            for r in generate_records(layout, room_id, "train", rng) if r.task in tasks]
     counts = defaultdict(int)
     for o in objs:
@@ -89,7 +91,7 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
         unique = [o for o in objs if counts[o.category] == 1]
     if "position" in tasks:
         out += [(Question(room_id, "position", f"Where is {named[id(o)]}?",
-                          f"{o.center_3[0]:.1f} {o.center_3[1]:.1f}", "numbers"), inputs)
+                          f"{o.center_3[0]:.1f} {o.center_3[1]:.1f}", "numbers", named_xy=(_xy(o),)), inputs)
                 for o in unique]
     if "east_west" in tasks:
         pairs = [(a, c) for a in unique for c in unique
@@ -97,8 +99,13 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
         for k in rng.permutation(len(pairs))[:max(2, len(objs))]:
             a, c = pairs[int(k)]
             out.append((Question(room_id, "east_west", f"Is {named[id(c)]} east or west of {named[id(a)]}?",
-                                 "east" if c.center_3[0] > a.center_3[0] else "west", "choice"), inputs))
+                                 "east" if c.center_3[0] > a.center_3[0] else "west", "choice",
+                                 named_xy=(_xy(c), _xy(a))), inputs))
     return out
+
+
+def _xy(obj) -> tuple[float, float]:
+    return float(obj.center_3[0]), float(obj.center_3[1])
 
 
 def question_stream(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, rooms: int | None = None,
@@ -138,6 +145,42 @@ def chance_constants(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, sam
         else:
             numbers_NA = np.array([[float(x) for x in a.split()] for a in answers])
             out[key] = " ".join(f"{v:.1f}" for v in numbers_NA.mean(0))
+    return out
+
+
+def first_order_share(questions: list[Question]) -> dict[str, dict[str, float]]:
+    """How much of each task's answer a least-squares fit on the named objects' floor-plan
+    coordinates explains, with the coordinates alone (`linear`) and with their pairwise products too
+    (`quadratic`): R^2 for numbers (the first number of "x y"), the fit's sign accuracy for a choice
+    (the first answer seen coded +1, the other -1). A gradient step on a model that reads positions
+    follows the first-order part; an answer with none needs products of readings that nothing
+    rewards until they exist (docs/RESULTS.md#spatial-probe)."""
+    by_task = defaultdict(list)
+    for q in questions:
+        if q.named_xy:
+            by_task[(q.task, len(q.named_xy))].append(q)
+    out = {}
+    for (task, _), asked in sorted(by_task.items()):
+        coords_NF = np.array([[v for xy in q.named_xy for v in xy] for q in asked])
+        coords_NF = coords_NF - coords_NF.mean(0)
+        if asked[0].answer_type == "choice":
+            positive = asked[0].answer
+            target_N = np.array([1.0 if q.answer == positive else -1.0 for q in asked])
+        else:
+            target_N = np.array([float(q.answer.split()[0]) for q in asked])
+        n, f = coords_NF.shape
+        pairs = [coords_NF[:, i] * coords_NF[:, j] for i in range(f) for j in range(i, f)]
+        row = {}
+        for name, design_NP in (("linear", np.c_[coords_NF, np.ones(n)]),
+                                ("quadratic", np.c_[coords_NF, np.stack(pairs, 1), np.ones(n)])):
+            fit_N = design_NP @ np.linalg.lstsq(design_NP, target_N, rcond=None)[0]
+            if asked[0].answer_type == "choice":
+                row[name] = float(np.mean(np.sign(fit_N) == target_N))
+            else:
+                row[name] = float(1 - ((target_N - fit_N) ** 2).sum() / ((target_N - target_N.mean()) ** 2).sum())
+        row["questions"] = n
+        row["measure"] = "sign accuracy" if asked[0].answer_type == "choice" else "R^2"
+        out[task] = row
     return out
 
 
@@ -231,6 +274,9 @@ def main() -> None:
                    "(position, east_west) by their <OBJxxx> token, as stage 2 asks, not by category")
     p.add_argument("--no-identifiers", action="store_true", help="scene tokens without the identifier term "
                    "(how much its noise slows reading a position)")
+    p.add_argument("--first-order", type=int, metavar="N", help="train nothing: fit each task's answers "
+                   "on the named objects' coordinates (linear, and with their products) over N questions "
+                   "and print how much each explains (`first_order_share`)")
     p.add_argument("--json", help="also write the curve here")
     p.add_argument("--save", help="export the trained model to this folder (an --init for a later run: a "
                    "curriculum, one task after another)")
@@ -239,6 +285,14 @@ def main() -> None:
     unknown = sorted(set(tasks) - set(SPATIAL_TASKS + DIAGNOSTIC_TASKS))
     if unknown:
         p.error(f"--tasks: unknown {unknown}; choose from {SPATIAL_TASKS + DIAGNOSTIC_TASKS}")
+    if args.first_order:
+        stream = question_stream(args.seed, tasks, 32)
+        shares = first_order_share([next(stream)[0] for _ in range(args.first_order)])
+        print(f"{'task':>20} {'measure':>14} {'linear':>8} {'quadratic':>10} {'questions':>10}")
+        for task, row in shares.items():
+            print(f"{task:>20} {row['measure']:>14} {row['linear']:>8.3f} {row['quadratic']:>10.3f} "
+                  f"{row['questions']:>10}")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -20,6 +20,7 @@ from benchmarks.spatial import (  # noqa: E402
     Question,
     SceneOptions,
     chance_scores,
+    first_order_share,
     question_stream,
     room_questions,
     score,
@@ -45,6 +46,10 @@ def test_rooms_ask_about_their_own_geometry():
         assert {"distance", "position"} <= tasks
         for q, scene in items:
             assert scene is inputs
+            # the named objects' centres, in the question's order
+            names = "|".join(sorted(map(re.escape, centre_of), key=len, reverse=True))
+            named = re.findall(rf"the ({names})\b", q.question)
+            np.testing.assert_allclose([centre_of[c][:2] for c in named], q.named_xy, atol=1e-4)
             if q.task == "position":
                 cat = q.question.removeprefix("Where is the ").removesuffix("?")
                 assert q.answer == f"{centre_of[cat][0]:.1f} {centre_of[cat][1]:.1f}"
@@ -86,6 +91,28 @@ def test_rooms_without_identifiers_keep_their_questions_and_geometry():
     assert [(q.question, q.answer) for q, _ in with_ids] == [(q.question, q.answer) for q, _ in without]
     np.testing.assert_array_equal(with_ids[0][1]["xyz"], without[0][1]["xyz"])
     assert (with_ids[0][1]["ident"] >= 0).all() and (without[0][1]["ident"] == -1).all()
+
+
+def test_first_order_share_tells_answers_linear_in_positions_from_ones_that_need_products():
+    rng = np.random.default_rng(7)
+    qs = []
+    for _ in range(2000):
+        a, b, c = rng.uniform(0, 6, (3, 2))
+        cross = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+        named = tuple(map(tuple, (a, b, c)))
+        qs.append(Question("r", "side", "?", "left" if cross > 0 else "right", "choice", named_xy=named))
+        qs.append(Question("r", "offset", "?", f"{2 * b[0] - a[1] + 1:.6f}", "number", named_xy=named[:2]))
+        qs.append(Question("r", "dist2", "?", f"{np.sum((a - b) ** 2):.6f}", "number", named_xy=named[:2]))
+        qs.append(Question("r", "further", "?", "east" if b[0] > a[0] else "west", "choice", named_xy=named[:2]))
+    share = first_order_share(qs)
+    # a linear answer is all first order
+    assert share["offset"]["linear"] == pytest.approx(1.0, abs=1e-6) and share["offset"]["measure"] == "R^2"
+    # a squared distance is a quadratic form: products explain it exactly, coordinates barely
+    assert share["dist2"]["quadratic"] == pytest.approx(1.0, abs=1e-6) and share["dist2"]["linear"] < 0.1
+    # the sign of a cross product (left/right): a coin flip from coordinates, exact from products
+    assert abs(share["side"]["linear"] - 0.5) < 0.05 and share["side"]["quadratic"] > 0.95
+    assert share["further"]["linear"] > 0.98 and share["further"]["measure"] == "sign accuracy"
+    assert share["side"]["questions"] == 2000
 
 
 def test_held_out_rooms_are_not_training_rooms():
