@@ -37,7 +37,12 @@ SPATIAL_TASKS = ("distance", "relative_direction", "room_size", "object_size")
 # and which of two objects lies further along the room's x axis ("east" / "west"), left/right's
 # relation in the room's fixed frame, which tells comparing two positions apart from taking a
 # viewer's frame from a third.
-DIAGNOSTIC_TASKS = ("position", "east_west")
+# And left/right answered in first-order steps ("north west: left": the way the viewer faces, the
+# room axis it is closest to; which side of the viewer the object lies along the other axis; then
+# left/right), each step's answer first order in the coordinates or the steps before it.
+# Distance likewise ("1.2 -0.4: 1.3": how far the second object lies east and north of the first, then
+# the distance).
+DIAGNOSTIC_TASKS = ("position", "east_west", "left_right_steps", "distance_steps")
 EAST_WEST_MARGIN = 0.3  # metres along x under which the question is not asked (as left/right's 0.3)
 
 
@@ -77,9 +82,23 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
               "ident": ident if options.identifiers else np.full(len(objs), -1, np.int64),
               "categories": [o.category for o in objs], "feat": None}
     layout.objects = objs
+    records = generate_records(layout, room_id, "train", rng)
     out = [(Question(room_id, r.task, r.question, r.answers[0], r.answer_type, r.question_type or "",
                      tuple((b.center[0], b.center[1]) for b in r.target_boxes)), inputs)
-           for r in generate_records(layout, room_id, "train", rng) if r.task in tasks]
+           for r in records if r.task in tasks]
+    if "distance_steps" in tasks:
+        for r in records:
+            if r.task == "distance":
+                (ax, ay), (bx, by) = named = tuple((b.center[0], b.center[1]) for b in r.target_boxes)
+                out.append((Question(room_id, "distance_steps", r.question,
+                                     f"{bx - ax:.1f} {by - ay:.1f}: {r.answers[0]}", "number", named_xy=named),
+                            inputs))
+    if "left_right_steps" in tasks:
+        for r in records:
+            if r.task == "relative_direction":
+                named = tuple((b.center[0], b.center[1]) for b in r.target_boxes)
+                out.append((Question(room_id, "left_right_steps", r.question, left_right_steps(named, r.answers[0]),
+                                     "choice", named_xy=named), inputs))
     counts = defaultdict(int)
     for o in objs:
         counts[o.category] += 1
@@ -102,6 +121,24 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
                                  "east" if c.center_3[0] > a.center_3[0] else "west", "choice",
                                  named_xy=(_xy(c), _xy(a))), inputs))
     return out
+
+
+def left_right_steps(named_xy, side: str) -> str:
+    """"<facing> <across>: <side>" for a viewer at named_xy[0] facing named_xy[1], object at named_xy[2]:
+    the compass direction closest to the way the viewer faces, then the object's direction from the
+    viewer along the other axis, then the toy annotation's own answer."""
+    (ax, ay), (bx, by), (cx, cy) = named_xy
+    fx, fy = bx - ax, by - ay
+    if abs(fx) >= abs(fy):
+        facing, across = ("east" if fx > 0 else "west"), ("north" if cy > ay else "south")
+    else:
+        facing, across = ("north" if fy > 0 else "south"), ("east" if cx > ax else "west")
+    return f"{facing} {across}: {side}"
+
+
+def final_answer(text: str) -> str:
+    """The answer after a reasoning prefix ("north west: left" -> "left"); the text itself without one."""
+    return text.rsplit(": ", 1)[-1].strip()
 
 
 def _xy(obj) -> tuple[float, float]:
@@ -143,7 +180,7 @@ def chance_constants(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, sam
         if asked[0].answer_type == "choice":
             out[key] = max(set(answers), key=answers.count)
         else:
-            numbers_NA = np.array([[float(x) for x in a.split()] for a in answers])
+            numbers_NA = np.array([[float(x) for x in final_answer(a).split()] for a in answers])
             out[key] = " ".join(f"{v:.1f}" for v in numbers_NA.mean(0))
     return out
 
@@ -164,10 +201,10 @@ def first_order_share(questions: list[Question]) -> dict[str, dict[str, float]]:
         coords_NF = np.array([[v for xy in q.named_xy for v in xy] for q in asked])
         coords_NF = coords_NF - coords_NF.mean(0)
         if asked[0].answer_type == "choice":
-            positive = asked[0].answer
-            target_N = np.array([1.0 if q.answer == positive else -1.0 for q in asked])
+            positive = final_answer(asked[0].answer)
+            target_N = np.array([1.0 if final_answer(q.answer) == positive else -1.0 for q in asked])
         else:
-            target_N = np.array([float(q.answer.split()[0]) for q in asked])
+            target_N = np.array([float(final_answer(q.answer).split()[0]) for q in asked])
         n, f = coords_NF.shape
         pairs = [coords_NF[:, i] * coords_NF[:, j] for i in range(f) for j in range(i, f)]
         row = {}
@@ -190,9 +227,9 @@ def score(q: Question, text: str) -> float:
     from pipeline.eval.text import parse_number
 
     if q.answer_type == "choice":
-        return float(text.strip().lower() == q.answer)
+        return float(final_answer(text).lower() == final_answer(q.answer))
     if q.answer_type == "number":
-        return mean_relative_accuracy(parse_number(text), float(q.answer))
+        return mean_relative_accuracy(parse_number(final_answer(text)), float(final_answer(q.answer)))
     said = text.split()
     return float(np.mean([mean_relative_accuracy(parse_number(said[i]) if i < len(said) else None, float(gt))
                           for i, gt in enumerate(q.answer.split())]))
@@ -211,7 +248,7 @@ def evaluate(model, collate, held_out, stops, batch_size: int = 64) -> dict[str,
         batch = collate([(Example(q.room_id, q.task, q.question, ""), inputs) for q, inputs in part],
                         with_answer=False)
         with torch.inference_mode():
-            generated = model.generate(batch, max_new_tokens=8)
+            generated = model.generate(batch, max_new_tokens=16)
         for (q, _), ids in zip(part, generated):
             text = clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False))
             per_task[q.task].append(score(q, text))
@@ -237,6 +274,7 @@ def load_model(init: str | None, tmp: Path, num_layers: int | None = None, tasks
              f"the {c} to the left or to the right? How tall is the {a} in meters? Where is the {a}?"
              # only when asked: the tokenizer (and so the curves measured without it) stays as it was
              + (f" Is the {c} east or west of the {a}?" if "east_west" in tasks else "")
+             + (" north south east west: left right" if "left_right_steps" in tasks else "")
              for a, b, c in zip(CATEGORY_NAMES, CATEGORY_NAMES[1:], CATEGORY_NAMES[2:])]
     base = build_toy_qwen(tmp / "qwen", texts, num_layers=num_layers)
     # The toy workflow's train section (workflows/toy.yaml): 32 identifiers, 64 height bins.

@@ -20,7 +20,9 @@ from benchmarks.spatial import (  # noqa: E402
     Question,
     SceneOptions,
     chance_scores,
+    final_answer,
     first_order_share,
+    left_right_steps,
     question_stream,
     room_questions,
     score,
@@ -113,6 +115,51 @@ def test_first_order_share_tells_answers_linear_in_positions_from_ones_that_need
     assert abs(share["side"]["linear"] - 0.5) < 0.05 and share["side"]["quadratic"] > 0.95
     assert share["further"]["linear"] > 0.98 and share["further"]["measure"] == "sign accuracy"
     assert share["side"]["questions"] == 2000
+
+
+def test_left_right_in_steps_names_the_facing_axis_then_the_other_then_the_annotations_answer():
+    # facing mostly east (+x): the object is told north/south of the viewer
+    assert left_right_steps(((1.0, 1.0), (4.0, 2.0), (2.0, 3.0)), "left") == "east north: left"
+    # facing mostly south (-y): told east/west
+    assert left_right_steps(((1.0, 5.0), (1.5, 1.0), (0.2, 3.0)), "right") == "south west: right"
+    rng = np.random.default_rng(8)
+    items = [q for n in range(20)
+             for q, _ in room_questions(rng, ("relative_direction", "left_right_steps"), 32, f"r{n}")]
+    plain = {(q.room_id, q.question): q.answer for q in items if q.task == "relative_direction"}
+    steps = [q for q in items if q.task == "left_right_steps"]
+    assert steps and len(steps) == len(plain)
+    # the same questions, ending in the annotation's own side
+    assert all(final_answer(q.answer) == plain[(q.room_id, q.question)] for q in steps)
+    # a viewer facing north with the object west of it has it on the left (z up, seen from above)
+    ccw = {("north", "west"), ("west", "south"), ("south", "east"), ("east", "north")}
+    agree = [(tuple(q.answer.split(":")[0].split()) in ccw) == (final_answer(q.answer) == "left") for q in steps]
+    assert np.mean(agree) > 0.85
+    # scored on the final answer, whatever the steps before it
+    q = steps[0]
+    assert score(q, f"up down: {final_answer(q.answer)}") == 1.0 and score(q, q.answer) == 1.0
+    assert score(q, "left" if final_answer(q.answer) == "right" else "right") == 0.0
+
+
+def test_distance_in_steps_gives_the_offsets_then_the_annotations_distance_and_is_scored_on_it():
+    rng = np.random.default_rng(9)
+    items = [q for n in range(10) for q, _ in room_questions(rng, ("distance", "distance_steps"), 32, f"r{n}")]
+    plain = {(q.room_id, q.question): q.answer for q in items if q.task == "distance"}
+    steps = [q for q in items if q.task == "distance_steps"]
+    assert steps and len(steps) == len(plain)
+    for q in steps:
+        offsets, final = q.answer.split(": ")
+        assert final == plain[(q.room_id, q.question)]
+        (ax, ay), (bx, by) = q.named_xy
+        dx, dy = map(float, offsets.split())
+        assert abs(dx - (bx - ax)) <= 0.051 and abs(dy - (by - ay)) <= 0.051
+        # the floor-plan offset is the 3D distance up to the objects' height difference
+        assert np.hypot(dx, dy) <= float(final) + 0.15
+    q = steps[0]
+    assert score(q, f"9.9 9.9: {final_answer(q.answer)}") == 1.0 and score(q, final_answer(q.answer)) == 1.0
+    assert score(q, f"{final_answer(q.answer)} 0.0: 99") == 0.0  # the number after the steps counts
+    held = [(q, None) for q in steps]
+    const = chance_scores(held, {("distance_steps", ""): "0.0 0.0: 3.0"})["distance_steps"]
+    assert const == pytest.approx(100 * np.mean([mra(3.0, float(final_answer(q.answer))) for q in steps]))
 
 
 def test_held_out_rooms_are_not_training_rooms():
