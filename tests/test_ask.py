@@ -417,7 +417,8 @@ def real_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_real_format_checkpoint_loads_reads_its_workflow_and_answers_from_the_cached_prefix(real_checkpoint, trained):
+def test_real_format_checkpoint_loads_reads_its_workflow_and_answers_from_the_cached_prefix(real_checkpoint, trained,
+                                                                                          tmp_path):
     from p3d.ask.answer import PrefixCache, answer_questions, generate_reencoded, load_model
     from p3d.ask.inputs import open_input
     from p3d.ask.prepare import AskError, check_backends, check_store_scene, checkpoint_workflow
@@ -431,8 +432,9 @@ def test_real_format_checkpoint_loads_reads_its_workflow_and_answers_from_the_ca
     check_backends(run, open_input(trained[2], FRAMES))  # VGGT + SAM 2 need nothing a video lacks
     with pytest.raises(AskError, match="not the one the checkpoint was trained on"):
         checkpoint_workflow(checkpoint, None, ["features.encoder.model=toy:qwen2_5_vl"])
-    # A store scene made by the toy encoder (the video's, from the module's cache) is refused.
-    (group,) = trained[4].glob("room-*/features/room")
+    # A store scene made by the toy encoder (the video's, asked into a cache of this test's own) is refused.
+    _ok("ask", str(trained[2]), "Find the chair.", "--checkpoint", str(trained[1]), "--cache", str(tmp_path))
+    (group,) = tmp_path.glob("room-*/features/room")
     with pytest.raises(AskError, match="made by encoder toy:qwen2_5_vl"):
         check_store_scene(run, open_input(group, FRAMES))
 
