@@ -222,7 +222,8 @@ def first_order_share(questions: list[Question]) -> dict[str, dict[str, float]]:
 
 
 def score(q: Question, text: str) -> float:
-    """Accuracy for a choice, MRA for a number (per number, averaged, for "x y")."""
+    """Accuracy for a choice, MRA for a number (per number, averaged, for "x y"); an answer given in
+    steps ("north west: left", "1.2 -0.4: 1.3") is scored on what follows them."""
     from pipeline.eval.metrics import mean_relative_accuracy
     from pipeline.eval.text import parse_number
 
