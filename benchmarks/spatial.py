@@ -177,8 +177,9 @@ def chance_constants(seed: int, tasks: tuple[str, ...], num_obj_tokens: int, sam
     out = {}
     for key, asked in values.items():
         answers = [q.answer for q in asked]
-        if asked[0].answer_type == "choice":
-            out[key] = max(set(answers), key=answers.count)
+        if asked[0].answer_type == "choice":  # the majority answer after any steps: the side, not the steps
+            finals = [final_answer(a) for a in answers]
+            out[key] = max(set(finals), key=finals.count)
         else:
             numbers_NA = np.array([[float(x) for x in final_answer(a).split()] for a in answers])
             out[key] = " ".join(f"{v:.1f}" for v in numbers_NA.mean(0))
