@@ -84,21 +84,14 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
     layout.objects = objs
     records = generate_records(layout, room_id, "train", rng)
     out = [(Question(room_id, r.task, r.question, r.answers[0], r.answer_type, r.question_type or "",
-                     tuple((b.center[0], b.center[1]) for b in r.target_boxes)), inputs)
+                     _centres(r)), inputs)
            for r in records if r.task in tasks]
-    if "distance_steps" in tasks:
-        for r in records:
-            if r.task == "distance":
-                (ax, ay), (bx, by) = named = tuple((b.center[0], b.center[1]) for b in r.target_boxes)
-                out.append((Question(room_id, "distance_steps", r.question,
-                                     f"{bx - ax:.1f} {by - ay:.1f}: {r.answers[0]}", "number", named_xy=named),
-                            inputs))
-    if "left_right_steps" in tasks:
-        for r in records:
-            if r.task == "relative_direction":
-                named = tuple((b.center[0], b.center[1]) for b in r.target_boxes)
-                out.append((Question(room_id, "left_right_steps", r.question, left_right_steps(named, r.answers[0]),
-                                     "choice", named_xy=named), inputs))
+    for task, asked, answer_type, in_steps in (("distance_steps", "distance", "number", distance_steps),
+                                               ("left_right_steps", "relative_direction", "choice", left_right_steps)):
+        if task in tasks:
+            out += [(Question(room_id, task, r.question, in_steps(_centres(r), r.answers[0]), answer_type,
+                              named_xy=_centres(r)), inputs)
+                    for r in records if r.task == asked]
     counts = defaultdict(int)
     for o in objs:
         counts[o.category] += 1
@@ -121,6 +114,18 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
                                  "east" if c.center_3[0] > a.center_3[0] else "west", "choice",
                                  named_xy=(_xy(c), _xy(a))), inputs))
     return out
+
+
+def _centres(record) -> tuple[tuple[float, float], ...]:
+    """Floor-plan centres of a record's target objects, in the question's order."""
+    return tuple((b.center[0], b.center[1]) for b in record.target_boxes)
+
+
+def distance_steps(named_xy, distance: str) -> str:
+    """"<east> <north>: <distance>": how far the second object lies east and north of the first
+    (metres, one decimal), then the toy annotation's own answer."""
+    (ax, ay), (bx, by) = named_xy
+    return f"{bx - ax:.1f} {by - ay:.1f}: {distance}"
 
 
 def left_right_steps(named_xy, side: str) -> str:
@@ -195,10 +200,10 @@ def first_order_share(questions: list[Question]) -> dict[str, dict[str, float]]:
     rewards until they exist (docs/RESULTS.md#spatial-probe)."""
     by_task = defaultdict(list)
     for q in questions:
-        if q.named_xy:
-            by_task[(q.task, len(q.named_xy))].append(q)
+        if q.named_xy:  # every question of a task names the same number of objects
+            by_task[q.task].append(q)
     out = {}
-    for (task, _), asked in sorted(by_task.items()):
+    for task, asked in sorted(by_task.items()):
         coords_NF = np.array([[v for xy in q.named_xy for v in xy] for q in asked])
         coords_NF = coords_NF - coords_NF.mean(0)
         if asked[0].answer_type == "choice":

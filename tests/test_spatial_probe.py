@@ -136,10 +136,9 @@ def test_left_right_in_steps_names_the_facing_axis_then_the_other_then_the_annot
     agree = [(tuple(q.answer.split(":")[0].split()) in ccw) == (final_answer(q.answer) == "left") for q in steps]
     assert np.mean(agree) > 0.85
     # chance is the majority side, whatever steps the most common full answers take
-    sides = [final_answer(q.answer) for q in steps]
     constant = chance_constants(8, ("left_right_steps",), 32, samples=2000)[("left_right_steps", "")]
-    many = [final_answer(item[0].answer) for item, _ in zip(question_stream(8, ("left_right_steps",), 32), range(2000))]
-    assert constant == max(set(many), key=many.count) and constant in ("left", "right") and sides
+    sides = [final_answer(item[0].answer) for item, _ in zip(question_stream(8, ("left_right_steps",), 32), range(2000))]
+    assert constant in ("left", "right") and sides.count(constant) >= len(sides) / 2
     # scored on the final answer, whatever the steps before it
     q = steps[0]
     assert score(q, f"up down: {final_answer(q.answer)}") == 1.0 and score(q, q.answer) == 1.0
