@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from trainer.examples import final_answer  # noqa: E402
+
 SPATIAL_TASKS = ("distance", "relative_direction", "room_size", "object_size")
 # Diagnostics the toy annotation does not ask: where an object is on the floor plan, "x y" in metres
 # (what stage 2 teaches by identifier), which tells reading a position apart from computing with two;
@@ -41,7 +43,7 @@ SPATIAL_TASKS = ("distance", "relative_direction", "room_size", "object_size")
 # room axis it is closest to; which side of the viewer the object lies along the other axis; then
 # left/right), each step's answer first order in the coordinates or the steps before it.
 # Distance likewise ("1.2 -0.4: 1.3": how far the second object lies east and north of the first, then
-# the distance).
+# the distance). Both are the trainer's `answer_steps` (trainer.examples.answer_in_steps).
 DIAGNOSTIC_TASKS = ("position", "east_west", "left_right_steps", "distance_steps")
 EAST_WEST_MARGIN = 0.3  # metres along x under which the question is not asked (as left/right's 0.3)
 
@@ -73,6 +75,7 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
     diagnostic ones)."""
     from pipeline.toy.annotate import generate_records
     from pipeline.toy.layout import sample_layout
+    from trainer.examples import answer_in_steps
     from trainer.objects import obj_token
 
     layout = sample_layout(rng)
@@ -86,11 +89,12 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
     out = [(Question(room_id, r.task, r.question, r.answers[0], r.answer_type, r.question_type or "",
                      _centres(r)), inputs)
            for r in records if r.task in tasks]
-    for task, asked, answer_type, in_steps in (("distance_steps", "distance", "number", distance_steps),
-                                               ("left_right_steps", "relative_direction", "choice", left_right_steps)):
+    # The trainer's answers in steps (`answer_steps`), asked as diagnostics of their own.
+    for task, asked, answer_type in (("distance_steps", "distance", "number"),
+                                     ("left_right_steps", "relative_direction", "choice")):
         if task in tasks:
-            out += [(Question(room_id, task, r.question, in_steps(_centres(r), r.answers[0]), answer_type,
-                              named_xy=_centres(r)), inputs)
+            out += [(Question(room_id, task, r.question, answer_in_steps(asked, _centres(r), r.answers[0]),
+                              answer_type, named_xy=_centres(r)), inputs)
                     for r in records if r.task == asked]
     counts = defaultdict(int)
     for o in objs:
@@ -119,31 +123,6 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
 def _centres(record) -> tuple[tuple[float, float], ...]:
     """Floor-plan centres of a record's target objects, in the question's order."""
     return tuple((b.center[0], b.center[1]) for b in record.target_boxes)
-
-
-def distance_steps(named_xy, distance: str) -> str:
-    """"<east> <north>: <distance>": how far the second object lies east and north of the first
-    (metres, one decimal), then the toy annotation's own answer."""
-    (ax, ay), (bx, by) = named_xy
-    return f"{bx - ax:.1f} {by - ay:.1f}: {distance}"
-
-
-def left_right_steps(named_xy, side: str) -> str:
-    """"<facing> <across>: <side>" for a viewer at named_xy[0] facing named_xy[1], object at named_xy[2]:
-    the compass direction closest to the way the viewer faces, then the object's direction from the
-    viewer along the other axis, then the toy annotation's own answer."""
-    (ax, ay), (bx, by), (cx, cy) = named_xy
-    fx, fy = bx - ax, by - ay
-    if abs(fx) >= abs(fy):
-        facing, across = ("east" if fx > 0 else "west"), ("north" if cy > ay else "south")
-    else:
-        facing, across = ("north" if fy > 0 else "south"), ("east" if cx > ax else "west")
-    return f"{facing} {across}: {side}"
-
-
-def final_answer(text: str) -> str:
-    """The answer after a reasoning prefix ("north west: left" -> "left"); the text itself without one."""
-    return text.rsplit(": ", 1)[-1].strip()
 
 
 def _xy(obj) -> tuple[float, float]:

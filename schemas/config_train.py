@@ -44,12 +44,17 @@ class StageConfig(BaseModel):
                                     "of stages 2-3) at a small cost")
     replay_per_task: int = Field(1, ge=1, description="records of each replay task per scene and epoch "
                                  "(fewer when the scene has fewer)")
+    layout_rooms: int = Field(0, ge=0, description="stages 1-3, toy categories: also train on this many "
+                              "generated toy rooms (boxes, categories and the toy annotation's records, no "
+                              "frames; pipeline/toy/layout_rooms.py), never a held-out scene")
 
     @model_validator(mode="after")
     def _record_tasks_before_stage_4(self):
         if self.record_tasks and self.stage == 4:
             raise ValueError("record_tasks is for stages 1-3; stage 4 trains on records already "
                              "(choose them with `tasks`)")
+        if self.layout_rooms and self.stage == 4:
+            raise ValueError("layout_rooms is for stages 1-3: generated rooms have no proxies")
         return self
 
 
@@ -81,6 +86,10 @@ class TrainConfig(BaseModel):
     count_by_listing: bool = Field(False, description="counting records with known target objects are "
                                    "answered '<OBJ002> <OBJ005>: 2' (the objects, then the count); "
                                    "`p3d predict` reads both forms")
+    answer_steps: list[Literal["distance", "relative_direction"]] = Field(
+        default_factory=list, description="records of these tasks are answered after first-order steps on the "
+        "named objects' centres ('1.2 -0.4: 1.3', 'north west: left'; trainer/examples.py: answer_in_steps); "
+        "`p3d predict` keeps the answer after the steps")
     seed: int = 0
     stages: list[StageConfig] = Field(default_factory=list,
                                       description="per-stage recipes; a missing stage takes the paper's default "

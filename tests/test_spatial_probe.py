@@ -21,13 +21,12 @@ from benchmarks.spatial import (  # noqa: E402
     SceneOptions,
     chance_constants,
     chance_scores,
-    final_answer,
     first_order_share,
-    left_right_steps,
     question_stream,
     room_questions,
     score,
 )
+from trainer.examples import answer_in_steps, final_answer  # noqa: E402
 
 
 def mra(pred: float, gt: float) -> float:
@@ -120,9 +119,9 @@ def test_first_order_share_tells_answers_linear_in_positions_from_ones_that_need
 
 def test_left_right_in_steps_names_the_facing_axis_then_the_other_then_the_annotations_answer():
     # facing mostly east (+x): the object is told north/south of the viewer
-    assert left_right_steps(((1.0, 1.0), (4.0, 2.0), (2.0, 3.0)), "left") == "east north: left"
+    assert answer_in_steps("relative_direction", ((1.0, 1.0), (4.0, 2.0), (2.0, 3.0)), "left") == "east north: left"
     # facing mostly south (-y): told east/west
-    assert left_right_steps(((1.0, 5.0), (1.5, 1.0), (0.2, 3.0)), "right") == "south west: right"
+    assert answer_in_steps("relative_direction", ((1.0, 5.0), (1.5, 1.0), (0.2, 3.0)), "right") == "south west: right"
     rng = np.random.default_rng(8)
     items = [q for n in range(20)
              for q, _ in room_questions(rng, ("relative_direction", "left_right_steps"), 32, f"r{n}")]

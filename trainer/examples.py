@@ -82,8 +82,9 @@ def stage2_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
 
 
 def stage3_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rng: random.Random,
-                    pairs_per_object: int = 3) -> list[Example]:
-    """Object-object relations: distance, higher, larger, nearest."""
+                    pairs_per_object: int = 3, answer_steps: frozenset[str] = frozenset()) -> list[Example]:
+    """Object-object relations: distance (in steps when "distance" is in `answer_steps`), higher,
+    larger, nearest."""
     objs = _referenceable(segments, num_obj_tokens)
     if len(objs) < 2:
         return []
@@ -101,8 +102,10 @@ def stage3_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
             tj = obj_token(objs[j]["ident"])
             kind = rng.randrange(3)
             if kind == 0:
-                out.append(Example(scene_id, "distance", f"How far apart are {ti} and {tj} in meters?",
-                                   _fmt(dist_NN[i, j])))
+                answer = _fmt(dist_NN[i, j])
+                if "distance" in answer_steps:
+                    answer = answer_in_steps("distance", [center_N3[i, :2], center_N3[j, :2]], answer)
+                out.append(Example(scene_id, "distance", f"How far apart are {ti} and {tj} in meters?", answer))
             elif kind == 1:
                 out.append(Example(scene_id, "relative_direction", f"Is {ti} higher than {tj}?",
                                    "yes" if center_N3[i, 2] > center_N3[j, 2] else "no"))
@@ -129,8 +132,42 @@ def unmatched_targets(record: Record, segments: list[dict]) -> list[int]:
     return [t for t in record.target_ids if t not in matched]
 
 
+def answer_in_steps(task: str, centres_xy: list[tuple[float, float]], answer: str) -> str | None:
+    """The answer after first-order steps on the named objects' floor-plan centres (in the
+    question's order), or None for a record these steps do not fit:
+
+    - distance (two objects): how far the second lies east and north of the first, then the
+      distance: "1.2 -0.4: 1.3";
+    - relative_direction as left/right (a viewer at the first object facing the second, the third
+      queried): the room axis the viewer faces most nearly, the third object's side of the viewer
+      along the other axis, then the answer: "north west: left".
+
+    Why: a gradient step follows the part of an answer that is first order in what the model reads.
+    A distance (a norm) and a side (the sign of a cross product) have none in the objects' positions,
+    so a model that reads positions never starts on them; each step above is first order in the
+    positions or the steps before it. measured: docs/RESULTS.md#spatial-probe"""
+    if task == "distance" and len(centres_xy) == 2:
+        (ax, ay), (bx, by) = centres_xy
+        return f"{bx - ax:.1f} {by - ay:.1f}: {answer}"
+    if task == "relative_direction" and len(centres_xy) == 3 and answer in ("left", "right"):
+        (ax, ay), (bx, by), (cx, cy) = centres_xy
+        fx, fy = bx - ax, by - ay
+        if abs(fx) >= abs(fy):
+            facing, across = ("east" if fx > 0 else "west"), ("north" if cy > ay else "south")
+        else:
+            facing, across = ("north" if fy > 0 else "south"), ("east" if cx > ax else "west")
+        return f"{facing} {across}: {answer}"
+    return None
+
+
+def final_answer(text: str) -> str:
+    """The answer after any steps before it ("north west: left" -> "left"), else the text."""
+    return text.rsplit(": ", 1)[-1].strip()
+
+
 def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
-                   with_answer: bool = True, count_by_listing: bool = False) -> Example | None:
+                   with_answer: bool = True, count_by_listing: bool = False,
+                   answer_steps: frozenset[str] = frozenset()) -> Example | None:
     """A record as a stage-4 example; None when a target is not in the scene's segments.
 
     Targets are ground-truth instance ids; they reach segments only through the matching
@@ -140,7 +177,10 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
     is answered by naming them first, "<OBJ002> <OBJ005>: 2": the count is then the length of a list
     the model has just written, and each item is a category -> object lookup it learns anyway for
     grounding. Answering the bare number asks a small model to count in one step.
-    measured: docs/RESULTS.md#count-by-listing"""
+    measured: docs/RESULTS.md#count-by-listing
+
+    Records of `answer_steps` tasks are answered after first-order steps on their targets' true box
+    centres (`answer_in_steps`): the steps then agree with the answer, whichever segments matched."""
     seg_of_instance = instances_to_segments(segments)
     ident_of_seg = segment_identifiers(segments, num_obj_tokens)
     seg_ids = [seg_of_instance.get(t) for t in record.target_ids]
@@ -169,6 +209,8 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
         answer = record.answers[0]
         if count_by_listing and record.task == "counting" and with_answer:
             answer = _listed_count(answer, known)
+        if record.task in answer_steps and with_answer:
+            answer = answer_in_steps(record.task, [tuple(b.center[:2]) for b in record.target_boxes], answer) or answer
     elif with_answer:
         return None
     else:
@@ -196,12 +238,13 @@ SKIP_OTHER = "other"  # a target beyond the identifiers, or no answer to train o
 
 def stage4_examples(scene_id: str, segments: list[dict], records: list[Record],
                     num_obj_tokens: int, rng: random.Random, count_by_listing: bool = False,
-                    skipped: Counter | None = None) -> list[Example]:
+                    skipped: Counter | None = None, answer_steps: frozenset[str] = frozenset()) -> list[Example]:
     """The records as examples. Records that cannot be examples are counted in `skipped`, keyed by
     (task, reason) (`SKIP_UNMATCHED` or `SKIP_OTHER`), so that the trainer reports them."""
     out, num_skipped = [], 0
     for rec in records:
-        ex = record_example(rec, segments, num_obj_tokens, count_by_listing=count_by_listing)
+        ex = record_example(rec, segments, num_obj_tokens, count_by_listing=count_by_listing,
+                            answer_steps=answer_steps)
         if ex is None:
             num_skipped += 1
             if skipped is not None:
@@ -237,26 +280,27 @@ def build_examples(stage: int, scene_id: str, segments: list[dict], records: lis
                    num_obj_tokens: int, rng: random.Random, tasks: frozenset[str] | None = None,
                    record_tasks: frozenset[str] = frozenset(), count_by_listing: bool = False,
                    skipped: Counter | None = None, replay_tasks: frozenset[str] = frozenset(),
-                   replay_per_task: int = 1) -> list[Example]:
+                   replay_per_task: int = 1, answer_steps: frozenset[str] = frozenset()) -> list[Example]:
     """The stage's examples of one scene, only those of `tasks` when given; stages 1-3 add the
     records of `record_tasks`, asked about the simplified scene (a record question refers to objects
     by identifier, which the fused tokens carry as well as the proxies do). Any stage adds
     `replay_per_task` records of each of `replay_tasks` (`replay_sample`). `count_by_listing`: see
-    `record_example`.
-    `skipped` tallies the records of the stage's tasks that could not be examples (see
+    `record_example`; `answer_steps`: records of these tasks are answered in steps
+    (`answer_in_steps`). `skipped` tallies the records of the stage's tasks that could not be examples (see
     `stage4_examples`)."""
     tally: Counter = Counter()
-    examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng, count_by_listing, tally)
+    examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng, count_by_listing, tally,
+                               answer_steps)
     if tasks is not None:
         examples = [ex for ex in examples if ex.task in tasks]
         tally = Counter({key: n for key, n in tally.items() if key[0] in tasks})
     if stage < 4 and record_tasks:
         extra = stage4_examples(scene_id, segments, [r for r in records if r.task in record_tasks],
-                                num_obj_tokens, rng, count_by_listing, tally)
+                                num_obj_tokens, rng, count_by_listing, tally, answer_steps)
         examples = _mixed(examples, extra, rng)
     if replay_tasks:
         extra = stage4_examples(scene_id, segments, replay_sample(records, replay_tasks, rng, replay_per_task),
-                                num_obj_tokens, rng, count_by_listing, tally)
+                                num_obj_tokens, rng, count_by_listing, tally, answer_steps)
         examples = _mixed(examples, extra, rng)
     if skipped is not None:
         skipped.update(tally)
@@ -265,7 +309,7 @@ def build_examples(stage: int, scene_id: str, segments: list[dict], records: lis
 
 def _stage_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
                     num_obj_tokens: int, rng: random.Random, count_by_listing: bool,
-                    skipped: Counter) -> list[Example]:
+                    skipped: Counter, answer_steps: frozenset[str] = frozenset()) -> list[Example]:
     if stage == 1:
         return stage1_examples(scene_id, segments, num_obj_tokens, rng)
     # Stages 2 and 3 replay stage 1's naming: without it a small language model forgets how to name
@@ -275,8 +319,9 @@ def _stage_examples(stage: int, scene_id: str, segments: list[dict], records: li
         return _mixed(stage2_examples(scene_id, segments, num_obj_tokens, rng),
                       stage1_examples(scene_id, segments, num_obj_tokens, rng), rng)
     if stage == 3:
-        return _mixed(stage3_examples(scene_id, segments, num_obj_tokens, rng),
+        return _mixed(stage3_examples(scene_id, segments, num_obj_tokens, rng, answer_steps=answer_steps),
                       stage1_examples(scene_id, segments, num_obj_tokens, rng), rng)
     if stage == 4:
-        return stage4_examples(scene_id, segments, records, num_obj_tokens, rng, count_by_listing, skipped)
+        return stage4_examples(scene_id, segments, records, num_obj_tokens, rng, count_by_listing, skipped,
+                               answer_steps)
     raise ValueError(f"unknown stage {stage}; stages are 1-4")

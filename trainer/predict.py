@@ -65,19 +65,27 @@ def not_asked_reason(record, segments: list[dict], num_obj_tokens: int) -> str:
     return f"an object the question names has no identifier (only {num_obj_tokens} <OBJxxx> tokens)"
 
 
+# Answer types a model trained with answer_steps may precede with steps (trainer.examples.answer_in_steps).
+STEPS_ANSWER_TYPES = ("number", "choice")
+
+
 def answer_parts(text: str, answer_type: str) -> tuple[str, str]:
     """(the answer, the text that names its objects). A model trained with count_by_listing names
     what it counts before the count ("<OBJ002> <OBJ005>: 2"): the answer is then the count, and the
-    named objects stay with the prediction as its objects."""
-    from trainer.examples import split_listed_answer
+    named objects stay with the prediction as its objects. A model trained with answer_steps writes
+    steps before a number or a side ("1.2 -0.4: 1.3", "north west: left"): the answer is what
+    follows them."""
+    from trainer.examples import final_answer, split_listed_answer
 
     if answer_type == "objects":
         return text, text
     parts = split_listed_answer(text)
-    if parts is None:
-        return text, text
-    listed, answer = parts
-    return answer, listed
+    if parts is not None:
+        listed, answer = parts
+        return answer, listed
+    if answer_type in STEPS_ANSWER_TYPES and ": " in text:
+        return final_answer(text), ""
+    return text, text
 
 
 def clean_text(text: str) -> str:

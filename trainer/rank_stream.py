@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cluster.caption import captioned_segment, focus_scene
+from schemas.proxy import read_set_index
 from schemas.record import Record
 from trainer.examples import STAGE_MODES, Example, build_examples, split_listed_answer
 from trainer.objects import OBJ_TOKEN_RE, obj_token
@@ -77,7 +78,13 @@ class StageStream:
                  rank: int = 0, world_size: int = 1, exclude_scenes: frozenset[str] = frozenset(),
                  shuffle_identifiers: bool = False, tasks: list[str] | None = None,
                  record_tasks: list[str] | None = None, count_by_listing: bool = False,
-                 replay_tasks: list[str] | None = None, replay_per_task: int = 1):
+                 replay_tasks: list[str] | None = None, replay_per_task: int = 1,
+                 answer_steps: list[str] | None = None, layout_rooms: int = 0):
+        self.answer_steps = frozenset(answer_steps or ())
+        if layout_rooms and STAGE_MODES[stage] != "fused":
+            raise ValueError(f"stage {stage}: layout_rooms are simplified scenes, for stages 1-3 only")
+        self.layout_rooms = layout_rooms
+        self._layout_cache: list[tuple[dict, list[Record]]] | None = None
         self.tasks = frozenset(tasks) if tasks else None
         self.replay_tasks, self.replay_per_task = frozenset(replay_tasks or ()), replay_per_task
         self.count_by_listing = count_by_listing
@@ -92,13 +99,16 @@ class StageStream:
         # (trainer.examples.stage4_examples); the trainer reports them per task.
         self.skipped: Counter = Counter()
 
-    def _examples(self, scene: dict, epoch: int, skipped: Counter | None = None) -> list[Item]:
+    def _examples(self, scene: dict, epoch: int, skipped: Counter | None = None,
+                  records: list[Record] | None = None) -> list[Item]:
         rng = random.Random(f"{self.seed}-{epoch}-{scene['scene_id']}")
-        examples = build_examples(self.stage, scene["scene_id"], scene["segments"],
-                                  self.records_by_scene.get(scene["scene_id"], []), self.num_obj_tokens, rng,
-                                  tasks=self.tasks, record_tasks=self.record_tasks,
+        if records is None:
+            records = self.records_by_scene.get(scene["scene_id"], [])
+        examples = build_examples(self.stage, scene["scene_id"], scene["segments"], records,
+                                  self.num_obj_tokens, rng, tasks=self.tasks, record_tasks=self.record_tasks,
                                   count_by_listing=self.count_by_listing, skipped=skipped,
-                                  replay_tasks=self.replay_tasks, replay_per_task=self.replay_per_task)
+                                  replay_tasks=self.replay_tasks, replay_per_task=self.replay_per_task,
+                                  answer_steps=self.answer_steps)
         if not examples:
             return []
         # A caption example sees its object's Scan2Cap focus block (pipeline/cluster/caption.py);
@@ -116,17 +126,44 @@ class StageStream:
                 items += [(ex, inputs) for ex in group]
         return items
 
+    def _layout_rooms(self) -> list[tuple[dict, list[Record]]]:
+        """This rank's generated toy rooms (pipeline/toy/layout_rooms.py), made once."""
+        if self._layout_cache is None:
+            from pipeline.toy.layout_rooms import layout_room
+
+            self._layout_cache = [layout_room(self.seed, k)
+                                  for k in range(self.rank, self.layout_rooms, self.world_size)]
+        return self._layout_cache
+
+    def _scenes(self, epoch: int) -> Iterator[tuple[dict, list[Record] | None]]:
+        """(scene, its records or None for the workflow's) of this rank for one epoch: the shards'
+        scenes, with the generated rooms (if any) spread among them in a seeded order, so that
+        every shuffle group mixes both."""
+        scenes = (s for s in iter_scenes(self.shard_dir, rank=self.rank, world_size=self.world_size,
+                                         epoch=epoch, seed=self.seed)
+                  if s["scene_id"] not in self.exclude_scenes)
+        if not self.layout_rooms:
+            yield from ((s, None) for s in scenes)
+            return
+        mix = random.Random(f"{self.seed}-{epoch}-{self.rank}-layout")
+        rooms = list(self._layout_rooms())
+        mix.shuffle(rooms)
+        _, index = read_set_index(self.shard_dir)
+        shard_left = max(1, (len(set(index) - self.exclude_scenes)) // self.world_size)
+        for scene in scenes:
+            while rooms and mix.random() < len(rooms) / (len(rooms) + shard_left):
+                yield rooms.pop()
+            yield scene, None
+            shard_left = max(1, shard_left - 1)
+        yield from reversed(rooms)
+
     def items(self, epoch: int, skipped: Counter | None = None) -> Iterator[Item]:
         """One pass over this rank's examples, shuffled within groups of `shuffle_scenes` scenes;
         records that could not be examples are tallied in `skipped`."""
         buffer: list[Item] = []
         scenes_in_buffer, chunk = 0, 0
-        scenes = iter_scenes(self.shard_dir, rank=self.rank, world_size=self.world_size, epoch=epoch,
-                             seed=self.seed)
-        for scene in scenes:
-            if scene["scene_id"] in self.exclude_scenes:
-                continue
-            buffer += self._examples(scene, epoch, skipped)
+        for scene, records in self._scenes(epoch):
+            buffer += self._examples(scene, epoch, skipped, records)
             scenes_in_buffer += 1
             if scenes_in_buffer == self.shuffle_scenes:
                 random.Random(f"{self.seed}-{epoch}-{self.rank}-{chunk}").shuffle(buffer)

@@ -91,7 +91,8 @@ def stage_stream(cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, records_b
                        seed=cfg.seed, shuffle_scenes=cfg.shuffle_scenes, rank=rank, world_size=world,
                        exclude_scenes=held_out, tasks=scfg.tasks, record_tasks=scfg.record_tasks,
                        count_by_listing=cfg.count_by_listing, replay_tasks=scfg.replay_tasks,
-                       replay_per_task=scfg.replay_per_task,
+                       replay_per_task=scfg.replay_per_task, answer_steps=cfg.answer_steps,
+                       layout_rooms=scfg.layout_rooms,
                        shuffle_identifiers=(cfg.shuffle_identifiers if scfg.shuffle_identifiers is None
                                             else scfg.shuffle_identifiers))
 

@@ -1,0 +1,179 @@
+"""`answer_steps`: distance and left/right answered after first-order steps, and read back after them;
+`layout_rooms`: generated toy rooms in the stream of stages 1-3."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pipeline.toy.layout_rooms import layout_room
+from schemas.config_train import StageConfig
+from trainer.examples import answer_in_steps, build_examples, final_answer, record_example
+from trainer.predict import answer_parts
+from trainer.shard_reader import scene_inputs
+
+STEPS = frozenset({"distance", "relative_direction"})
+
+
+def _toy_records(rooms: int = 12):
+    for k in range(rooms):
+        scene, records = layout_room(5, k)
+        yield scene, records
+
+
+def test_distance_steps_are_the_offsets_between_the_named_objects_then_the_distance():
+    assert answer_in_steps("distance", [(1.0, 2.0), (2.5, 1.0)], "1.9") == "1.5 -1.0: 1.9"
+    for scene, records in _toy_records():
+        for rec in records:
+            if rec.task != "distance":
+                continue
+            ex = record_example(rec, scene["segments"], 32, answer_steps=STEPS)
+            offsets, final = ex.answer.split(": ")
+            assert final == rec.answers[0]
+            (a, b) = [box.center for box in rec.target_boxes]
+            dx, dy = map(float, offsets.split())
+            assert dx == pytest.approx(b[0] - a[0], abs=0.051) and dy == pytest.approx(b[1] - a[1], abs=0.051)
+            # the floor-plan offset is the distance up to the height difference
+            assert np.hypot(dx, dy) <= float(final) + 0.15
+
+
+def test_left_right_steps_name_the_facing_axis_the_other_axis_then_the_side():
+    # facing mostly east (+x), the object north of the viewer; facing mostly south, the object west
+    assert answer_in_steps("relative_direction", [(1, 1), (4, 2), (2, 3)], "left") == "east north: left"
+    assert answer_in_steps("relative_direction", [(1, 5), (1.5, 1), (0.2, 3)], "right") == "south west: right"
+    # a viewer facing north with the object west of it has it on its left (z up, seen from above):
+    # the annotation's sides follow that rule except near straight ahead or behind
+    ccw = {("north", "west"), ("west", "south"), ("south", "east"), ("east", "north")}
+    agree = []
+    for scene, records in _toy_records(30):
+        for rec in records:
+            if rec.task == "relative_direction":
+                steps, side = record_example(rec, scene["segments"], 32, answer_steps=STEPS).answer.split(": ")
+                assert side == rec.answers[0]
+                agree.append((tuple(steps.split()) in ccw) == (side == "left"))
+    assert len(agree) > 50 and np.mean(agree) > 0.85
+    # other answers of the task are left alone
+    assert answer_in_steps("relative_direction", [(0, 0), (1, 0)], "yes") is None
+    assert answer_in_steps("relative_direction", [(0, 0), (1, 0), (0, 1)], "behind") is None
+
+
+def test_answers_in_steps_read_back_to_the_records_answers_and_other_tasks_are_unchanged():
+    for scene, records in _toy_records():
+        for rec in records:
+            plain = record_example(rec, scene["segments"], 32)
+            stepped = record_example(rec, scene["segments"], 32, answer_steps=STEPS)
+            if plain is None:
+                assert stepped is None
+                continue
+            assert stepped.question == plain.question
+            if rec.task in STEPS:
+                assert stepped.answer != plain.answer
+                answer, objects = answer_parts(stepped.answer, rec.answer_type)
+                assert answer == rec.answers[0] and objects == ""
+            else:
+                assert stepped.answer == plain.answer
+    # an answer without steps, or an open answer with a colon, reads as itself
+    assert answer_parts("2.4", "number") == ("2.4", "2.4")
+    assert answer_parts("yes: it is", "open") == ("yes: it is", "yes: it is")
+    assert final_answer("north west: left") == "left" and final_answer("left") == "left"
+
+
+def test_stage3_distance_by_identifier_is_in_steps_on_the_segments_centres():
+    scene, records = layout_room(5, 3)
+    examples = build_examples(3, scene["scene_id"], scene["segments"], records, 32, random.Random(0),
+                              tasks=frozenset({"distance"}), answer_steps=STEPS)
+    centre_of = {k: s["box"]["center"] for k, s in enumerate(scene["segments"])}  # identifiers = segment ids here
+    assert examples
+    for ex in examples:
+        a, b = (int(t) for t in ex.question.split("<OBJ")[1:3] for t in [t[:3]])
+        offsets, final = ex.answer.split(": ")
+        dx, dy = map(float, offsets.split())
+        assert dx == pytest.approx(centre_of[b][0] - centre_of[a][0], abs=0.051)
+        assert dy == pytest.approx(centre_of[b][1] - centre_of[a][1], abs=0.051)
+        assert float(final) == pytest.approx(np.linalg.norm(np.subtract(centre_of[a], centre_of[b])), abs=0.051)
+    plain = build_examples(3, scene["scene_id"], scene["segments"], records, 32, random.Random(0),
+                           tasks=frozenset({"distance"}))
+    assert all(": " not in ex.answer for ex in plain)
+
+
+def test_layout_rooms_are_seeded_matched_scenes_with_their_own_records():
+    scene, records = layout_room(0, 7)
+    again, records_again = layout_room(0, 7)
+    assert scene == again and [r.model_dump() for r in records] == [r.model_dump() for r in records_again]
+    assert layout_room(1, 7)[0] != scene and layout_room(0, 8)[0] != scene
+    assert all(r.scene_id == scene["scene_id"] and r.split == "train" for r in records)
+    # every target of every record is a segment's instance, at that segment's box
+    box_of_instance = {s["instance_id"]: s["box"] for s in scene["segments"]}
+    for rec in records:
+        for target, box in zip(rec.target_ids, rec.target_boxes):
+            assert box_of_instance[target]["center"] == pytest.approx(box.center)
+    # the simplified scene holds one token per object, at its box centre, named by its identifier
+    inputs = scene_inputs(scene, "fused", 32)
+    assert len(inputs["xyz"]) == len(scene["segments"])
+    np.testing.assert_allclose(inputs["xyz"], [s["box"]["center"] for s in scene["segments"]], atol=1e-6)
+    assert inputs["categories"] == [s["category"] for s in scene["segments"]]
+
+
+def test_layout_rooms_are_not_the_toy_worlds_rooms():
+    from pipeline.toy.layout import sample_layout
+    from pipeline.toy.world import MAX_ATTEMPTS
+
+    for index in range(4):
+        ours = [s["box"]["center"] for s in layout_room(0, index)[0]["segments"]]
+        for attempt in range(MAX_ATTEMPTS):
+            world = [o.box().center for o in sample_layout(np.random.default_rng([0, index, attempt])).objects]
+            assert ours != world
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from tests.synthetic_shards import write_synthetic
+
+    from schemas.record import load_records
+
+    shard_dir, records_path = write_synthetic(tmp_path_factory.mktemp("shards"), num_scenes=6, dim=16)
+    records_by_scene: dict = {}
+    for rec in load_records(records_path):
+        records_by_scene.setdefault(rec.scene_id, []).append(rec)
+    return shard_dir, records_by_scene
+
+
+def _stream(shards, **kw):
+    from trainer.rank_stream import StageStream
+
+    shard_dir, records_by_scene = shards
+    return StageStream(shard_dir, 3, records_by_scene, 32, 4, seed=3, **kw)
+
+
+def test_stream_adds_every_generated_room_once_per_epoch_split_across_ranks(shards):
+    without = Counter(ex.scene_id for ex, _ in _stream(shards).items(0))
+    with_rooms = Counter(ex.scene_id for ex, _ in _stream(shards, layout_rooms=10).items(0))
+    rooms = {s: n for s, n in with_rooms.items() if s not in without}
+    assert sorted(rooms) == [f"layout{k:06d}" for k in range(10)]
+    assert {s: n for s, n in with_rooms.items() if s in without} == without  # the shards' scenes as before
+    for k in range(10):  # each room's stage-3 examples, with its own records
+        scene, records = layout_room(3, k)
+        expected = build_examples(3, scene["scene_id"], scene["segments"], records, 32,
+                                  random.Random(f"3-0-{scene['scene_id']}"))
+        assert rooms[scene["scene_id"]] == len(expected)
+    # two ranks: disjoint rooms, all of them together
+    by_rank = [{ex.scene_id for ex, _ in _stream(shards, layout_rooms=10, rank=r, world_size=2).items(0)
+                if ex.scene_id.startswith("layout")} for r in range(2)]
+    assert not by_rank[0] & by_rank[1] and by_rank[0] | by_rank[1] == set(rooms)
+    # the order is a pure function of (seed, epoch, rank), and the rooms are spread among the scenes
+    order = [ex.scene_id for ex, _ in _stream(shards, layout_rooms=10).items(1)]
+    assert order == [ex.scene_id for ex, _ in _stream(shards, layout_rooms=10).items(1)]
+    assert order != [ex.scene_id for ex, _ in _stream(shards, layout_rooms=10).items(0)]
+
+
+def test_layout_rooms_are_refused_where_there_are_proxies_to_read(shards):
+    from trainer.rank_stream import StageStream
+
+    with pytest.raises(ValueError, match="layout_rooms"):
+        StageConfig(stage=4, trainable=["language_model"], layout_rooms=5)
+    shard_dir, records_by_scene = shards
+    with pytest.raises(ValueError, match="layout_rooms"):
+        StageStream(shard_dir, 4, records_by_scene, 32, 4, layout_rooms=5)
