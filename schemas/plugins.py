@@ -24,10 +24,12 @@ GEOMETRY = "p3d.geometry"
 SEGMENTERS = "p3d.segmenters"
 DEPTH_MODELS = "p3d.depth_models"
 MODEL_IDS = "p3d.model_ids"  # id scheme `<name>:` -> resolver(model, data_root, family) -> a folder
+ROOM_GENERATORS = "p3d.room_generators"  # name -> room(seed, index) -> (scene dict, its records)
 
 # What a name of each group is called in an error message.
 WHAT = {SOURCES: "source kind", ENCODERS: "encoder kind", GEOMETRY: "geometry kind",
-        SEGMENTERS: "segmenter kind", DEPTH_MODELS: "depth model kind", MODEL_IDS: "model id scheme"}
+        SEGMENTERS: "segmenter kind", DEPTH_MODELS: "depth model kind", MODEL_IDS: "model id scheme",
+        ROOM_GENERATORS: "room generator"}
 
 
 class UnknownPlugin(ValueError):

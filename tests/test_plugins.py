@@ -28,6 +28,7 @@ EXPECTED = {
     plugins.SEGMENTERS: {"instances", "sam2", "sim_sam2"},
     plugins.DEPTH_MODELS: {"depth_anything"},
     plugins.MODEL_IDS: {"random", "toy"},
+    plugins.ROOM_GENERATORS: {"toy_layout"},
 }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cluster.caption import captioned_segment, focus_scene
+from schemas import plugins
 from schemas.proxy import read_set_index
 from schemas.record import Record
 from trainer.examples import STAGE_MODES, Example, build_examples, split_listed_answer
@@ -27,6 +28,8 @@ from trainer.objects import OBJ_TOKEN_RE, obj_token
 from trainer.shard_reader import iter_scenes, scene_inputs
 
 Item = tuple[Example, dict]
+# The one room generator there is; a registry name, so the trainer never imports the toy world.
+LAYOUT_GENERATOR = "toy_layout"
 OBJECT_LIST_RE = re.compile(rf"{OBJ_TOKEN_RE.pattern}( {OBJ_TOKEN_RE.pattern})*")
 
 
@@ -127,10 +130,9 @@ class StageStream:
         return items
 
     def _layout_rooms(self) -> list[tuple[dict, list[Record]]]:
-        """This rank's generated toy rooms (pipeline/toy/layout_rooms.py), made once."""
+        """This rank's generated rooms (the `toy_layout` room generator of schemas/plugins.py), made once."""
         if self._layout_cache is None:
-            from pipeline.toy.layout_rooms import layout_room
-
+            layout_room = plugins.load(plugins.ROOM_GENERATORS, LAYOUT_GENERATOR)
             self._layout_cache = [layout_room(self.seed, k)
                                   for k in range(self.rank, self.layout_rooms, self.world_size)]
         return self._layout_cache
