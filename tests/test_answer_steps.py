@@ -81,6 +81,33 @@ def test_answers_in_steps_read_back_to_the_records_answers_and_other_tasks_are_u
     assert final_answer("north west: left") == "left" and final_answer("left") == "left"
 
 
+def test_a_prediction_scores_the_answer_after_the_steps_and_keeps_the_steps_beside_it():
+    """`p3d predict` writes the answer after the steps as the prediction's text (what `p3d eval`
+    scores) and the whole generated text beside it; a bare answer carries no second copy."""
+    from pipeline.eval.metrics import mean_relative_accuracy
+    from trainer.predict import prediction_of
+
+    seen = Counter()
+    for scene, records in _toy_records():
+        for rec in records:
+            stepped = record_example(rec, scene["segments"], 32, answer_steps=STEPS)
+            if rec.task not in STEPS or stepped is None:
+                continue
+            pred = prediction_of(rec, scene["segments"], stepped.answer, 32)
+            assert pred.text == rec.answers[0] and pred.generated == stepped.answer
+            assert pred.generated.endswith(": " + pred.text) and len(pred.generated) > len(pred.text) + 2
+            bare = prediction_of(rec, scene["segments"], rec.answers[0], 32)
+            assert bare.text == rec.answers[0] and bare.generated is None
+            seen[rec.task] += 1
+    assert seen["distance"] and seen["relative_direction"]
+    # a wrong distance after right-looking steps is scored on the distance, not the steps
+    rec = next(r for _, recs in _toy_records() for r in recs if r.task == "distance")
+    truth = float(rec.answers[0])
+    pred = prediction_of(rec, [], f"{truth:.1f} 0.0: {2 * truth:.1f}", 32)
+    assert pred.text == f"{2 * truth:.1f}"
+    assert mean_relative_accuracy(float(pred.text), truth) < 0.5
+
+
 def test_stage3_distance_by_identifier_is_in_steps_on_the_segments_centres():
     scene, records = layout_room(5, 3)
     examples = build_examples(3, scene["scene_id"], scene["segments"], records, 32, random.Random(0),

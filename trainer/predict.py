@@ -154,25 +154,32 @@ def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int) -> l
     """Greedy predictions of (example, inputs, record, segments) questions, decoded together."""
     import torch
 
-    from pipeline.eval.predictions import Prediction
-
     if not pending:
         return []
     batch = collate([(ex, inputs) for ex, inputs, _, _ in pending], with_answer=False)
     with torch.inference_mode():
         generated = model.generate(batch, max_new_tokens=max_new_tokens)
     stops = stop_ids(model)
-    predictions = []
-    for (_, _, rec, segments), ids in zip(pending, generated):
-        text = clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False))
-        text, objects_text = answer_parts(text, rec.answer_type)
-        if rec.task == "caption":
-            objects = caption_objects(rec, segments)
-        else:
-            objects = answer_objects(objects_text, segments, rec.answer_type == "objects",
-                                     model.cfg.num_obj_tokens)
-        predictions.append(Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text=text, **objects))
-    return predictions
+    return [prediction_of(rec, segments, clean_text(model.tokenizer.decode(until_stop(ids, stops),
+                                                                          skip_special_tokens=False)),
+                          model.cfg.num_obj_tokens)
+            for (_, _, rec, segments), ids in zip(pending, generated)]
+
+
+def prediction_of(rec, segments: list[dict], generated: str, num_obj_tokens: int):
+    """The Prediction of a record from the model's whole answer text: the answer read out of it, the
+    objects it names, and the whole text kept beside the answer where the two differ (the steps
+    before an answer are what tells a model that has not learned a task apart from one that reads
+    the scene wrong)."""
+    from pipeline.eval.predictions import Prediction
+
+    text, objects_text = answer_parts(generated, rec.answer_type)
+    if rec.task == "caption":
+        objects = caption_objects(rec, segments)
+    else:
+        objects = answer_objects(objects_text, segments, rec.answer_type == "objects", num_obj_tokens)
+    return Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text=text,
+                      generated=generated if generated != text else None, **objects)
 
 
 def mark_unmatched(predictions: list, unmatched_of: dict[str, list[int]]) -> None:

@@ -41,6 +41,8 @@ class Prediction(BaseModel):
     scene_id: str = Field(min_length=1)
     task: str
     text: str = Field(description="the generated answer, special tokens kept")
+    generated: str | None = Field(None, description="the whole generated text, where the answer was read "
+                                  "out of it: listed objects or first-order steps before it")
     object_ids: list[int] | None = Field(None, description="segment ids predicted via <OBJxxx>")
     boxes: list[Box3D] | None = Field(None, description="boxes of the predicted objects")
     instance_ids: list[int | None] | None = Field(
