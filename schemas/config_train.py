@@ -31,7 +31,8 @@ class StageConfig(BaseModel):
     init_from: str | None = Field(None, description="exported p3d folder to start from instead of the "
                                                     "previous stage's (stage 1: instead of `model`)")
     tasks: list[str] | None = Field(None, description="train only the examples of these tasks (stage 1-3: "
-                                    "the generated tasks, e.g. object_name; stage 4: record tasks); "
+                                    "the generated tasks, e.g. object_name; stage 3 may also name stage 2's, "
+                                    "object_position and object_size, to replay them; stage 4: record tasks); "
                                     "default: all")
     shuffle_identifiers: bool | None = Field(None, description="this stage's override of "
                                              "train.shuffle_identifiers")

@@ -108,6 +108,25 @@ def test_a_prediction_scores_the_answer_after_the_steps_and_keeps_the_steps_besi
     assert mean_relative_accuracy(float(pred.text), truth) < 0.5
 
 
+def test_stage3_replays_the_stage2_tasks_it_names_and_nothing_else_changes():
+    """Stage 3 with `object_position` in its tasks asks where each object is (the box centre), beside
+    its own tasks; a stage 3 that names no stage-2 task draws exactly the examples it drew before."""
+    own = frozenset({"distance", "relative_size", "object_name"})
+    for scene, _ in _toy_records(6):
+        segs = scene["segments"]
+        plain = build_examples(3, scene["scene_id"], segs, [], 32, random.Random(1), tasks=own)
+        again = build_examples(3, scene["scene_id"], segs, [], 32, random.Random(1), tasks=own)
+        assert plain == again and {ex.task for ex in plain} <= own
+        both = build_examples(3, scene["scene_id"], segs, [], 32, random.Random(1),
+                              tasks=own | {"object_position"})
+        positions = [ex for ex in both if ex.task == "object_position"]
+        assert len(positions) == len(segs)
+        centres = {f"{s['box']['center'][0]:.1f} {s['box']['center'][1]:.1f}" for s in segs}
+        assert {" ".join(ex.answer.split()[:2]) for ex in positions} == centres
+        assert Counter(ex.task for ex in both if ex.task in own) == Counter(ex.task for ex in plain)
+        assert "object_size" not in {ex.task for ex in both}
+
+
 def test_stage3_distance_by_identifier_is_in_steps_on_the_segments_centres():
     scene, records = layout_room(5, 3)
     examples = build_examples(3, scene["scene_id"], scene["segments"], records, 32, random.Random(0),

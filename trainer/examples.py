@@ -81,6 +81,9 @@ def stage2_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
     return out
 
 
+STAGE2_TASKS = frozenset({"object_position", "object_size"})
+
+
 def stage3_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rng: random.Random,
                     pairs_per_object: int = 3, answer_steps: frozenset[str] = frozenset()) -> list[Example]:
     """Object-object relations: distance (in steps when "distance" is in `answer_steps`), higher,
@@ -291,6 +294,10 @@ def build_examples(stage: int, scene_id: str, segments: list[dict], records: lis
     tally: Counter = Counter()
     examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng, count_by_listing, tally,
                                answer_steps)
+    if stage == 3 and tasks is not None and tasks & STAGE2_TASKS:
+        # Stage 3 replays the stage-2 tasks it names: without `object_position` a model forgets how
+        # to read positions while it learns to relate them. measured: docs/RESULTS.md#spatial-trainer-path
+        examples = _mixed(examples, stage2_examples(scene_id, segments, num_obj_tokens, rng), rng)
     if tasks is not None:
         examples = [ex for ex in examples if ex.task in tasks]
         tally = Counter({key: n for key, n in tally.items() if key[0] in tasks})
