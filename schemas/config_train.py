@@ -75,6 +75,10 @@ class TrainConfig(BaseModel):
                                           "(one time step, height bins; the paper's reading) or 'bfs' (the "
                                           "temporal row is the proxy's BFS index); see trainer/positions.py")
     fourier_dim: int = Field(64, ge=2)
+    fourier_sigma: float = Field(1.0, gt=0, description="spread of the (x, y) Fourier frequencies (cycles per "
+                                 "metre) when stage 1 builds the model; lower is smoother. On generated toy "
+                                 "rooms 0.3 reads positions sooner than 1.0 (measured: "
+                                 "docs/RESULTS.md#spatial-trainer-path)")
     max_length: int = Field(2048, ge=16)
     lora_rank: int = Field(16, ge=1)
     save_every: int = Field(500, ge=1, description="DeepSpeed checkpoint every N optimizer steps")

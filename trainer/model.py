@@ -55,6 +55,7 @@ class P3DModelConfig(BaseModel):
     height_range: tuple[float, float]
     rope_positions: RopePositions = "height"  # set from train.rope_positions by each stage
     fourier_dim: int
+    fourier_sigma: float = 1.0  # the Fourier frequencies' spread at initialisation (train.fourier_sigma)
     scene_token_id: int
     vision_start_id: int
     vision_end_id: int
@@ -82,7 +83,7 @@ class Proxy3DModel(nn.Module):
         if cfg.feat_dim == hidden:  # already in the language model's space: start as identity
             nn.init.eye_(self.projector.weight)
             nn.init.zeros_(self.projector.bias)
-        self.fourier = FourierXY(hidden, cfg.fourier_dim)
+        self.fourier = FourierXY(hidden, cfg.fourier_dim, sigma=cfg.fourier_sigma)
         self.identifiers = nn.Embedding(cfg.num_obj_tokens, hidden)
         self.semantic = nn.Embedding(len(cfg.categories) + 1, hidden)
         self.semantic.weight.requires_grad_(False)
@@ -95,7 +96,8 @@ class Proxy3DModel(nn.Module):
     @classmethod
     def build(cls, base: str, *, feat_dim: int, num_obj_tokens: int, categories: list[str],
               height_bins: int, height_range: tuple[float, float], fourier_dim: int,
-              glyph_folder: str | None = None, dtype=torch.float32) -> Proxy3DModel:
+              fourier_sigma: float = 1.0, glyph_folder: str | None = None,
+              dtype=torch.float32) -> Proxy3DModel:
         """A fresh Proxy3D model on a Hugging Face Qwen2.5-VL (hub id or folder)."""
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
@@ -110,7 +112,7 @@ class Proxy3DModel(nn.Module):
             feat_dim=feat_dim, hidden_size=lm.config.text_config.hidden_size, num_obj_tokens=num_obj_tokens,
             obj_token_ids=[int(i) for i in tokenizer.convert_tokens_to_ids(tokens)],
             categories=sorted(set(categories)), height_bins=height_bins, height_range=tuple(height_range),
-            fourier_dim=fourier_dim, scene_token_id=_special_id(tokenizer, "<|image_pad|>"),
+            fourier_dim=fourier_dim, fourier_sigma=fourier_sigma, scene_token_id=_special_id(tokenizer, "<|image_pad|>"),
             vision_start_id=_special_id(tokenizer, "<|vision_start|>"),
             vision_end_id=_special_id(tokenizer, "<|vision_end|>"),
             chat_start_id=_special_id(tokenizer, "<|im_start|>"), chat_end_id=_special_id(tokenizer, "<|im_end|>"),
