@@ -23,6 +23,10 @@ class StageConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(2e-5, gt=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="after the warmup: cosine decay to a tenth of `lr`, or `lr` to the end. On "
+        "generated toy rooms a constant rate reads positions sooner (measured: "
+        "docs/RESULTS.md#spatial-trainer-path)")
     batch_size: int = Field(1, ge=1, description="per device")
     grad_accum: int = Field(1, ge=1)
     records: str | None = Field(None, description="this stage's records file (stage 4's examples, or the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def test_schedule_warms_up_then_decays_to_floor():
     decay = [fn(s) for s in range(10, 101)]
     assert decay == sorted(decay, reverse=True)
     assert fn(100) == pytest.approx(0.1)
+
+
+def test_constant_schedule_keeps_the_warmup_then_the_full_rate():
+    cosine, constant = lr_lambda(100, 10), lr_lambda(100, 10, "constant")
+    assert [constant(s) for s in range(10)] == [cosine(s) for s in range(10)]
+    assert all(constant(s) == 1.0 for s in range(10, 101))
+    assert cosine(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # the reference
 
 
 def test_recipes_listed_stage_wins_and_the_default_is_the_papers_for_every_model_id():

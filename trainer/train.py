@@ -135,10 +135,14 @@ def deepspeed_config(name: str, micro_batch: int, grad_accum: int, world_size: i
     return ds
 
 
-def lr_lambda(total_steps: int, warmup_steps: int):
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str = "cosine"):
+    """The learning-rate factor per optimizer step: a linear warmup, then a cosine decay to
+    MIN_LR_RATIO or (`constant`) the full rate to the end."""
     def fn(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
+        if schedule == "constant":
+            return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return fn
@@ -275,13 +279,14 @@ def micro_steps(scfg: StageConfig, batches_per_epoch: int) -> int:
 
 
 def build_engine(model, trainable: list, cfg: TrainConfig, scfg: StageConfig, total_opt: int, ranks: Ranks):
-    """The DeepSpeed engine: AdamW on the trainable parameters, warmup then cosine (`lr_lambda`)."""
+    """The DeepSpeed engine: AdamW on the trainable parameters, warmup then the stage's schedule
+    (`lr_lambda`)."""
     import deepspeed
     import torch
 
     optimizer = torch.optim.AdamW(trainable, lr=scfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_opt, int(scfg.warmup_ratio * total_opt)))
+        optimizer, lr_lambda(total_opt, int(scfg.warmup_ratio * total_opt), scfg.lr_schedule))
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg.deepspeed, scfg.batch_size, scfg.grad_accum, ranks.world, ranks.on_gpu))
