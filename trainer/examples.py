@@ -81,6 +81,7 @@ def stage2_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
     return out
 
 
+# The tasks stage2_examples writes (a test checks them), which stage 3 may name to replay them.
 STAGE2_TASKS = frozenset({"object_position", "object_size"})
 
 
