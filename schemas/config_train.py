@@ -99,6 +99,11 @@ class TrainConfig(BaseModel):
         default_factory=list, description="records of these tasks are answered after first-order steps on the "
         "named objects' centres ('1.2 -0.4: 1.3', 'north west: left'; trainer/examples.py: answer_in_steps); "
         "`p3d predict` keeps the answer after the steps")
+    position_names: list[Literal["identifier", "category"]] = Field(
+        default_factory=lambda: ["identifier"], min_length=1,
+        description="how stage 2's (and a replaying stage 3's) position questions name the object: 'Where is "
+        "<OBJ004>?' and/or 'Where is the sofa?' for a category unique in the scene, as the spatial records "
+        "ask (trainer/examples.py: stage2_examples)")
     seed: int = 0
     stages: list[StageConfig] = Field(default_factory=list,
                                       description="per-stage recipes; a missing stage takes the paper's default "

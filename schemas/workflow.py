@@ -1,5 +1,6 @@
 """Workflow files (`workflows/*.yaml`): one declarative recipe that the Makefile, the CLI and the
-trainer all read. Sections: source, features, cluster, train, eval.
+trainer all read. Sections: source, features, cluster, train, eval, demo. A file may start from
+another and change only what differs (`extends: toy.yaml`; mappings merge, lists are given whole).
 
 Every command finds its workflow the same way (`resolve_workflow`): `--workflow PATH`, else the
 `P3D_WORKFLOW` environment variable, else the embedded default `workflows/toy.yaml` of this
@@ -150,12 +151,9 @@ def _unique_key_loader():
     return UniqueKeyLoader
 
 
-def load_workflow(path: str | Path, sets: list[str] | None = None) -> Workflow:
-    """Load and validate a workflow YAML, with `--set key=value` overrides applied; errors name the
-    file, line and field, or the override."""
+def _read_yaml(path: Path) -> tuple[str, dict]:
     import yaml
 
-    path = Path(path)
     if not path.exists():
         raise SchemaError(f"{path}: workflow file not found")
     text = path.read_text()
@@ -166,7 +164,42 @@ def load_workflow(path: str | Path, sets: list[str] | None = None) -> Workflow:
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)  # yaml's own text adds a multi-line excerpt
         raise SchemaError(f"{path}{line}: invalid YAML: {problem}") from e
-    data = data or {}
+    if data is not None and not isinstance(data, dict):
+        raise SchemaError(f"{path}: a workflow is a mapping of sections, got {type(data).__name__}")
+    return text, data or {}
+
+
+def _extended(path: Path, data: dict, seen: frozenset[Path]) -> dict:
+    """The workflow `data` read from `path` over the one its `extends:` names (a path relative to
+    `path`'s folder), recursively: mappings merge key by key, any other value (a list included, so a
+    `train.stages` list is given whole) replaces the base's."""
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise SchemaError(f"{path}: extends: expected a workflow file's path, got {base_name!r}")
+    base_path = path.parent / base_name
+    if base_path.resolve() in seen | {path.resolve()}:
+        raise SchemaError(f"{path}: extends: {base_name} extends this file again (a cycle)")
+    base = _extended(base_path, _read_yaml(base_path)[1], seen | {path.resolve()})
+    return _merged(base, data)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merged(base[key], value) if both_maps else value
+    return out
+
+
+def load_workflow(path: str | Path, sets: list[str] | None = None) -> Workflow:
+    """Load and validate a workflow YAML, with `--set key=value` overrides applied; errors name the
+    file, line and field, or the override. A workflow may start from another (`extends: toy.yaml`,
+    see `_extended`)."""
+    path = Path(path)
+    text, data = _read_yaml(path)
+    data = _extended(path, data, frozenset())
     overrides = parse_sets(sets or [])
     for key, value in overrides.items():
         _apply(data, key, value)

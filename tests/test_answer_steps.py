@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -227,3 +228,35 @@ def test_layout_rooms_are_refused_where_there_are_proxies_to_read(shards):
     shard_dir, records_by_scene = shards
     with pytest.raises(ValueError, match="layout_rooms"):
         StageStream(shard_dir, 4, records_by_scene, 32, 4, layout_rooms=5)
+
+
+def test_position_by_category_names_each_object_whose_category_is_unique_in_the_scene():
+    """`position_names` with "category" adds "Where is the sofa?" for every object alone in its
+    category, answered with that object's box centre; identifiers stay as they were, and shared
+    categories are never asked (the question would not say which)."""
+    from trainer.examples import POSITION_NAMES, stage2_examples
+
+    from schemas.config_train import TrainConfig
+
+    (literal,) = get_args(TrainConfig.model_fields["position_names"].annotation)
+    assert set(get_args(literal)) == set(POSITION_NAMES)
+    segs = [{"id": k, "label": k, "category": cat, "instance_id": k,
+             "box": {"center": [float(k), 2.0 * k, 0.5], "size": [1.0, 1.0, 1.0]}}
+            for k, cat in enumerate(["sofa", "chair", "chair", "table"])]
+    where = {f"Where is <OBJ00{k}>?": f"{float(k):.1f} {2.0 * k:.1f} 0.5" for k in range(4)}
+    where_cat = {"Where is the sofa?": "0.0 0.0 0.5", "Where is the table?": "3.0 6.0 0.5"}
+
+    def asked(names):
+        examples = stage2_examples("s", segs, 32, random.Random(0), frozenset(names))
+        return {ex.question: ex.answer for ex in examples if ex.task == "object_position"}
+
+    assert asked({"identifier"}) == where
+    assert asked({"category"}) == where_cat
+    assert asked({"identifier", "category"}) == where | where_cat
+    # On generated rooms: one category question per object alone in its category, none for shared ones.
+    for scene, _ in _toy_records(6):
+        cats = Counter(s["category"] for s in scene["segments"])
+        got = [ex.question for ex in build_examples(2, scene["scene_id"], scene["segments"], [], 32,
+                                                    random.Random(1), tasks=frozenset({"object_position"}),
+                                                    position_names=frozenset({"category"}))]
+        assert sorted(got) == sorted(f"Where is the {c}?" for c, n in cats.items() if n == 1)

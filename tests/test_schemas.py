@@ -144,3 +144,33 @@ def test_paper_workflows_carry_the_papers_numbers():
     assert vsi.features.image_size == (448, 588) and vsi.cluster.proxies == 450
     assert vsi.features.geometry.kind == "vggt" and vsi.features.geometry.depth_model is not None
     assert "Metric-Indoor" in vsi.features.geometry.depth_model.model
+
+
+def test_a_workflow_extends_another_merging_mappings_and_replacing_lists(tmp_path):
+    """`extends:` reads the base file (relative to the extending one), merges mappings key by key and
+    takes any other value, a list included, from the extending file; cycles and missing bases are
+    errors that name the file."""
+    from pathlib import Path
+
+    toy_path = Path(__file__).resolve().parents[1] / "workflows" / "toy.yaml"
+    (tmp_path / "base.yaml").write_text(toy_path.read_text())
+    (tmp_path / "child.yaml").write_text(
+        "extends: base.yaml\nname: child\ncluster: {proxies: 32}\n"
+        "train: {answer_steps: [distance], stages: [{stage: 1, trainable: [language_model], epochs: 2}]}\n")
+    (tmp_path / "grandchild.yaml").write_text("extends: child.yaml\nname: grandchild\n")
+    toy = load_workflow(toy_path)
+    for name in ("child", "grandchild"):
+        wf = load_workflow(tmp_path / f"{name}.yaml")
+        assert wf.name == name
+        assert wf.cluster.proxies == 32 and wf.cluster.scenes_per_shard == toy.cluster.scenes_per_shard
+        assert wf.train.answer_steps == ["distance"]
+        assert wf.train.count_by_listing == toy.train.count_by_listing
+        assert [s.stage for s in wf.train.stages] == [1] and wf.train.stages[0].epochs == 2
+        assert wf.source == toy.source and wf.features == toy.features and wf.demo == toy.demo
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
+    with pytest.raises(SchemaError, match="cycle"):
+        load_workflow(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\nname: orphan\n")
+    with pytest.raises(SchemaError, match="nowhere.yaml: workflow file not found"):
+        load_workflow(tmp_path / "orphan.yaml")

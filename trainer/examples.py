@@ -40,6 +40,11 @@ class Example:
     meta: dict = field(default_factory=dict)
 
 
+# How stage 2's position questions name the object (`train.position_names`): the default, and all.
+POSITION_BY_IDENTIFIER = frozenset({"identifier"})
+POSITION_NAMES = ("identifier", "category")
+
+
 def _fmt(x: float) -> str:
     return f"{x:.1f}"
 
@@ -67,14 +72,27 @@ def stage1_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
     return out
 
 
-def stage2_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rng: random.Random) -> list[Example]:
-    """Coordinate alignment: where each object is and how big it is (metres, one decimal)."""
+def stage2_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rng: random.Random,
+                    position_names: frozenset[str] = POSITION_BY_IDENTIFIER) -> list[Example]:
+    """Coordinate alignment: where each object is and how big it is (metres, one decimal).
+
+    `position_names` says how "where" names the object: by its identifier ("Where is <OBJ004>?")
+    and/or by its category when no other object of the scene has it ("Where is the sofa?"), the way
+    the spatial records ask. A model taught only the first reads positions by identifier and not by
+    category, so it cannot start on records that name objects by category.
+    measured: docs/RESULTS.md#position-by-category"""
     out = []
-    for s in _referenceable(segments, num_obj_tokens):
+    objs = _referenceable(segments, num_obj_tokens)
+    per_category = Counter(s["category"] for s in objs)
+    for s in objs:
         tok = obj_token(s["ident"])
         cx, cy, cz = s["box"]["center"]
         sx, sy, sz = s["box"]["size"]
-        out.append(Example(scene_id, "object_position", f"Where is {tok}?", f"{_fmt(cx)} {_fmt(cy)} {_fmt(cz)}"))
+        where = f"{_fmt(cx)} {_fmt(cy)} {_fmt(cz)}"
+        if "identifier" in position_names:
+            out.append(Example(scene_id, "object_position", f"Where is {tok}?", where))
+        if "category" in position_names and per_category[s["category"]] == 1:
+            out.append(Example(scene_id, "object_position", f"Where is the {s['category']}?", where))
         out.append(Example(scene_id, "object_size", f"How big is {tok}?", f"{_fmt(sx)} {_fmt(sy)} {_fmt(sz)}"))
         out.append(Example(scene_id, "object_size", f"How tall is {tok} in meters?", _fmt(sz)))
     rng.shuffle(out)
@@ -284,21 +302,23 @@ def build_examples(stage: int, scene_id: str, segments: list[dict], records: lis
                    num_obj_tokens: int, rng: random.Random, tasks: frozenset[str] | None = None,
                    record_tasks: frozenset[str] = frozenset(), count_by_listing: bool = False,
                    skipped: Counter | None = None, replay_tasks: frozenset[str] = frozenset(),
-                   replay_per_task: int = 1, answer_steps: frozenset[str] = frozenset()) -> list[Example]:
+                   replay_per_task: int = 1, answer_steps: frozenset[str] = frozenset(),
+                   position_names: frozenset[str] = POSITION_BY_IDENTIFIER) -> list[Example]:
     """The stage's examples of one scene, only those of `tasks` when given; stages 1-3 add the
     records of `record_tasks`, asked about the simplified scene (a record question refers to objects
     by identifier, which the fused tokens carry as well as the proxies do). Any stage adds
     `replay_per_task` records of each of `replay_tasks` (`replay_sample`). `count_by_listing`: see
     `record_example`; `answer_steps`: records of these tasks are answered in steps
-    (`answer_in_steps`). `skipped` tallies the records of the stage's tasks that could not be examples (see
-    `stage4_examples`)."""
+    (`answer_in_steps`); `position_names`: see `stage2_examples`. `skipped` tallies the records of
+    the stage's tasks that could not be examples (see `stage4_examples`)."""
     tally: Counter = Counter()
     examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng, count_by_listing, tally,
-                               answer_steps)
+                               answer_steps, position_names)
     if stage == 3 and tasks is not None and tasks & STAGE2_TASKS:
         # Stage 3 replays the stage-2 tasks it names: without `object_position` a model forgets how
         # to read positions while it learns to relate them. measured: docs/RESULTS.md#spatial-trainer-path
-        examples = _mixed(examples, stage2_examples(scene_id, segments, num_obj_tokens, rng), rng)
+        replayed = stage2_examples(scene_id, segments, num_obj_tokens, rng, position_names)
+        examples = _mixed(examples, replayed, rng)
     if tasks is not None:
         examples = [ex for ex in examples if ex.task in tasks]
         tally = Counter({key: n for key, n in tally.items() if key[0] in tasks})
@@ -317,14 +337,15 @@ def build_examples(stage: int, scene_id: str, segments: list[dict], records: lis
 
 def _stage_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],
                     num_obj_tokens: int, rng: random.Random, count_by_listing: bool,
-                    skipped: Counter, answer_steps: frozenset[str] = frozenset()) -> list[Example]:
+                    skipped: Counter, answer_steps: frozenset[str] = frozenset(),
+                    position_names: frozenset[str] = POSITION_BY_IDENTIFIER) -> list[Example]:
     if stage == 1:
         return stage1_examples(scene_id, segments, num_obj_tokens, rng)
     # Stages 2 and 3 replay stage 1's naming: without it a small language model forgets how to name
     # objects while it learns coordinates, and stage 4 then starts from scratch.
     # measured: docs/RESULTS.md#naming-replay
     if stage == 2:
-        return _mixed(stage2_examples(scene_id, segments, num_obj_tokens, rng),
+        return _mixed(stage2_examples(scene_id, segments, num_obj_tokens, rng, position_names),
                       stage1_examples(scene_id, segments, num_obj_tokens, rng), rng)
     if stage == 3:
         return _mixed(stage3_examples(scene_id, segments, num_obj_tokens, rng, answer_steps=answer_steps),

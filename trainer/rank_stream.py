@@ -23,7 +23,7 @@ from pipeline.cluster.caption import captioned_segment, focus_scene
 from schemas import plugins
 from schemas.proxy import read_set_index
 from schemas.record import Record
-from trainer.examples import STAGE_MODES, Example, build_examples, split_listed_answer
+from trainer.examples import POSITION_BY_IDENTIFIER, STAGE_MODES, Example, build_examples, split_listed_answer
 from trainer.objects import OBJ_TOKEN_RE, obj_token
 from trainer.shard_reader import iter_scenes, scene_inputs
 
@@ -82,8 +82,10 @@ class StageStream:
                  shuffle_identifiers: bool = False, tasks: list[str] | None = None,
                  record_tasks: list[str] | None = None, count_by_listing: bool = False,
                  replay_tasks: list[str] | None = None, replay_per_task: int = 1,
-                 answer_steps: list[str] | None = None, layout_rooms: int = 0):
+                 answer_steps: list[str] | None = None, layout_rooms: int = 0,
+                 position_names: list[str] | None = None):
         self.answer_steps = frozenset(answer_steps or ())
+        self.position_names = frozenset(position_names) if position_names else POSITION_BY_IDENTIFIER
         if layout_rooms and STAGE_MODES[stage] != "fused":
             raise ValueError(f"stage {stage}: layout_rooms are simplified scenes, for stages 1-3 only")
         self.layout_rooms = layout_rooms
@@ -111,7 +113,7 @@ class StageStream:
                                   self.num_obj_tokens, rng, tasks=self.tasks, record_tasks=self.record_tasks,
                                   count_by_listing=self.count_by_listing, skipped=skipped,
                                   replay_tasks=self.replay_tasks, replay_per_task=self.replay_per_task,
-                                  answer_steps=self.answer_steps)
+                                  answer_steps=self.answer_steps, position_names=self.position_names)
         if not examples:
             return []
         # A caption example sees its object's Scan2Cap focus block (pipeline/cluster/caption.py);
