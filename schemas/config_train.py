@@ -49,17 +49,19 @@ class StageConfig(BaseModel):
                                     "of stages 2-3) at a small cost")
     replay_per_task: int = Field(1, ge=1, description="records of each replay task per scene and epoch "
                                  "(fewer when the scene has fewer)")
-    layout_rooms: int = Field(0, ge=0, description="stages 1-3, toy categories: also train on this many "
-                              "generated toy rooms (boxes, categories and the toy annotation's records, no "
-                              "frames; pipeline/toy/layout_rooms.py), never a held-out scene")
+    layout_rooms: int = Field(0, ge=0, description="toy categories: also train on this many generated toy "
+                              "rooms (boxes, categories and the toy annotation's records, no frames; "
+                              "pipeline/toy/layout_rooms.py), never a held-out scene; stage 4 puts them as "
+                              "simplified scenes, in batches of their own")
+    layout_tasks: list[str] | None = Field(None, description="keep only these tasks' examples of the "
+                                           "generated rooms (of the stage's tasks, record_tasks and "
+                                           "replays), e.g. stage 4's spatial replays; default: all")
 
     @model_validator(mode="after")
     def _record_tasks_before_stage_4(self):
         if self.record_tasks and self.stage == 4:
             raise ValueError("record_tasks is for stages 1-3; stage 4 trains on records already "
                              "(choose them with `tasks`)")
-        if self.layout_rooms and self.stage == 4:
-            raise ValueError("layout_rooms is for stages 1-3: generated rooms have no proxies")
         return self
 
 

@@ -1,8 +1,10 @@
 """`answer_steps`: distance and left/right answered after first-order steps, and read back after them;
-`layout_rooms`: generated toy rooms in the stream of stages 1-3."""
+`layout_rooms`: generated toy rooms in a stage's stream (`layout_tasks`: what they are asked);
+`position_names`: stage 2's positions asked by identifier and by category."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from typing import get_args
@@ -220,14 +222,64 @@ def test_stream_adds_every_generated_room_once_per_epoch_split_across_ranks(shar
     assert order != [ex.scene_id for ex, _ in _stream(shards, layout_rooms=10).items(0)]
 
 
-def test_layout_rooms_are_refused_where_there_are_proxies_to_read(shards):
+def test_stage4_puts_generated_rooms_as_simplified_scenes_in_batches_of_their_own(shards):
+    """Stage 4 with `layout_rooms`: each generated room gives its examples of `layout_tasks` only (here
+    the spatial replays, not object size's, nor the stage's referencing tasks), on its simplified
+    scene (no features); the shards' scenes give what they gave without rooms; every batch holds one
+    form of scene, and an epoch is as many batches as the stream says."""
+    from trainer.rank_stream import StageStream
+    from trainer.shard_reader import Collator
+
+    shard_dir, records_by_scene = shards
+    spatial = ["distance", "relative_direction", "room_size"]
+    kw = dict(seed=3, tasks=["object_name", "grounding"], replay_tasks=spatial + ["object_size"],
+              replay_per_task=2)
+    plain = StageStream(shard_dir, 4, records_by_scene, 32, 4, **kw)
+    mixed = StageStream(shard_dir, 4, records_by_scene, 32, 4, layout_rooms=6, layout_tasks=spatial, **kw)
+    items = list(mixed.items(0))
+    generated = [(ex, inputs) for ex, inputs in items if ex.scene_id.startswith("layout")]
+    assert {ex.scene_id for ex, _ in generated} == {f"layout{k:06d}" for k in range(6)}
+    assert {ex.task for ex, _ in generated} == set(spatial)
+    assert all(inputs["feat"] is None and inputs["categories"] for _, inputs in generated)
+    assert all(inputs["feat"] is not None for ex, inputs in items if not ex.scene_id.startswith("layout"))
+    def asked_of(pairs):
+        return sorted((ex.scene_id, ex.task, ex.question, ex.answer) for ex, _ in pairs
+                      if not ex.scene_id.startswith("layout"))
+
+    assert asked_of(items) == asked_of(plain.items(0))
+    for k in range(6):  # two of each spatial task per room, as the replay draws them
+        scene, records = layout_room(3, k)
+        asked = Counter(ex.task for ex, _ in generated if ex.scene_id == scene["scene_id"])
+        assert asked == +Counter({t: min(2, sum(r.task == t for r in records)) for t in spatial})
+    per_epoch = mixed.local_batches_per_epoch()
+    batches = list(mixed.batches(0, per_epoch))
+    assert per_epoch == math.ceil(len(generated) / 4) + math.ceil((len(items) - len(generated)) / 4)
+    assert len(batches) == per_epoch and sum(map(len, batches)) == len(items)
+    assert all(len({inputs["feat"] is None for _, inputs in b}) == 1 for b in batches)
+    a_proxy_item = next(item for item in items if not item[0].scene_id.startswith("layout"))
+    with pytest.raises(ValueError, match="mixes simplified scenes and proxies"):
+        Collator(None, None, None)([generated[0], a_proxy_item])
+
+
+def test_stage3_keeps_the_layout_tasks_of_generated_rooms_and_all_of_the_shards(shards):
     from trainer.rank_stream import StageStream
 
-    with pytest.raises(ValueError, match="layout_rooms"):
-        StageConfig(stage=4, trainable=["language_model"], layout_rooms=5)
     shard_dir, records_by_scene = shards
-    with pytest.raises(ValueError, match="layout_rooms"):
-        StageStream(shard_dir, 4, records_by_scene, 32, 4, layout_rooms=5)
+    kw = dict(seed=3, tasks=["object_position", "object_name"], record_tasks=["relative_direction"])
+    plain = StageStream(shard_dir, 3, records_by_scene, 32, 4, **kw)
+    stream = StageStream(shard_dir, 3, records_by_scene, 32, 4, layout_rooms=4,
+                         layout_tasks=["object_position", "relative_direction"], **kw)
+    items = list(stream.items(0))
+    shard_tasks = Counter(ex.task for ex, _ in items if not ex.scene_id.startswith("layout"))
+    assert shard_tasks == Counter(ex.task for ex, _ in plain.items(0)) and shard_tasks["object_name"] > 0
+    for k in range(4):  # each room: positions, stage 3's own height questions and the left/right records
+        scene, records = layout_room(3, k)
+        asked = Counter(ex.task for ex, _ in items if ex.scene_id == scene["scene_id"])
+        everything = build_examples(3, scene["scene_id"], scene["segments"], records, 32,
+                                    random.Random(f"3-0-{scene['scene_id']}"), tasks=frozenset(kw["tasks"]),
+                                    record_tasks=frozenset(kw["record_tasks"]))
+        assert asked == Counter(ex.task for ex in everything if ex.task != "object_name")
+        assert asked["object_position"] == len(scene["segments"]) and asked["relative_direction"] > 0
 
 
 def test_position_by_category_names_each_object_whose_category_is_unique_in_the_scene():

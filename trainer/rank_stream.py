@@ -71,6 +71,11 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
             for ex in examples]
 
 
+def _form(inputs: dict) -> str:
+    """"fused" for a simplified scene (one token per object, no features), else "proxy"."""
+    return "fused" if inputs["feat"] is None else "proxy"
+
+
 def _max_named(ex: Example) -> int:
     return max((int(m.group(1)) for m in OBJ_TOKEN_RE.finditer(ex.question + " " + ex.answer)), default=-1)
 
@@ -83,12 +88,11 @@ class StageStream:
                  record_tasks: list[str] | None = None, count_by_listing: bool = False,
                  replay_tasks: list[str] | None = None, replay_per_task: int = 1,
                  answer_steps: list[str] | None = None, layout_rooms: int = 0,
-                 position_names: list[str] | None = None):
+                 position_names: list[str] | None = None, layout_tasks: list[str] | None = None):
         self.answer_steps = frozenset(answer_steps or ())
         self.position_names = frozenset(position_names) if position_names else POSITION_BY_IDENTIFIER
-        if layout_rooms and STAGE_MODES[stage] != "fused":
-            raise ValueError(f"stage {stage}: layout_rooms are simplified scenes, for stages 1-3 only")
         self.layout_rooms = layout_rooms
+        self.layout_tasks = frozenset(layout_tasks) if layout_tasks else None
         self._layout_cache: list[tuple[dict, list[Record]]] | None = None
         self.tasks = frozenset(tasks) if tasks else None
         self.replay_tasks, self.replay_per_task = frozenset(replay_tasks or ()), replay_per_task
@@ -107,15 +111,23 @@ class StageStream:
     def _examples(self, scene: dict, epoch: int, skipped: Counter | None = None,
                   records: list[Record] | None = None) -> list[Item]:
         rng = random.Random(f"{self.seed}-{epoch}-{scene['scene_id']}")
-        if records is None:
+        generated = records is not None
+        if not generated:
             records = self.records_by_scene.get(scene["scene_id"], [])
         examples = build_examples(self.stage, scene["scene_id"], scene["segments"], records,
                                   self.num_obj_tokens, rng, tasks=self.tasks, record_tasks=self.record_tasks,
                                   count_by_listing=self.count_by_listing, skipped=skipped,
                                   replay_tasks=self.replay_tasks, replay_per_task=self.replay_per_task,
                                   answer_steps=self.answer_steps, position_names=self.position_names)
+        if generated and self.layout_tasks is not None:
+            examples = [ex for ex in examples if ex.task in self.layout_tasks]
         if not examples:
             return []
+        if generated:  # boxes and categories only: the simplified scene, whatever the stage
+            inputs = scene_inputs(scene, "fused", self.num_obj_tokens)
+            if self.shuffle_identifiers:
+                return permute_identifiers(examples, inputs, self.num_obj_tokens, rng)
+            return [(ex, inputs) for ex in examples]
         # A caption example sees its object's Scan2Cap focus block (pipeline/cluster/caption.py);
         # without focus blocks every example is in the one group None, the scene's own sequence.
         focus = self.mode == "proxy" and "focus_segment" in scene
@@ -178,33 +190,39 @@ class StageStream:
 
     def count(self) -> int:
         """Examples of this rank per epoch (the count does not depend on the epoch's sampling); also
-        tallies the skipped records in `self.skipped`."""
+        tallies the skipped records in `self.skipped` and the examples per form of scene in
+        `self.forms`."""
         tally: Counter = Counter()
-        num = sum(1 for _ in self.items(0, tally))
+        self.forms = Counter(_form(inputs) for _, inputs in self.items(0, tally))
         self.skipped = tally
-        return num
+        return sum(self.forms.values())
 
     def local_batches_per_epoch(self) -> int:
-        return math.ceil(self.count() / self.batch_size)
+        self.count()
+        return sum(math.ceil(n / self.batch_size) for n in self.forms.values())
 
     def batches(self, epoch: int, num_batches: int) -> Iterator[list[Item]]:
-        """Exactly `num_batches` micro-batches, cycling over this rank's part when it runs short."""
+        """Exactly `num_batches` micro-batches, cycling over this rank's part when it runs short. A
+        batch holds one form of scene (proxies, or simplified scenes: stage 4's generated rooms),
+        as the collator and the model take one per batch."""
         produced, passes = 0, 0
         while produced < num_batches:
-            batch: list[Item] = []
+            pending: dict[str, list[Item]] = {}
             any_item = False
             for item in self.items(epoch):  # a repeat pass keeps the rank's part and order
                 any_item = True
+                batch = pending.setdefault(_form(item[1]), [])
                 batch.append(item)
                 if len(batch) == self.batch_size:
-                    yield batch
+                    yield pending.pop(_form(item[1]))
                     produced += 1
-                    batch = []
                     if produced == num_batches:
                         return
-            if batch:
+            for batch in pending.values():
                 yield batch
                 produced += 1
+                if produced == num_batches:
+                    return
             if not any_item:
                 raise ValueError(f"rank {self.rank}: no training examples for stage {self.stage} in "
                                  f"{self.shard_dir}")

@@ -172,6 +172,9 @@ class Collator:
 
     def __call__(self, items: list[tuple[Example, dict]], with_answer: bool = True) -> dict:
         c = self.cfg
+        if len({scene["feat"] is None for _, scene in items}) > 1:
+            raise ValueError("a batch mixes simplified scenes and proxies; the stream batches each form "
+                             "apart (trainer.rank_stream.StageStream.batches)")
         encoded, scenes = [], []
         for ex, scene in items:
             xyz_K3 = torch.from_numpy(scene["xyz"])

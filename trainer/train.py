@@ -92,7 +92,8 @@ def stage_stream(cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, records_b
                        exclude_scenes=held_out, tasks=scfg.tasks, record_tasks=scfg.record_tasks,
                        count_by_listing=cfg.count_by_listing, replay_tasks=scfg.replay_tasks,
                        replay_per_task=scfg.replay_per_task, answer_steps=cfg.answer_steps,
-                       layout_rooms=scfg.layout_rooms, position_names=cfg.position_names,
+                       layout_rooms=scfg.layout_rooms, layout_tasks=scfg.layout_tasks,
+                       position_names=cfg.position_names,
                        shuffle_identifiers=(cfg.shuffle_identifiers if scfg.shuffle_identifiers is None
                                             else scfg.shuffle_identifiers))
 
