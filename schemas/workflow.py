@@ -1,6 +1,7 @@
 """Workflow files (`workflows/*.yaml`): one declarative recipe that the Makefile, the CLI and the
 trainer all read. Sections: source, features, cluster, train, eval, demo. A file may start from
-another and change only what differs (`extends: toy.yaml`; mappings merge, lists are given whole).
+another and change only what differs (`extends: toy.yaml`; mappings merge, null removes a key, lists
+are given whole).
 
 Every command finds its workflow the same way (`resolve_workflow`): `--workflow PATH`, else the
 `P3D_WORKFLOW` environment variable, else the embedded default `workflows/toy.yaml` of this
@@ -171,8 +172,9 @@ def _read_yaml(path: Path) -> tuple[str, dict]:
 
 def _extended(path: Path, data: dict, seen: frozenset[Path]) -> dict:
     """The workflow `data` read from `path` over the one its `extends:` names (a path relative to
-    `path`'s folder), recursively: mappings merge key by key, any other value (a list included, so a
-    `train.stages` list is given whole) replaces the base's."""
+    `path`'s folder), recursively, as a merge patch (`_merged`): mappings merge key by key, null
+    removes a key, any other value (a list included, so a `train.stages` list is given whole)
+    replaces the base's."""
     base_name = data.pop("extends", None)
     if base_name is None:
         return data
@@ -186,10 +188,16 @@ def _extended(path: Path, data: dict, seen: frozenset[Path]) -> dict:
 
 
 def _merged(base: dict, over: dict) -> dict:
+    """`over` on `base` as a JSON merge patch (RFC 7386): mappings merge, null removes the key (the
+    field then takes its default), anything else replaces."""
     out = dict(base)
     for key, value in over.items():
-        both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
-        out[key] = _merged(base[key], value) if both_maps else value
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = _merged(base[key], value)
+        else:
+            out[key] = value
     return out
 
 

@@ -147,15 +147,15 @@ def test_paper_workflows_carry_the_papers_numbers():
 
 
 def test_a_workflow_extends_another_merging_mappings_and_replacing_lists(tmp_path):
-    """`extends:` reads the base file (relative to the extending one), merges mappings key by key and
-    takes any other value, a list included, from the extending file; cycles and missing bases are
-    errors that name the file."""
+    """`extends:` reads the base file (relative to the extending one), merges mappings key by key,
+    removes a key set to null and takes any other value, a list included, from the extending file;
+    cycles and missing bases are errors that name the file."""
     from pathlib import Path
 
     toy_path = Path(__file__).resolve().parents[1] / "workflows" / "toy.yaml"
     (tmp_path / "base.yaml").write_text(toy_path.read_text())
     (tmp_path / "child.yaml").write_text(
-        "extends: base.yaml\nname: child\ncluster: {proxies: 32}\n"
+        "extends: base.yaml\nname: child\ncluster: {proxies: 32}\ndemo: {beyond_budget: {distance: null}}\n"
         "train: {answer_steps: [distance], stages: [{stage: 1, trainable: [language_model], epochs: 2}]}\n")
     (tmp_path / "grandchild.yaml").write_text("extends: child.yaml\nname: grandchild\n")
     toy = load_workflow(toy_path)
@@ -166,7 +166,10 @@ def test_a_workflow_extends_another_merging_mappings_and_replacing_lists(tmp_pat
         assert wf.train.answer_steps == ["distance"]
         assert wf.train.count_by_listing == toy.train.count_by_listing
         assert [s.stage for s in wf.train.stages] == [1] and wf.train.stages[0].epochs == 2
-        assert wf.source == toy.source and wf.features == toy.features and wf.demo == toy.demo
+        assert wf.source == toy.source and wf.features == toy.features
+        assert "distance" in toy.demo.beyond_budget  # null removed it; the other entries stay
+        assert wf.demo.beyond_budget == {k: v for k, v in toy.demo.beyond_budget.items() if k != "distance"}
+        assert wf.demo.ablations == toy.demo.ablations
     (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
     with pytest.raises(SchemaError, match="cycle"):
