@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from pipeline.toy.layout_rooms import layout_room
-from schemas.config_train import StageConfig
 from trainer.examples import answer_in_steps, build_examples, final_answer, record_example
 from trainer.predict import answer_parts
 from trainer.shard_reader import scene_inputs
