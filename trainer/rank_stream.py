@@ -72,7 +72,8 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
 
 
 def _form(inputs: dict) -> str:
-    """"fused" for a simplified scene (one token per object, no features), else "proxy"."""
+    """The scene's form: "fused" for a simplified scene (one token per object, no features), else
+    "proxy"."""
     return "fused" if inputs["feat"] is None else "proxy"
 
 
