@@ -10,6 +10,8 @@ Trainable = Literal["projector", "position", "identifiers", "language_model", "l
 # How the proxies' rotary position ids are laid out (trainer/positions.py says each).
 RopePositions = Literal["height", "bfs"]
 ROPE_POSITIONS: tuple[str, ...] = get_args(RopePositions)
+# How stage 2's position questions name the object (`train.position_names`; trainer/examples.py).
+PositionName = Literal["identifier", "category"]
 
 
 class StageConfig(BaseModel):
@@ -101,7 +103,7 @@ class TrainConfig(BaseModel):
         default_factory=list, description="records of these tasks are answered after first-order steps on the "
         "named objects' centres ('1.2 -0.4: 1.3', 'north west: left'; trainer/examples.py: answer_in_steps); "
         "`p3d predict` keeps the answer after the steps")
-    position_names: list[Literal["identifier", "category"]] = Field(
+    position_names: list[PositionName] = Field(
         default_factory=lambda: ["identifier"], min_length=1,
         description="how stage 2's (and a replaying stage 3's) position questions name the object: 'Where is "
         "<OBJ004>?' and/or 'Where is the sofa?' for a category unique in the scene, as the spatial records "

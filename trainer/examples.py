@@ -40,9 +40,8 @@ class Example:
     meta: dict = field(default_factory=dict)
 
 
-# How stage 2's position questions name the object (`train.position_names`): the default, and all.
+# Stage 2's position questions name the object by identifier unless `train.position_names` says more.
 POSITION_BY_IDENTIFIER = frozenset({"identifier"})
-POSITION_NAMES = ("identifier", "category")
 
 
 def _fmt(x: float) -> str:

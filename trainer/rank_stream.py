@@ -23,9 +23,10 @@ from pipeline.cluster.caption import captioned_segment, focus_scene
 from schemas import plugins
 from schemas.proxy import read_set_index
 from schemas.record import Record
-from trainer.examples import POSITION_BY_IDENTIFIER, STAGE_MODES, Example, build_examples, split_listed_answer
+from trainer.examples import (POSITION_BY_IDENTIFIER, STAGE_MODES, Example, build_examples,
+                              split_listed_answer)
 from trainer.objects import OBJ_TOKEN_RE, obj_token
-from trainer.shard_reader import iter_scenes, scene_inputs
+from trainer.shard_reader import iter_scenes, scene_form, scene_inputs
 
 Item = tuple[Example, dict]
 # The one room generator there is; a registry name, so the trainer never imports the toy world.
@@ -71,12 +72,6 @@ def permute_identifiers(examples: list[Example], inputs: dict, num_obj_tokens: i
             for ex in examples]
 
 
-def _form(inputs: dict) -> str:
-    """The scene's form: "fused" for a simplified scene (one token per object, no features), else
-    "proxy"."""
-    return "fused" if inputs["feat"] is None else "proxy"
-
-
 def _max_named(ex: Example) -> int:
     return max((int(m.group(1)) for m in OBJ_TOKEN_RE.finditer(ex.question + " " + ex.answer)), default=-1)
 
@@ -105,7 +100,8 @@ class StageStream:
         self.num_obj_tokens, self.batch_size, self.seed = num_obj_tokens, batch_size, seed
         self.shuffle_scenes, self.rank, self.world_size = shuffle_scenes, rank, world_size
         self.mode = STAGE_MODES[stage]
-        # (task, reason) -> records of this rank that could not be examples, tallied by `count()`
+        # (task, reason) -> records of this rank that could not be examples, tallied by
+        # `examples_per_form()`
         # (trainer.examples.stage4_examples); the trainer reports them per task.
         self.skipped: Counter = Counter()
 
@@ -124,20 +120,16 @@ class StageStream:
             examples = [ex for ex in examples if ex.task in self.layout_tasks]
         if not examples:
             return []
-        if generated:  # boxes and categories only: the simplified scene, whatever the stage
-            inputs = scene_inputs(scene, "fused", self.num_obj_tokens)
-            if self.shuffle_identifiers:
-                return permute_identifiers(examples, inputs, self.num_obj_tokens, rng)
-            return [(ex, inputs) for ex in examples]
+        mode = "fused" if generated else self.mode  # a generated room has boxes only, whatever the stage
         # A caption example sees its object's Scan2Cap focus block (pipeline/cluster/caption.py);
         # without focus blocks every example is in the one group None, the scene's own sequence.
-        focus = self.mode == "proxy" and "focus_segment" in scene
+        focus = mode == "proxy" and "focus_segment" in scene
         groups: dict[int | None, list[Example]] = {}
         for ex in examples:
             groups.setdefault(captioned_segment(ex) if focus else None, []).append(ex)
         items: list[Item] = []
         for segment, group in groups.items():
-            inputs = scene_inputs(focus_scene(scene, segment), self.mode, self.num_obj_tokens)
+            inputs = scene_inputs(focus_scene(scene, segment), mode, self.num_obj_tokens)
             if self.shuffle_identifiers:
                 items += permute_identifiers(group, inputs, self.num_obj_tokens, rng)
             else:
@@ -189,18 +181,17 @@ class StageStream:
         random.Random(f"{self.seed}-{epoch}-{self.rank}-{chunk}").shuffle(buffer)
         yield from buffer
 
-    def count(self) -> int:
-        """Examples of this rank per epoch (the count does not depend on the epoch's sampling); also
-        tallies the skipped records in `self.skipped` and the examples per form of scene in
-        `self.forms`."""
+    def examples_per_form(self) -> Counter:
+        """Examples of this rank per epoch by form of scene (`scene_form`; the counts do not depend on
+        the epoch's sampling); also tallies the skipped records in `self.skipped`."""
         tally: Counter = Counter()
-        self.forms = Counter(_form(inputs) for _, inputs in self.items(0, tally))
+        forms = Counter(scene_form(inputs) for _, inputs in self.items(0, tally))
         self.skipped = tally
-        return sum(self.forms.values())
+        return forms
 
     def local_batches_per_epoch(self) -> int:
-        self.count()
-        return sum(math.ceil(n / self.batch_size) for n in self.forms.values())
+        """Batches of this rank per epoch: each form of scene is batched apart (`batches`)."""
+        return sum(math.ceil(n / self.batch_size) for n in self.examples_per_form().values())
 
     def batches(self, epoch: int, num_batches: int) -> Iterator[list[Item]]:
         """Exactly `num_batches` micro-batches, cycling over this rank's part when it runs short. A
@@ -212,10 +203,10 @@ class StageStream:
             any_item = False
             for item in self.items(epoch):  # a repeat pass keeps the rank's part and order
                 any_item = True
-                batch = pending.setdefault(_form(item[1]), [])
+                batch = pending.setdefault(scene_form(item[1]), [])
                 batch.append(item)
                 if len(batch) == self.batch_size:
-                    yield pending.pop(_form(item[1]))
+                    yield pending.pop(scene_form(item[1]))
                     produced += 1
                     if produced == num_batches:
                         return

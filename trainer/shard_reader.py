@@ -108,6 +108,12 @@ def categories_in(shard_dir: str | Path) -> list[str]:
 
 
 # ------------------------------------------------------------------ scene tokens
+def scene_form(inputs: dict) -> str:
+    """The form of a scene's inputs, the `mode` of `scene_inputs` that made them: "fused" for a
+    simplified scene (one token per object, no features), else "proxy". A batch holds one form."""
+    return "fused" if inputs["feat"] is None else "proxy"
+
+
 def scene_inputs(scene: dict, mode: str, num_obj_tokens: int) -> dict:
     """The scene as model inputs: per token xyz, identifier (-1 none), category name, features."""
     segments = scene["segments"]
@@ -172,7 +178,7 @@ class Collator:
 
     def __call__(self, items: list[tuple[Example, dict]], with_answer: bool = True) -> dict:
         c = self.cfg
-        if len({scene["feat"] is None for _, scene in items}) > 1:
+        if len({scene_form(scene) for _, scene in items}) > 1:
             raise ValueError("a batch mixes simplified scenes and proxies; the stream batches each form "
                              "apart (trainer.rank_stream.StageStream.batches)")
         encoded, scenes = [], []
@@ -191,7 +197,7 @@ class Collator:
         scene_xyz = torch.zeros((B, K, 3))
         scene_ident = torch.full((B, K), -1, dtype=torch.long)
         scene_sem = torch.zeros((B, K), dtype=torch.long)
-        fused = scenes[0]["feat"] is None
+        fused = scene_form(scenes[0]) == "fused"
         scene_feat = None if fused else torch.zeros((B, K, scenes[0]["feat"].shape[1]))
         for b, ((ids, lab, pos_3L), scene) in enumerate(zip(encoded, scenes)):
             n, k = len(ids), len(scene["xyz"])
