@@ -42,8 +42,9 @@ SPATIAL_TASKS = ("distance", "relative_direction", "room_size", "object_size")
 # And left/right answered in first-order steps ("north west: left": the way the viewer faces, the
 # room axis it is closest to; which side of the viewer the object lies along the other axis; then
 # left/right), each step's answer first order in the coordinates or the steps before it.
-# Distance likewise ("1.2 -0.4: 1.3": how far the second object lies east and north of the first, then
-# the distance). Both are the trainer's `answer_steps` (trainer.examples.answer_in_steps).
+# Distance likewise ("4.6 3.8: 1.3": how far the second object lies east and north of the first, each
+# offset shifted to a positive number, then the distance). Both are the trainer's `answer_steps`
+# (trainer.examples.answer_in_steps).
 DIAGNOSTIC_TASKS = ("position", "east_west", "left_right_steps", "distance_steps")
 EAST_WEST_MARGIN = 0.3  # metres along x under which the question is not asked (as left/right's 0.3)
 
@@ -208,7 +209,7 @@ def first_order_share(questions: list[Question]) -> dict[str, dict[str, float]]:
 
 def score(q: Question, text: str) -> float:
     """Accuracy for a choice, MRA for a number (per number, averaged, for "x y"); an answer given in
-    steps ("north west: left", "1.2 -0.4: 1.3") is scored on what follows them."""
+    steps ("north west: left", "4.6 3.8: 1.3") is scored on what follows them."""
     from pipeline.eval.metrics import mean_relative_accuracy
     from pipeline.eval.text import parse_number
 

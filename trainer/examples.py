@@ -153,12 +153,18 @@ def unmatched_targets(record: Record, segments: list[dict]) -> list[int]:
     return [t for t in record.target_ids if t not in matched]
 
 
+# The offsets a distance's steps write as positive numbers (answer_in_steps): the toy world's longest
+# room side (pipeline/toy/layout.py ROOM_SIDE_RANGE); a larger offset is still written, below zero.
+OFFSET_SPAN_M = 8.0
+
+
 def answer_in_steps(task: str, centres_xy: list[tuple[float, float]], answer: str) -> str | None:
     """The answer after first-order steps on the named objects' floor-plan centres (in the
     question's order), or None for a record these steps do not fit:
 
-    - distance (two objects): how far the second lies east and north of the first, then the
-      distance: "1.2 -0.4: 1.3";
+    - distance (two objects): how far the second lies east and north of the first, each offset
+      written as (offset + OFFSET_SPAN_M) / 2, so that every offset up to OFFSET_SPAN_M either way is
+      a positive number and 4.0 means none, then the distance: "4.6 3.8: 1.3" (1.2 east, 0.4 south);
     - relative_direction as left/right (a viewer at the first object facing the second, the third
       queried): the room axis the viewer faces most nearly, the third object's side of the viewer
       along the other axis, then the answer: "north west: left".
@@ -166,10 +172,13 @@ def answer_in_steps(task: str, centres_xy: list[tuple[float, float]], answer: st
     Why: a gradient step follows the part of an answer that is first order in what the model reads.
     A distance (a norm) and a side (the sign of a cross product) have none in the objects' positions,
     so a model that reads positions never starts on them; each step above is first order in the
-    positions or the steps before it. measured: docs/RESULTS.md#spatial-probe"""
+    positions or the steps before it. measured: docs/RESULTS.md#spatial-probe
+    Offsets are shifted because a signed one is not first order: after a "-" the digits are the
+    offset's magnitude, the product of its sign and its value, and a model that reads positions
+    wrote "-0.1" for nearly every negative offset. measured: docs/RESULTS.md#distance-offsets"""
     if task == "distance" and len(centres_xy) == 2:
         (ax, ay), (bx, by) = centres_xy
-        return f"{bx - ax:.1f} {by - ay:.1f}: {answer}"
+        return f"{(bx - ax + OFFSET_SPAN_M) / 2:.1f} {(by - ay + OFFSET_SPAN_M) / 2:.1f}: {answer}"
     if task == "relative_direction" and len(centres_xy) == 3 and answer in ("left", "right"):
         (ax, ay), (bx, by), (cx, cy) = centres_xy
         fx, fy = bx - ax, by - ay
