@@ -87,6 +87,11 @@ class TrainConfig(BaseModel):
                                  "metre) when stage 1 builds the model; lower is smoother. On generated toy "
                                  "rooms 0.3 reads positions sooner than 1.0 (measured: "
                                  "docs/RESULTS.md#spatial-trainer-path)")
+    fourier_out_scale: float = Field(0.02, gt=0, description="size of the (x, y) Fourier term when stage 1 "
+                                     "builds the model (its last layer's weight spread times sqrt(MLP width)). "
+                                     "Small keeps a pretrained language model's first view of the proxies "
+                                     "nearly unchanged; the toy's random-init model reads positions in a "
+                                     "fraction of the steps at 1.0 (measured: docs/RESULTS.md#fourier-out-scale)")
     max_length: int = Field(2048, ge=16)
     lora_rank: int = Field(16, ge=1)
     save_every: int = Field(500, ge=1, description="DeepSpeed checkpoint every N optimizer steps")

@@ -267,3 +267,25 @@ def test_fourier_sigma_scales_the_initial_frequencies_and_the_export_keeps_them(
     back = Proxy3DModel.from_pretrained(tmp_path / "m")
     assert back.cfg.fourier_sigma == 0.3
     assert torch.equal(back.fourier.freq.weight.detach(), low)
+
+
+def test_fourier_out_scale_scales_the_initial_term_and_the_export_keeps_it(base, tmp_path):
+    """train.fourier_out_scale sets the Fourier term's initial size: from the same random state the
+    last layer draws exactly 50 times its default (0.02) weights at 1.0, the same frequencies, so the
+    term itself is 50 times larger (its bias starts at zero); the export records the scale."""
+    built = {}
+    for scale in (0.02, 1.0):
+        torch.manual_seed(7)
+        built[scale] = Proxy3DModel.build(str(base), feat_dim=128, num_obj_tokens=NUM_OBJ,
+                                          categories=list(CATEGORIES), height_bins=16,
+                                          height_range=(-0.5, 3.5), fourier_dim=16, fourier_out_scale=scale)
+    small, large = built[0.02].fourier, built[1.0].fourier
+    assert torch.equal(small.freq.weight, large.freq.weight)
+    assert torch.allclose(large.mlp[2].weight, 50 * small.mlp[2].weight, rtol=1e-5, atol=1e-8)
+    xy = torch.tensor([[[0.5, 1.5], [3.0, -2.0]]])
+    with torch.no_grad():
+        assert torch.allclose(large(xy), 50 * small(xy), rtol=1e-4, atol=1e-7)
+        assert float(small(xy).abs().max()) > 0
+    assert built[0.02].cfg.fourier_out_scale == 0.02  # the default when a workflow says nothing
+    built[1.0].export(tmp_path / "m")
+    assert Proxy3DModel.from_pretrained(tmp_path / "m").cfg.fourier_out_scale == 1.0

@@ -183,7 +183,8 @@ def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_di
         model = Proxy3DModel.build(base, feat_dim=feat_dim, num_obj_tokens=cfg.num_obj_tokens,
                                    categories=categories, height_bins=cfg.height_bins,
                                    height_range=cfg.height_range, fourier_dim=cfg.fourier_dim,
-                                   fourier_sigma=cfg.fourier_sigma, glyph_folder=cfg.glyph_folder)
+                                   fourier_sigma=cfg.fourier_sigma, fourier_out_scale=cfg.fourier_out_scale,
+                                   glyph_folder=cfg.glyph_folder)
     else:
         previous = Path(scfg.init_from) if scfg.init_from else layout.stage_model(cfg.out, stage - 1)
         if not (previous / "p3d_config.json").exists():
