@@ -92,6 +92,11 @@ class TrainConfig(BaseModel):
                                      "Small keeps a pretrained language model's first view of the proxies "
                                      "nearly unchanged; the toy's random-init model reads positions in a "
                                      "fraction of the steps at 1.0 (measured: docs/RESULTS.md#fourier-out-scale)")
+    fourier_from_stage: int = Field(1, ge=1, le=4, description="first stage whose scene tokens carry the (x, y) "
+                                    "Fourier term; before it the term is left out, untrained (stage 1 trains "
+                                    "naming; the paper aligns coordinates in stage 2). The toy's 2: a large "
+                                    "random term there slows stage 1's lookup (measured: "
+                                    "docs/RESULTS.md#fourier-out-scale)")
     max_length: int = Field(2048, ge=16)
     lora_rank: int = Field(16, ge=1)
     save_every: int = Field(500, ge=1, description="DeepSpeed checkpoint every N optimizer steps")
@@ -117,6 +122,14 @@ class TrainConfig(BaseModel):
     stages: list[StageConfig] = Field(default_factory=list,
                                       description="per-stage recipes; a missing stage takes the paper's default "
                                       "(trainer/recipes.py), whatever the model")
+
+    @model_validator(mode="after")
+    def _position_trained_with_its_term(self):
+        early = [s.stage for s in self.stages if s.stage < self.fourier_from_stage and "position" in s.trainable]
+        if early:
+            raise ValueError(f"train.stages: stage {early[0]} trains `position`, but its scene tokens leave the "
+                             f"Fourier term out (fourier_from_stage: {self.fourier_from_stage})")
+        return self
 
     def stage(self, n: int) -> StageConfig | None:
         found = [s for s in self.stages if s.stage == n]

@@ -101,6 +101,25 @@ def test_identifier_added_to_its_segments_proxies(model, data):
     torch.testing.assert_close(vec - base_vec, model.identifiers.weight[seg].detach(), atol=1e-5, rtol=1e-4)
 
 
+def test_scene_tokens_leave_the_fourier_term_out_until_it_is_on(model, data):
+    """cfg.fourier_on (train.fourier_from_stage): off, a scene token is its projected feature plus its
+    identifier, whatever its (x, y); on, the Fourier term of its (x, y) comes on top."""
+    b = _batch(model, _scene(data))
+    with torch.no_grad():
+        on = model.scene_vectors(b)[0]
+        model.cfg.fourier_on = False
+        try:
+            off = model.scene_vectors(b)[0]
+            moved = dict(b, scene_xyz=b["scene_xyz"] + torch.tensor([1.5, -2.0, 0.0]))
+            off_moved = model.scene_vectors(moved)[0]
+        finally:
+            model.cfg.fourier_on = True
+        fourier = model.fourier(b["scene_xyz"][0, :, :2])
+    assert float(fourier.abs().max()) > 0
+    torch.testing.assert_close(on - off, fourier, atol=1e-5, rtol=1e-4)
+    assert torch.equal(off, off_moved)
+
+
 def test_loss_only_on_response_tokens(model, data):
     b = _batch(model, _scene(data), answer="chair")
     lab = b["labels"][0]

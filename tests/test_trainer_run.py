@@ -107,6 +107,29 @@ def test_four_stages_chain_then_predict_cli(setup):
             assert preds[r.id].object_ids is not None  # object answers always carry the list (maybe empty)
 
 
+def test_fourier_term_joins_at_fourier_from_stage_untrained_until_then(setup):
+    """train.fourier_from_stage 2: the stage-1 export records the term off (and the built scale);
+    stage 2 switches it on and trains it (its weights move); a stage before it that names `position`
+    is refused."""
+    from trainer.train import train
+
+    root, qwen, _, records = setup
+    stages = [{"stage": 1, "trainable": ["identifiers", "language_model"], "max_steps": 2, "lr": 1e-3},
+              {"stage": 2, "trainable": ["position", "language_model"], "max_steps": 2, "lr": 1e-2}]
+    wf = _workflow(root, qwen, records, "late_fourier", stages, fourier_from_stage=2, fourier_out_scale=1.0)
+    exports = {n: train(wf, n) for n in (1, 2)}
+    cfg = {n: json.loads((f / "p3d_config.json").read_text()) for n, f in exports.items()}
+    assert (cfg[1]["fourier_on"], cfg[2]["fourier_on"]) == (False, True)
+    assert cfg[1]["fourier_out_scale"] == 1.0
+    weights = {n: {k: v for k, v in load_file(f / "p3d_modules.safetensors").items() if k.startswith("fourier.")}
+               for n, f in exports.items()}
+    assert weights[1] and weights[1].keys() == weights[2].keys()
+    assert any(not torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
+    early = [{"stage": 1, "trainable": ["position", "language_model"], "max_steps": 1}]
+    with pytest.raises(ValueError, match="fourier_from_stage"):
+        train(_workflow(root, qwen, records, "early_fourier", early, fourier_from_stage=2), 1)
+
+
 def test_later_stage_without_previous_export_is_a_clear_error(setup):
     from trainer.train import train
 

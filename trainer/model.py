@@ -57,6 +57,7 @@ class P3DModelConfig(BaseModel):
     fourier_dim: int
     fourier_sigma: float = 1.0  # the Fourier frequencies' spread at initialisation (train.fourier_sigma)
     fourier_out_scale: float = 0.02  # the Fourier term's size at initialisation (train.fourier_out_scale)
+    fourier_on: bool = True  # the Fourier term joins the scene tokens; set by each stage (train.fourier_from_stage)
     scene_token_id: int
     vision_start_id: int
     vision_end_id: int
@@ -200,6 +201,8 @@ class Proxy3DModel(nn.Module):
         ident_BK = batch["scene_ident"]
         has_id_BK1 = (ident_BK >= 0).unsqueeze(-1).to(vec_BKH.dtype)
         vec_BKH = vec_BKH + self.identifiers(ident_BK.clamp_min(0)) * has_id_BK1
+        if not self.cfg.fourier_on:
+            return vec_BKH
         return vec_BKH + self.fourier(batch["scene_xyz"][..., :2]).to(vec_BKH.dtype)
 
     def input_embeddings(self, batch: dict) -> torch.Tensor:

@@ -195,6 +195,11 @@ def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_di
     # The stage's layout, not the one the model it starts from was trained with (a demo ablation
     # changes it for stage 4 alone); the export records it for prediction.
     model.cfg.rope_positions = cfg.rope_positions
+    # The (x, y) Fourier term joins the scene tokens from train.fourier_from_stage on; untrained before.
+    model.cfg.fourier_on = stage >= cfg.fourier_from_stage
+    if not model.cfg.fourier_on and "position" in scfg.trainable:
+        raise ValueError(f"stage {stage} trains `position`, but its scene tokens leave the Fourier term out "
+                         f"(train.fourier_from_stage: {cfg.fourier_from_stage})")
     if model.cfg.feat_dim != feat_dim:
         raise ValueError(f"proxy features have D={feat_dim} but the model's projector expects "
                          f"{model.cfg.feat_dim}")
