@@ -329,12 +329,17 @@ def main() -> None:
         if args.fourier_sigma is not None or args.fourier_out_scale is not None:
             from trainer.positions import FourierXY
 
-            if args.init:
-                p.error("--fourier-*: a trained model's Fourier features are not re-initialised")
-            kw = {"sigma": args.fourier_sigma, "out_scale": args.fourier_out_scale}
-            model.fourier = FourierXY(model.cfg.hidden_size, model.cfg.fourier_dim,
-                                      **{k: v for k, v in kw.items() if v is not None})
+            if args.init and model.cfg.fourier_on:
+                p.error("--fourier-*: the Fourier features of a model whose stages used them are not "
+                        "re-initialised (a stage-1 model of train.fourier_from_stage 2 has unused ones)")
+            if args.fourier_sigma is not None:
+                model.cfg.fourier_sigma = args.fourier_sigma
+            if args.fourier_out_scale is not None:
+                model.cfg.fourier_out_scale = args.fourier_out_scale
+            model.fourier = FourierXY(model.cfg.hidden_size, model.cfg.fourier_dim, sigma=model.cfg.fourier_sigma,
+                                      out_scale=model.cfg.fourier_out_scale)
         model.set_trainable(["position", "language_model"])  # the toy workflow's stages 2-3
+        model.cfg.fourier_on = True  # as a stage from train.fourier_from_stage on
         model.train()
         n_obj = model.cfg.num_obj_tokens
         collate = Collator(model.tokenizer, model.cfg, model.category_ids)
