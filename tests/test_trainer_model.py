@@ -270,16 +270,18 @@ def test_stages_2_and_3_replay_stage_1_naming():
         assert any(e.task not in ("object_name", "object_id") for e in got), stage
 
 
+def _build_from_seed(base, **fourier) -> Proxy3DModel:
+    """A fresh model built from one fixed random state, with the given Fourier settings."""
+    torch.manual_seed(7)
+    return Proxy3DModel.build(str(base), feat_dim=128, num_obj_tokens=NUM_OBJ, categories=list(CATEGORIES),
+                              height_bins=16, height_range=(-0.5, 3.5), fourier_dim=16, **fourier)
+
+
 def test_fourier_sigma_scales_the_initial_frequencies_and_the_export_keeps_them(base, tmp_path):
     """train.fourier_sigma sets the spread of the (x, y) frequencies when a model is built: from the
     same random state, sigma 3.0 draws exactly ten times sigma 0.3's frequencies (normal_ is
     mean + std * noise); the exported model loads back with its frequencies and its sigma recorded."""
-    built = {}
-    for sigma in (0.3, 3.0):
-        torch.manual_seed(7)
-        built[sigma] = Proxy3DModel.build(str(base), feat_dim=128, num_obj_tokens=NUM_OBJ,
-                                          categories=list(CATEGORIES), height_bins=16,
-                                          height_range=(-0.5, 3.5), fourier_dim=16, fourier_sigma=sigma)
+    built = {sigma: _build_from_seed(base, fourier_sigma=sigma) for sigma in (0.3, 3.0)}
     low, high = (built[s].fourier.freq.weight.detach() for s in (0.3, 3.0))
     assert torch.allclose(high, 10 * low, rtol=1e-5, atol=1e-7) and float(low.abs().max()) > 0
     built[0.3].export(tmp_path / "m")
@@ -292,12 +294,7 @@ def test_fourier_out_scale_scales_the_initial_term_and_the_export_keeps_it(base,
     """train.fourier_out_scale sets the Fourier term's initial size: from the same random state the
     last layer draws exactly 50 times its default (0.02) weights at 1.0, the same frequencies, so the
     term itself is 50 times larger (its bias starts at zero); the export records the scale."""
-    built = {}
-    for scale in (0.02, 1.0):
-        torch.manual_seed(7)
-        built[scale] = Proxy3DModel.build(str(base), feat_dim=128, num_obj_tokens=NUM_OBJ,
-                                          categories=list(CATEGORIES), height_bins=16,
-                                          height_range=(-0.5, 3.5), fourier_dim=16, fourier_out_scale=scale)
+    built = {scale: _build_from_seed(base, fourier_out_scale=scale) for scale in (0.02, 1.0)}
     small, large = built[0.02].fourier, built[1.0].fourier
     assert torch.equal(small.freq.weight, large.freq.weight)
     assert torch.allclose(large.mlp[2].weight, 50 * small.mlp[2].weight, rtol=1e-5, atol=1e-8)
