@@ -123,14 +123,6 @@ class TrainConfig(BaseModel):
                                       description="per-stage recipes; a missing stage takes the paper's default "
                                       "(trainer/recipes.py), whatever the model")
 
-    @model_validator(mode="after")
-    def _position_trained_with_its_term(self):
-        early = [s.stage for s in self.stages if s.stage < self.fourier_from_stage and "position" in s.trainable]
-        if early:
-            raise ValueError(f"train.stages: stage {early[0]} trains `position`, but its scene tokens leave the "
-                             f"Fourier term out (fourier_from_stage: {self.fourier_from_stage})")
-        return self
-
     def stage(self, n: int) -> StageConfig | None:
         found = [s for s in self.stages if s.stage == n]
         if len(found) > 1:
