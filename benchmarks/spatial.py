@@ -329,9 +329,11 @@ def main() -> None:
         if args.fourier_sigma is not None or args.fourier_out_scale is not None:
             from trainer.positions import FourierXY
 
-            if args.init and model.cfg.fourier_on:
-                p.error("--fourier-*: the Fourier features of a model whose stages used them are not "
-                        "re-initialised (a stage-1 model of train.fourier_from_stage 2 has unused ones)")
+            # Only stages 2-4 train the Fourier features (stage 1 trains naming): a stage-1 model's are
+            # as built, and re-drawing them at another sigma or scale loses nothing.
+            if args.init and any(stage > 1 for stage in model.cfg.stages_done):
+                p.error("--fourier-*: a model past stage 1 has trained its Fourier features; they are not "
+                        "re-drawn")
             if args.fourier_sigma is not None:
                 model.cfg.fourier_sigma = args.fourier_sigma
             if args.fourier_out_scale is not None:
