@@ -58,6 +58,9 @@ class StageConfig(BaseModel):
     layout_tasks: list[str] | None = Field(None, description="keep only these tasks' examples of the "
                                            "generated rooms (of the stage's tasks, record_tasks and "
                                            "replays), e.g. stage 4's spatial replays; default: all")
+    layout_per_task: int | None = Field(None, ge=1, description="at most this many examples of each task "
+                                        "per generated room and epoch, drawn anew each epoch: many rooms "
+                                        "(what room size needs) at fewer steps; default: all")
 
     @model_validator(mode="after")
     def _record_tasks_before_stage_4(self):

@@ -283,6 +283,32 @@ def test_stage3_keeps_the_layout_tasks_of_generated_rooms_and_all_of_the_shards(
         assert asked["object_position"] == len(scene["segments"]) and asked["relative_direction"] > 0
 
 
+def test_layout_per_task_keeps_every_room_with_at_most_n_of_each_task_drawn_anew_each_epoch(shards):
+    """`layout_per_task`: each generated room still gives every task it gave, at most N examples of
+    each, drawn from what it gave without the cap, another draw each epoch; the shards' scenes keep
+    all of theirs, and an epoch's batches count the capped examples."""
+    kw = dict(tasks=["object_position", "object_name"], record_tasks=["relative_direction"], layout_rooms=4)
+    full, capped = _stream(shards, **kw), _stream(shards, layout_per_task=1, **kw)
+
+    def asked(items, room: bool):
+        return Counter((ex.scene_id, ex.task, ex.question, ex.answer) for ex, _ in items
+                       if ex.scene_id.startswith("layout") == room)
+
+    kept_positions = []
+    for epoch in (0, 1):
+        everything, kept = list(full.items(epoch)), list(capped.items(epoch))
+        assert asked(kept, room=False) == asked(everything, room=False)
+        assert not asked(kept, room=True) - asked(everything, room=True)  # a subset of the rooms' own
+        for k in range(4):
+            room = f"layout{k:06d}"
+            gave = Counter(ex.task for ex, _ in everything if ex.scene_id == room)
+            assert Counter(ex.task for ex, _ in kept if ex.scene_id == room) == {t: 1 for t in gave}
+            assert gave["object_position"] > 1
+        kept_positions.append({(ex.scene_id, ex.question) for ex, _ in kept if ex.task == "object_position"})
+        assert capped.local_batches_per_epoch() == math.ceil(len(kept) / 4)
+    assert kept_positions[0] != kept_positions[1]
+
+
 def test_position_by_category_names_each_object_whose_category_is_unique_in_the_scene():
     """`position_names` with "category" adds "Where is the sofa?" for every object alone in its
     category, answered with that object's box centre; identifiers stay as they were, and shared

@@ -76,6 +76,15 @@ def _max_named(ex: Example) -> int:
     return max((int(m.group(1)) for m in OBJ_TOKEN_RE.finditer(ex.question + " " + ex.answer)), default=-1)
 
 
+def at_most_per_task(examples: list[Example], limit: int, rng: random.Random) -> list[Example]:
+    """At most `limit` examples of each task, drawn with `rng` (a new draw each epoch), in their order."""
+    by_task: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_task.setdefault(ex.task, []).append(i)
+    kept = sorted(i for idx in by_task.values() for i in (idx if len(idx) <= limit else rng.sample(idx, limit)))
+    return [examples[i] for i in kept]
+
+
 class StageStream:
     def __init__(self, shard_dir: str | Path, stage: int, records_by_scene: dict[str, list[Record]],
                  num_obj_tokens: int, batch_size: int, *, seed: int = 0, shuffle_scenes: int = 16,
@@ -84,11 +93,13 @@ class StageStream:
                  record_tasks: list[str] | None = None, count_by_listing: bool = False,
                  replay_tasks: list[str] | None = None, replay_per_task: int = 1,
                  answer_steps: list[str] | None = None, layout_rooms: int = 0,
-                 position_names: list[str] | None = None, layout_tasks: list[str] | None = None):
+                 position_names: list[str] | None = None, layout_tasks: list[str] | None = None,
+                 layout_per_task: int | None = None):
         self.answer_steps = frozenset(answer_steps or ())
         self.position_names = frozenset(position_names) if position_names else POSITION_BY_IDENTIFIER
         self.layout_rooms = layout_rooms
         self.layout_tasks = frozenset(layout_tasks) if layout_tasks else None
+        self.layout_per_task = layout_per_task
         self._layout_cache: list[tuple[dict, list[Record]]] | None = None
         self.tasks = frozenset(tasks) if tasks else None
         self.replay_tasks, self.replay_per_task = frozenset(replay_tasks or ()), replay_per_task
@@ -118,6 +129,8 @@ class StageStream:
                                   answer_steps=self.answer_steps, position_names=self.position_names)
         if generated and self.layout_tasks is not None:
             examples = [ex for ex in examples if ex.task in self.layout_tasks]
+        if generated and self.layout_per_task:
+            examples = at_most_per_task(examples, self.layout_per_task, rng)
         if not examples:
             return []
         mode = "fused" if generated else self.mode  # a generated room has boxes only, whatever the stage

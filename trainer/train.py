@@ -93,6 +93,7 @@ def stage_stream(cfg: TrainConfig, scfg: StageConfig, shard_dir: Path, records_b
                        count_by_listing=cfg.count_by_listing, replay_tasks=scfg.replay_tasks,
                        replay_per_task=scfg.replay_per_task, answer_steps=cfg.answer_steps,
                        layout_rooms=scfg.layout_rooms, layout_tasks=scfg.layout_tasks,
+                       layout_per_task=scfg.layout_per_task,
                        position_names=cfg.position_names,
                        shuffle_identifiers=(cfg.shuffle_identifiers if scfg.shuffle_identifiers is None
                                             else scfg.shuffle_identifiers))
