@@ -167,6 +167,10 @@ def write_report(result: DemoResult) -> Path:
                         "each per scene and epoch, as stages 1-3 taught them)")
         lines += [f"Stage 4 trained on the tasks {', '.join(stage4.tasks)}{replayed}; the other tasks' rows "
                   "show what stages 1-3 and those tasks carry over (no training of their own).", ""]
+    if wf.eval.mbr_tasks:
+        lines += [f"Answers of {', '.join(wf.eval.mbr_tasks)} are decoded by minimum Bayes risk under MRA over "
+                  f"{wf.eval.mbr_samples} sampled answers (`eval.mbr_tasks`, trainer/predict.py); every other "
+                  "answer is greedy.", ""]
     lines += metric_table(result.main)
     lines += under_chance_lines(result.main, wf.demo.beyond_budget)
     lines += _ablation_section(result)

@@ -57,6 +57,10 @@ class EvalConfig(BaseModel):
     split: str = "val"
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(8, ge=1)
+    mbr_tasks: list[str] = Field(default_factory=list, description="tasks with number answers decoded by "
+                                 "minimum Bayes risk under MRA over `mbr_samples` samples (trainer/predict.py); "
+                                 "default none: greedy, as the benchmarks' own evaluations decode")
+    mbr_samples: int = Field(32, ge=2)
 
 
 class AblationConfig(BaseModel):

@@ -152,6 +152,46 @@ def test_greedy_generation_with_cache_matches_full_recompute(model, data):
         assert out == fast[b]
 
 
+def test_sampled_generation_draws_from_the_models_distribution_never_the_scene_slot(model, data):
+    """With a generator, `generate` draws each token from softmax(logits) (reference: the full
+    forward's logits, sharpened so that a few tokens carry the mass): the top tokens' frequencies over
+    2,000 draws lie within 4 sigma of their probabilities; the scene slot, given the top token's
+    logit, is never drawn; one seed repeats, another differs."""
+    scene = _scene(data)
+    col = Collator(model.tokenizer, model.cfg, model.category_ids, padding_side="left")
+    item = (Example(scene["scene_id"], "qa", "What is <OBJ001>?", ""), scene_inputs(scene, "proxy", NUM_OBJ))
+    single = col([item], with_answer=False)
+    head, slot, n = model.lm.lm_head.weight, model.cfg.scene_token_id, 2000
+
+    def next_logits():
+        return model.lm(inputs_embeds=model.input_embeddings(single), attention_mask=single["attention_mask"],
+                        position_ids=single["position_ids"]).logits[0, -1].float()
+
+    kept = head.detach().clone()
+    try:
+        with torch.no_grad():
+            logits = next_logits()
+            # No bias: scaling the head scales the logits; the scale whose top token has ~half the mass.
+            scale = min((2.0 ** k for k in range(12)), key=lambda c: abs(float(torch.softmax(c * logits, -1).max()) - 0.5))
+            head.mul_(scale)
+            head[slot] = head[int(logits.argmax())]
+            probs = torch.softmax(next_logits().index_fill(0, torch.tensor([slot]), float("-inf")), -1)
+            batch = col([item] * n, with_answer=False)
+            drawn = [ids[0] for ids in model.generate(batch, 1, generator=torch.Generator().manual_seed(5))]
+            again = [ids[0] for ids in model.generate(batch, 1, generator=torch.Generator().manual_seed(5))]
+            other = [ids[0] for ids in model.generate(batch, 1, generator=torch.Generator().manual_seed(6))]
+    finally:
+        with torch.no_grad():
+            head.copy_(kept)
+    assert slot not in drawn
+    top = torch.topk(probs, 5)
+    assert 0.2 < float(top.values[0]) < 0.8 and float(top.values[1]) > 0.02  # a few tokens, not one
+    for p, token in zip(top.values.tolist(), top.indices.tolist()):
+        freq = drawn.count(token) / n
+        assert abs(freq - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-3, (token, freq, p)
+    assert drawn == again and drawn != other
+
+
 def test_answer_only_loss_equals_the_full_vocabulary_loss_and_its_gradients(base, data):
     """`forward` projects only the labelled positions onto the vocabulary; the loss and every gradient
     must equal Hugging Face's own loss over the full logits (reference: `lm(..., labels=)`)."""

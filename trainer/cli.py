@@ -24,8 +24,13 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, min=1),
         max_new_tokens: int = typer.Option(32, min=1),
         limit: int | None = typer.Option(None, min=1, help="answer at most this many records"),
+        mbr_tasks: str = typer.Option("", help="comma-separated tasks with number answers to decode by "
+                                      "minimum Bayes risk under MRA (workflow: eval.mbr_tasks); others greedy"),
+        mbr_samples: int = typer.Option(32, min=2, help="sampled answers per question of --mbr-tasks"),
+        seed: int = typer.Option(0, help="seed of the --mbr-tasks samples (with each record's id)"),
     ) -> None:
-        """Batched greedy answers; `<OBJxxx>` answers come back with segment ids, labels and boxes."""
+        """Batched greedy answers (minimum Bayes risk for --mbr-tasks); `<OBJxxx>` answers come back
+        with segment ids, labels and boxes."""
         from schemas.cli_workflow import fail
         from schemas.layout import is_proxy_set_dir
         from schemas.proxy import missing_set_error
@@ -36,7 +41,8 @@ def register(app: typer.Typer) -> None:
             fail(f"--shards: {problem}")
         try:
             n = run_predict(checkpoint, shards, records, out, split=None if split == "all" else split,
-                            batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)
+                            batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
+                            mbr_tasks=[t for t in mbr_tasks.split(",") if t], mbr_samples=mbr_samples, seed=seed)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
         typer.echo(f"{n} predictions -> {out}")

@@ -240,8 +240,10 @@ class Proxy3DModel(nn.Module):
         return CausalLMOutput(loss=loss, logits=logits_NV)
 
     @torch.no_grad()
-    def generate(self, batch: dict, max_new_tokens: int = 32, prefix_cache=None) -> list[list[int]]:
-        """Greedy decoding of a left-padded batch with a KV cache; stops at `<|im_end|>`.
+    def generate(self, batch: dict, max_new_tokens: int = 32, prefix_cache=None,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Greedy decoding of a left-padded batch with a KV cache; stops at `<|im_end|>`. With a
+        `generator`, each token is drawn from the model's distribution (temperature 1) instead.
 
         `prefix_cache`: the KV cache of a one-row prompt prefix every row shares, already run (a
         scene's prefix, asked many questions: p3d/ask/answer.py). It is copied, never changed;
@@ -263,7 +265,11 @@ class Proxy3DModel(nn.Module):
         done_B = torch.zeros(B, dtype=torch.bool, device=embeds_BLH.device)
         generated: list[list[int]] = [[] for _ in range(B)]
         for _ in range(max_new_tokens):
-            next_B = out.logits[:, -1].argmax(-1)
+            # The scene slot is input only: fed back, it would ask for a scene token that is not there.
+            logits_BV = out.logits[:, -1].clone()
+            logits_BV[:, self.cfg.scene_token_id] = float("-inf")
+            next_B = (logits_BV.argmax(-1) if generator is None else
+                      torch.multinomial(torch.softmax(logits_BV.float(), -1), 1, generator=generator)[:, 0])
             for b in range(B):
                 if not done_B[b]:
                     generated[b].append(int(next_B[b]))

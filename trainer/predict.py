@@ -15,11 +15,22 @@ Each question is asked as training wrote it, through the checkpoint's chat templ
 generation prompt (`<|im_start|>assistant\n`, trainer/chat.py); an answer ends at the first
 end-of-turn token (`<|im_end|>`, where decoding stops) or any other eos of the checkpoint's
 generation config (Qwen2.5-VL's also lists `<|endoftext|>`), and nothing after it is kept.
+
+Answers are greedy, as the benchmarks' own evaluations decode, except the tasks named in `mbr_tasks`
+(number answers scored by MRA): each such question is answered `mbr_samples` times by sampling, and
+the answer kept is the sample with the highest mean MRA against all of them, the minimum-Bayes-risk
+answer under the metric (Lukasik et al., "Regression-aware inference with LLMs", 2024). Greedy
+decoding writes a number digit by digit, each digit the most likely one alone: an uncertain model
+writes the mode of the first digit, not a value near what it expects; measured:
+docs/RESULTS.md#numeric-mbr. Each record draws from its own seed (the run's and its id), so an answer
+does not depend on which others are asked beside it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -166,6 +177,40 @@ def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int) -> l
             for (_, _, rec, segments), ids in zip(pending, generated)]
 
 
+def mbr_index(values: list[float]) -> int:
+    """Index of the minimum-Bayes-risk value under MRA: the one whose mean MRA against all `values`
+    (each standing in turn for the truth) is highest; the first of those that tie."""
+    from pipeline.eval.metrics import mean_relative_accuracy
+
+    expected = [sum(mean_relative_accuracy(c, v) for v in values) for c in values]
+    return expected.index(max(expected))
+
+
+def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int, seed: int):
+    """The prediction of one number question (example, inputs, record, segments): the
+    minimum-Bayes-risk answer (`mbr_index`) among `samples` sampled ones; greedy where none of them
+    states a number."""
+    import torch
+
+    from pipeline.eval.text import parse_number
+
+    ex, inputs, rec, segments = item
+    batch = collate([(ex, inputs)] * samples, with_answer=False)
+    generator = torch.Generator(device=model.lm.device).manual_seed(zlib.crc32(f"{seed}/{rec.id}".encode()))
+    with torch.inference_mode():
+        drawn = model.generate(batch, max_new_tokens=max_new_tokens, generator=generator)
+    stops = stop_ids(model)
+    texts = [clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False)) for ids in drawn]
+    stated = [(text, parse_number(answer_parts(text, rec.answer_type)[0])) for text in texts]
+    stated = [(text, value) for text, value in stated if value is not None and math.isfinite(value)]
+    if not stated:
+        return answer_batch(model, collate, [item], max_new_tokens)[0]
+    pred = prediction_of(rec, segments, stated[mbr_index([value for _, value in stated])][0],
+                         model.cfg.num_obj_tokens)
+    pred.decoding = f"mbr {samples}"
+    return pred
+
+
 def prediction_of(rec, segments: list[dict], generated: str, num_obj_tokens: int):
     """The Prediction of a record from the model's whole answer text: the answer read out of it, the
     objects it names, and the whole text kept beside the answer where the two differ (the steps
@@ -195,8 +240,11 @@ def mark_unmatched(predictions: list, unmatched_of: dict[str, list[int]]) -> Non
 
 def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out: str | Path,
             split: str | None = "val", batch_size: int = 8, max_new_tokens: int = 32,
-            limit: int | None = None) -> int:
-    """Answer the records of `split` (None: all); returns the number of predictions written."""
+            limit: int | None = None, mbr_tasks: list[str] | tuple[str, ...] = (), mbr_samples: int = 32,
+            seed: int = 0) -> int:
+    """Answer the records of `split` (None: all); returns the number of predictions written. The
+    records of `mbr_tasks` (number answers) are answered by minimum Bayes risk over `mbr_samples`
+    samples (module docstring)."""
     from pipeline.eval.predictions import Prediction, write_predictions
     from trainer.examples import unmatched_targets
     from trainer.shard_reader import iter_scenes
@@ -204,6 +252,14 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
     model, collate, mode = load_for_prediction(checkpoint)
     num_obj_tokens = model.cfg.num_obj_tokens
     by_scene = records_by_scene(records, split, limit)
+    mbr_tasks = frozenset(mbr_tasks)
+    if mbr_tasks and mbr_samples < 2:
+        raise ValueError(f"mbr_samples must be at least 2 to decode by minimum Bayes risk, got {mbr_samples}")
+    not_numbers = sorted({rec.task for recs in by_scene.values() for rec in recs
+                          if rec.task in mbr_tasks and rec.answer_type != "number"})
+    if not_numbers:
+        raise ValueError(f"mbr_tasks: {', '.join(not_numbers)} have answers that are not numbers; minimum "
+                         "Bayes risk decoding is for number answers (scored by MRA)")
     predictions, pending, seen = [], [], set()
     unmatched_of: dict[str, list[int]] = {}  # record id -> its targets that match no segment
     for scene in iter_scenes(shards, shuffle=False):
@@ -218,6 +274,10 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
             if ex is None:
                 predictions.append(Prediction(id=rec.id, scene_id=rec.scene_id, task=rec.task, text="",
                                               not_asked=not_asked_reason(rec, segments, num_obj_tokens)))
+                continue
+            if rec.task in mbr_tasks:
+                predictions.append(answer_by_mbr(model, collate, (ex, inputs, rec, segments), mbr_samples,
+                                                 max_new_tokens, seed))
                 continue
             pending.append((ex, inputs, rec, segments))
             if len(pending) == batch_size:

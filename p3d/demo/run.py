@@ -37,7 +37,8 @@ def _stage4_and_scores(demo: DemoRun, label: str, wf_path: Path, wf: Workflow, r
     demo.run(f"predict {label}", p3d_command(
         "predict", "--checkpoint", str(checkpoint), "--shards", str(paths.proxies(wf.train.proxies)),
         "--records", str(records), "--out", str(preds), "--split", wf.eval.split,
-        "--batch-size", str(wf.eval.batch_size), "--max-new-tokens", str(wf.eval.max_new_tokens)), job, threads)
+        "--batch-size", str(wf.eval.batch_size), "--max-new-tokens", str(wf.eval.max_new_tokens),
+        "--mbr-tasks", ",".join(wf.eval.mbr_tasks), "--mbr-samples", str(wf.eval.mbr_samples)), job, threads)
     demo.run(f"eval {label}", p3d_command(
         "eval", "--task", "all", "--pred", str(preds), "--records", str(records), "--json", str(scores),
         "--boxes", str(Path(wf.source.path)), "--split", wf.eval.split), job, threads)

@@ -51,6 +51,8 @@ class Prediction(BaseModel):
     unmatched_targets: list[int] | None = Field(
         None, description="the record's target ids that match no segment of the scene (counted by eval)")
     not_asked: str | None = Field(None, description="why the record could not be asked; scored as a miss")
+    decoding: str | None = Field(None, description="how the answer was decoded where it was not greedy: "
+                                 "'mbr N', the minimum-Bayes-risk answer of N sampled ones (trainer/predict.py)")
 
 
 def load_predictions(path: str | Path) -> dict[str, Prediction]:
