@@ -323,9 +323,11 @@ def build_examples(stage: int, scene_id: str, segments: list[dict], records: lis
     tally: Counter = Counter()
     examples = _stage_examples(stage, scene_id, segments, records, num_obj_tokens, rng, count_by_listing, tally,
                                answer_steps, position_names)
-    if stage == 3 and tasks is not None and tasks & STAGE2_TASKS:
+    if stage in (3, 4) and tasks is not None and tasks & STAGE2_TASKS:
         # Stage 3 replays the stage-2 tasks it names: without `object_position` a model forgets how
         # to read positions while it learns to relate them. measured: docs/RESULTS.md#spatial-trainer-path
+        # Stage 4 asks them of the proxies: read off the simplified scene alone, positions do not
+        # carry over to the proxies. measured: docs/RESULTS.md#proxy-positions
         replayed = stage2_examples(scene_id, segments, num_obj_tokens, rng, position_names)
         examples = _mixed(examples, replayed, rng)
     if tasks is not None:
