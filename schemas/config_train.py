@@ -38,8 +38,8 @@ class StageConfig(BaseModel):
                                                     "previous stage's (stage 1: instead of `model`)")
     tasks: list[str] | None = Field(None, description="train only the examples of these tasks (stage 1-3: "
                                     "the generated tasks, e.g. object_name; stage 3 may also name stage 2's, "
-                                    "object_position and object_size, to replay them; stage 4: record tasks); "
-                                    "default: all")
+                                    "object_position and object_size, to replay them; stage 4: record tasks, "
+                                    "and stage 2's, asked of the proxies); default: all")
     shuffle_identifiers: bool | None = Field(None, description="this stage's override of "
                                              "train.shuffle_identifiers")
     record_tasks: list[str] = Field(default_factory=list, description="stages 1-3: also train the records "

@@ -60,3 +60,22 @@ def test_replay_per_task_draws_distinct_records_capped_by_what_the_scene_has():
     examples = build_examples(4, "s", SEGMENTS, RECORDS, 8, random.Random(0), tasks=frozenset({"counting"}),
                               replay_tasks=frozenset({"distance"}), replay_per_task=2)
     assert sorted(ex.task for ex in examples) == ["counting", "distance", "distance"]
+
+
+def test_stage4_asks_the_stage2_tasks_it_names_of_its_segments_boxes():
+    """Stage 4's `tasks` may name stage 2's (`object_position`): every referenceable object's position,
+    by identifier and, alone in its category, by category, answered with its segment's box centre
+    (on the proxies, which stage 4 reads); only the named stage-2 task, none when not named."""
+    segments = [*SEGMENTS, {"id": 3, "label": 3, "instance_id": 13, "category": "sofa",
+                            "box": {"center": [2.3, -1.5, 0.4], "size": [2.0, 1.0, 0.8]}}]
+    examples = build_examples(4, "s", segments, RECORDS, 8, random.Random(0),
+                              tasks=frozenset({"counting", "object_position"}),
+                              position_names=frozenset({"identifier", "category"}))
+    where = {ex.question: ex.answer for ex in examples if ex.task == "object_position"}
+    expected = {f"Where is <OBJ00{i}>?": f"{float(i):.1f} 0.0 0.5" for i in range(3)}
+    expected |= {"Where is <OBJ003>?": "2.3 -1.5 0.4", "Where is the sofa?": "2.3 -1.5 0.4"}
+    assert where == expected  # the chairs share a category: never asked by it
+    assert Counter(ex.task for ex in examples) == {"object_position": 5, "counting": 1}
+    without = build_examples(4, "s", segments, RECORDS, 8, random.Random(0), tasks=frozenset({"counting"}),
+                             position_names=frozenset({"identifier", "category"}))
+    assert [ex.task for ex in without] == ["counting"]
