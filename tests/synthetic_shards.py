@@ -110,3 +110,20 @@ def write_synthetic(out: str | Path, num_scenes: int = 6, dim: int = 128, scenes
     write_json_atomic(shard_dir / INDEX_FILE, index_payload(SYNTHETIC_PARAMS, index))
     write_records(records, out / "records.jsonl")
     return shard_dir, out / "records.jsonl"
+
+
+def untrained_model(root: str | Path, texts: list[str], num_scenes: int = 6) -> tuple[Path, Path, Path, Path]:
+    """(exported untrained Proxy3D folder, its toy Qwen folder, synthetic shards, records) under
+    `root`: a tiny random-weight model whose vocabulary covers `texts`, seeded, 32 identifiers."""
+    import torch
+
+    from pipeline.toy.models import build_toy_qwen
+    from trainer.model import Proxy3DModel
+
+    root = Path(root)
+    qwen = build_toy_qwen(root / "qwen", texts)
+    shards, records = write_synthetic(root / "data", num_scenes=num_scenes, dim=128, scenes_per_shard=2)
+    torch.manual_seed(0)
+    model = Proxy3DModel.build(str(qwen), feat_dim=128, num_obj_tokens=32, categories=list(CATEGORIES),
+                               height_bins=16, height_range=(-0.5, 3.5), fourier_dim=16)
+    return model.export(root / "model"), qwen, shards, records

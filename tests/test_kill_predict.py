@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from tests.kill_helpers import alive
@@ -26,17 +25,11 @@ KILLS = 3
 def exported(tmp_path_factory):
     """An exported Proxy3D folder (untrained: what predict reads is the export format, not skill)
     and synthetic shards + records."""
-    from pipeline.toy.models import build_toy_qwen
-    from trainer.model import Proxy3DModel
-    from tests.synthetic_shards import CATEGORIES, write_synthetic
+    from tests.synthetic_shards import untrained_model
 
-    root = tmp_path_factory.mktemp("predict_kill")
-    qwen = build_toy_qwen(root / "qwen", ["What is a chair?", "How many lamps are in the room?"])
-    shards, records = write_synthetic(root / "data", num_scenes=6, dim=128, scenes_per_shard=2)
-    torch.manual_seed(0)
-    model = Proxy3DModel.build(str(qwen), feat_dim=128, num_obj_tokens=32, categories=list(CATEGORIES),
-                               height_bins=16, height_range=(-0.5, 3.5), fourier_dim=16)
-    return model.export(root / "model"), shards, records
+    folder, _, shards, records = untrained_model(tmp_path_factory.mktemp("predict_kill"),
+                                                 ["What is a chair?", "How many lamps are in the room?"])
+    return folder, shards, records
 
 
 def _args(exported, out: Path, *extra: str) -> list[str]:

@@ -26,17 +26,10 @@ KILLS = 2
 
 @pytest.mark.slow
 def test_stage4_killed_at_random_points_then_resumed_equals_uninterrupted(tmp_path):
-    from pipeline.toy.models import build_toy_qwen
-    from trainer.model import Proxy3DModel
-    from tests.synthetic_shards import CATEGORIES, write_synthetic
+    from tests.synthetic_shards import untrained_model
     from trainer.train import train
 
-    qwen = build_toy_qwen(tmp_path / "qwen", ["What is a chair?", "How many lamps are in the room?"])
-    _, records = write_synthetic(tmp_path / "data", num_scenes=6, dim=128, scenes_per_shard=2)
-    torch.manual_seed(0)
-    model = Proxy3DModel.build(str(qwen), feat_dim=128, num_obj_tokens=32, categories=list(CATEGORIES),
-                               height_bins=16, height_range=(-0.5, 3.5), fourier_dim=16)
-    start = model.export(tmp_path / "start")
+    start, qwen, _, records = untrained_model(tmp_path, ["What is a chair?", "How many lamps are in the room?"])
     stages = [{"stage": 4, "trainable": ["projector", "position", "lora"], "max_steps": STEPS, "lr": 1e-3,
                "batch_size": 4, "init_from": str(start)}]
     full = train(_workflow(tmp_path, qwen, records, "full", stages, save_every=2, lora_rank=4), 4)

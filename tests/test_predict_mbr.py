@@ -7,10 +7,8 @@ import json
 import random
 
 import pytest
-import torch
 
-from pipeline.toy.models import build_toy_qwen
-from tests.synthetic_shards import CATEGORIES, write_synthetic
+from tests.synthetic_shards import untrained_model
 
 MRA_THRESHOLDS = [0.50 + 0.05 * k for k in range(10)]  # VSI-Bench's 0.50, 0.55, ..., 0.95
 
@@ -37,15 +35,10 @@ def test_mbr_index_keeps_the_answer_nearest_the_others_under_mra():
 def exported(tmp_path_factory):
     """An exported untrained Proxy3D folder (its sampled answers hold digits often enough to decode),
     synthetic shards and records (counting: number answers)."""
-    from trainer.model import Proxy3DModel
-
-    root = tmp_path_factory.mktemp("mbr")
-    qwen = build_toy_qwen(root / "qwen", ["What is a chair?", "How many lamps are in the room? 0 1 2 3 4 5 6 7 8 9"])
-    shards, records = write_synthetic(root / "data", num_scenes=4, dim=128, scenes_per_shard=2)
-    torch.manual_seed(0)
-    model = Proxy3DModel.build(str(qwen), feat_dim=128, num_obj_tokens=32, categories=list(CATEGORIES),
-                               height_bins=16, height_range=(-0.5, 3.5), fourier_dim=16)
-    return model.export(root / "model"), shards, records
+    folder, _, shards, records = untrained_model(
+        tmp_path_factory.mktemp("mbr"), ["What is a chair?", "How many lamps are in the room? 0 1 2 3 4 5 6 7 8 9"],
+        num_scenes=4)
+    return folder, shards, records
 
 
 def _predict(exported, out, records=None, **kw) -> dict[str, dict]:
