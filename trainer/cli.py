@@ -11,6 +11,7 @@ import typer
 
 from schemas.cli_workflow import SET_OPTION, WORKFLOW_OPTION
 from schemas.config_train import TrainConfig
+from schemas.workflow import EvalConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +27,8 @@ def register(app: typer.Typer) -> None:
         limit: int | None = typer.Option(None, min=1, help="answer at most this many records"),
         mbr_tasks: str = typer.Option("", help="comma-separated tasks with number answers to decode by "
                                       "minimum Bayes risk under MRA (workflow: eval.mbr_tasks); others greedy"),
-        mbr_samples: int = typer.Option(32, min=2, help="sampled answers per question of --mbr-tasks"),
+        mbr_samples: int = typer.Option(EvalConfig.model_fields["mbr_samples"].default, min=2,
+                                        help="sampled answers per question of --mbr-tasks"),
         seed: int = typer.Option(0, help="seed of the --mbr-tasks samples (with each record's id)"),
     ) -> None:
         """Batched greedy answers (minimum Bayes risk for --mbr-tasks); `<OBJxxx>` answers come back

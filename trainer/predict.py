@@ -34,6 +34,8 @@ import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from schemas.workflow import EvalConfig
+
 log = logging.getLogger("p3d.predict")
 
 
@@ -240,8 +242,8 @@ def mark_unmatched(predictions: list, unmatched_of: dict[str, list[int]]) -> Non
 
 def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out: str | Path,
             split: str | None = "val", batch_size: int = 8, max_new_tokens: int = 32,
-            limit: int | None = None, mbr_tasks: list[str] | tuple[str, ...] = (), mbr_samples: int = 32,
-            seed: int = 0) -> int:
+            limit: int | None = None, mbr_tasks: list[str] | tuple[str, ...] = (),
+            mbr_samples: int = EvalConfig.model_fields["mbr_samples"].default, seed: int = 0) -> int:
     """Answer the records of `split` (None: all); returns the number of predictions written. The
     records of `mbr_tasks` (number answers) are answered by minimum Bayes risk over `mbr_samples`
     samples (module docstring)."""
