@@ -294,17 +294,22 @@ def _mixed(own: list[Example], replay: list[Example], rng: random.Random) -> lis
     return out
 
 
+def sample_per_task(items: list, rng: random.Random, per_task: int) -> list:
+    """`per_task` distinct items (records or examples) of each task among `items` (all of a task's when
+    it has fewer), drawn by `rng`, task by task in name order."""
+    by_task: dict[str, list] = defaultdict(list)
+    for item in items:
+        by_task[item.task].append(item)
+    return [item for task in sorted(by_task)
+            for item in rng.sample(by_task[task], min(per_task, len(by_task[task])))]
+
+
 def replay_sample(records: list[Record], replay_tasks: frozenset[str], rng: random.Random,
                   per_task: int = 1) -> list[Record]:
     """`per_task` distinct records of each of `replay_tasks` that the scene has (all of them when it
     has fewer), drawn by `rng` (so others each epoch): a replay that keeps a task alive at a fixed,
     small cost per scene."""
-    by_task: dict[str, list[Record]] = defaultdict(list)
-    for rec in records:
-        if rec.task in replay_tasks:
-            by_task[rec.task].append(rec)
-    return [rec for task in sorted(by_task)
-            for rec in rng.sample(by_task[task], min(per_task, len(by_task[task])))]
+    return sample_per_task([rec for rec in records if rec.task in replay_tasks], rng, per_task)
 
 
 def build_examples(stage: int, scene_id: str, segments: list[dict], records: list[Record],

@@ -24,7 +24,7 @@ from schemas import plugins
 from schemas.proxy import read_set_index
 from schemas.record import Record
 from trainer.examples import (POSITION_BY_IDENTIFIER, STAGE_MODES, Example, build_examples,
-                              split_listed_answer)
+                              sample_per_task, split_listed_answer)
 from trainer.objects import OBJ_TOKEN_RE, obj_token
 from trainer.shard_reader import iter_scenes, scene_form, scene_inputs
 
@@ -76,15 +76,6 @@ def _max_named(ex: Example) -> int:
     return max((int(m.group(1)) for m in OBJ_TOKEN_RE.finditer(ex.question + " " + ex.answer)), default=-1)
 
 
-def at_most_per_task(examples: list[Example], limit: int, rng: random.Random) -> list[Example]:
-    """At most `limit` examples of each task, drawn with `rng` (a new draw each epoch), in their order."""
-    by_task: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        by_task.setdefault(ex.task, []).append(i)
-    kept = sorted(i for idx in by_task.values() for i in (idx if len(idx) <= limit else rng.sample(idx, limit)))
-    return [examples[i] for i in kept]
-
-
 class StageStream:
     def __init__(self, shard_dir: str | Path, stage: int, records_by_scene: dict[str, list[Record]],
                  num_obj_tokens: int, batch_size: int, *, seed: int = 0, shuffle_scenes: int = 16,
@@ -130,7 +121,7 @@ class StageStream:
         if generated and self.layout_tasks is not None:
             examples = [ex for ex in examples if ex.task in self.layout_tasks]
         if generated and self.layout_per_task:
-            examples = at_most_per_task(examples, self.layout_per_task, rng)
+            examples = sample_per_task(examples, rng, self.layout_per_task)
         if not examples:
             return []
         mode = "fused" if generated else self.mode  # a generated room has boxes only, whatever the stage
