@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 Trainable = Literal["projector", "position", "identifiers", "language_model", "lora"]
 # How the proxies' rotary position ids are laid out (trainer/positions.py says each).
@@ -58,15 +58,28 @@ class StageConfig(BaseModel):
     layout_tasks: list[str] | None = Field(None, description="keep only these tasks' examples of the "
                                            "generated rooms (of the stage's tasks, record_tasks and "
                                            "replays), e.g. stage 4's spatial replays; default: all")
-    layout_per_task: int | None = Field(None, ge=1, description="at most this many examples of each task "
-                                        "per generated room and epoch, drawn anew each epoch: many rooms "
-                                        "(what room size needs) at fewer steps; default: all")
+    layout_per_task: dict[str, PositiveInt] = Field(
+        default_factory=dict, description="task -> at most this many of its examples per generated room and "
+                                          "epoch, drawn anew each epoch; the tasks it does not name keep all "
+                                          "of theirs. The steps a room spends on what it asks of every object "
+                                          "(positions, the lookup) go to what it asks a few times "
+                                          "(left/right, distance); default: all")
 
     @model_validator(mode="after")
     def _record_tasks_before_stage_4(self):
         if self.record_tasks and self.stage == 4:
             raise ValueError("record_tasks is for stages 1-3; stage 4 trains on records already "
                              "(choose them with `tasks`)")
+        return self
+
+    @model_validator(mode="after")
+    def _capped_tasks_are_asked(self):
+        # A cap on a task the generated rooms are not asked would cap nothing (a misspelt name, say).
+        if self.layout_per_task and self.layout_tasks is not None:
+            stray = sorted(set(self.layout_per_task) - set(self.layout_tasks))
+            if stray:
+                raise ValueError(f"layout_per_task caps {stray}, which layout_tasks does not ask of the "
+                                 f"generated rooms ({self.layout_tasks})")
         return self
 
 

@@ -283,12 +283,12 @@ def test_stage3_keeps_the_layout_tasks_of_generated_rooms_and_all_of_the_shards(
         assert asked["object_position"] == len(scene["segments"]) and asked["relative_direction"] > 0
 
 
-def test_layout_per_task_keeps_every_room_with_at_most_n_of_each_task_drawn_anew_each_epoch(shards):
-    """`layout_per_task`: each generated room still gives every task it gave, at most N examples of
-    each, drawn from what it gave without the cap, another draw each epoch; the shards' scenes keep
-    all of theirs, and an epoch's batches count the capped examples."""
+def test_layout_per_task_caps_the_named_tasks_of_each_room_drawn_anew_each_epoch(shards):
+    """`layout_per_task`: each generated room gives at most N examples of a named task, drawn from
+    what it gave without the cap, another draw each epoch; the tasks it does not name keep all of
+    theirs, as do the shards' scenes; an epoch's batches count the capped examples."""
     kw = dict(tasks=["object_position", "object_name"], record_tasks=["relative_direction"], layout_rooms=4)
-    full, capped = _stream(shards, **kw), _stream(shards, layout_per_task=1, **kw)
+    full, capped = _stream(shards, **kw), _stream(shards, layout_per_task={"object_position": 1}, **kw)
 
     def asked(items, room: bool):
         return Counter((ex.scene_id, ex.task, ex.question, ex.answer) for ex, _ in items
@@ -302,11 +302,24 @@ def test_layout_per_task_keeps_every_room_with_at_most_n_of_each_task_drawn_anew
         for k in range(4):
             room = f"layout{k:06d}"
             gave = Counter(ex.task for ex, _ in everything if ex.scene_id == room)
-            assert Counter(ex.task for ex, _ in kept if ex.scene_id == room) == {t: 1 for t in gave}
-            assert gave["object_position"] > 1
+            assert gave["object_position"] > 1 and gave["relative_direction"] > 1
+            assert Counter(ex.task for ex, _ in kept if ex.scene_id == room) == {**gave, "object_position": 1}
         kept_positions.append({(ex.scene_id, ex.question) for ex, _ in kept if ex.task == "object_position"})
         assert capped.local_batches_per_epoch() == math.ceil(len(kept) / 4)
     assert kept_positions[0] != kept_positions[1]
+
+
+def test_sample_per_task_caps_every_task_or_the_named_ones():
+    """One cap draws that many of every task (all of a task with fewer); a mapping draws its tasks'
+    caps and keeps the others whole; what is drawn is always the task's own items."""
+    from trainer.examples import Example, sample_per_task
+
+    items = [Example("s", task, f"q{k}", "a") for task, n in (("a", 5), ("b", 3), ("c", 1)) for k in range(n)]
+    one = Counter(ex.task for ex in sample_per_task(items, random.Random(0), 2))
+    assert one == {"a": 2, "b": 2, "c": 1}
+    drawn = sample_per_task(items, random.Random(0), {"a": 1, "c": 4})
+    assert Counter(ex.task for ex in drawn) == {"a": 1, "b": 3, "c": 1}
+    assert all(ex in items for ex in drawn) and len(set(map(id, drawn))) == len(drawn)
 
 
 def test_position_by_category_names_each_object_whose_category_is_unique_in_the_scene():
@@ -335,3 +348,17 @@ def test_position_by_category_names_each_object_whose_category_is_unique_in_the_
                                                     random.Random(1), tasks=frozenset({"object_position"}),
                                                     position_names=frozenset({"category"}))]
         assert sorted(got) == sorted(f"Where is the {c}?" for c, n in cats.items() if n == 1)
+
+
+def test_layout_per_task_must_cap_a_task_the_generated_rooms_are_asked():
+    """A cap on a task that layout_tasks leaves out would cap nothing: the workflow is refused."""
+    from pydantic import ValidationError
+
+    from schemas.config_train import StageConfig
+
+    base = dict(stage=3, trainable=["language_model"], layout_rooms=10, layout_tasks=["object_position", "distance"])
+    assert StageConfig(**base, layout_per_task={"object_position": 2}).layout_per_task == {"object_position": 2}
+    with pytest.raises(ValidationError, match="object_id"):
+        StageConfig(**base, layout_per_task={"object_id": 2})
+    with pytest.raises(ValidationError):
+        StageConfig(**base, layout_per_task={"object_position": 0})

@@ -14,6 +14,7 @@ import logging
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -294,14 +295,19 @@ def _mixed(own: list[Example], replay: list[Example], rng: random.Random) -> lis
     return out
 
 
-def sample_per_task(items: list, rng: random.Random, per_task: int) -> list:
+def sample_per_task(items: list, rng: random.Random, per_task: int | Mapping[str, int]) -> list:
     """`per_task` distinct items (records or examples) of each task among `items` (all of a task's when
-    it has fewer), drawn by `rng`, task by task in name order."""
+    it has fewer), drawn by `rng`, task by task in name order. A mapping caps the tasks it names (task
+    -> how many) and keeps every item of the others."""
     by_task: dict[str, list] = defaultdict(list)
     for item in items:
         by_task[item.task].append(item)
-    return [item for task in sorted(by_task)
-            for item in rng.sample(by_task[task], min(per_task, len(by_task[task])))]
+    out = []
+    for task in sorted(by_task):
+        cap = per_task if isinstance(per_task, int) else per_task.get(task)
+        group = by_task[task]
+        out.extend(group if cap is None else rng.sample(group, min(cap, len(group))))
+    return out
 
 
 def replay_sample(records: list[Record], replay_tasks: frozenset[str], rng: random.Random,

@@ -85,12 +85,12 @@ class StageStream:
                  replay_tasks: list[str] | None = None, replay_per_task: int = 1,
                  answer_steps: list[str] | None = None, layout_rooms: int = 0,
                  position_names: list[str] | None = None, layout_tasks: list[str] | None = None,
-                 layout_per_task: int | None = None):
+                 layout_per_task: dict[str, int] | None = None):
         self.answer_steps = frozenset(answer_steps or ())
         self.position_names = frozenset(position_names) if position_names else POSITION_BY_IDENTIFIER
         self.layout_rooms = layout_rooms
         self.layout_tasks = frozenset(layout_tasks) if layout_tasks else None
-        self.layout_per_task = layout_per_task
+        self.layout_per_task = dict(layout_per_task or {})
         self._layout_cache: list[tuple[dict, list[Record]]] | None = None
         self.tasks = frozenset(tasks) if tasks else None
         self.replay_tasks, self.replay_per_task = frozenset(replay_tasks or ()), replay_per_task
