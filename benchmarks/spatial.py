@@ -39,7 +39,8 @@ SPATIAL_TASKS = ("distance", "relative_direction", "room_size", "object_size")
 # and which of two objects lies further along the room's x axis ("east" / "west"), left/right's
 # relation in the room's fixed frame, which tells comparing two positions apart from taking a
 # viewer's frame from a third.
-# And left/right answered in first-order steps ("north west: left": the way the viewer faces, the
+# And left/right answered in first-order steps ("west north, north west: left": whether the faced
+# object lies east or west and north or south of the viewer; of those, the way the viewer faces, the
 # room axis it is closest to; which side of the viewer the object lies along the other axis; then
 # left/right), each step's answer first order in the coordinates or the steps before it.
 # Distance likewise ("4.6 3.8: 1.3": how far the second object lies east and north of the first, each
@@ -209,7 +210,7 @@ def first_order_share(questions: list[Question]) -> dict[str, dict[str, float]]:
 
 def score(q: Question, text: str) -> float:
     """Accuracy for a choice, MRA for a number (per number, averaged, for "x y"); an answer given in
-    steps ("north west: left", "4.6 3.8: 1.3") is scored on what follows them."""
+    steps ("west north, north west: left", "4.6 3.8: 1.3") is scored on what follows them."""
     from pipeline.eval.metrics import mean_relative_accuracy
     from pipeline.eval.text import parse_number
 

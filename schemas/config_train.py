@@ -127,7 +127,7 @@ class TrainConfig(BaseModel):
                                    "`p3d predict` reads both forms")
     answer_steps: list[Literal["distance", "relative_direction"]] = Field(
         default_factory=list, description="records of these tasks are answered after first-order steps on the "
-        "named objects' centres ('4.6 3.8: 1.3', 'north west: left'; trainer/examples.py: answer_in_steps); "
+        "named objects' centres ('4.6 3.8: 1.3', 'west north, north west: left'; trainer/examples.py: answer_in_steps); "
         "`p3d predict` keeps the answer after the steps")
     position_names: list[PositionName] = Field(
         default_factory=lambda: ["identifier"], min_length=1,

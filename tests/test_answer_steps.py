@@ -44,10 +44,22 @@ def test_distance_steps_are_the_offsets_between_the_named_objects_then_the_dista
             assert np.hypot(dx, dy) <= float(final) + 0.25
 
 
-def test_left_right_steps_name_the_facing_axis_the_other_axis_then_the_side():
-    # facing mostly east (+x), the object north of the viewer; facing mostly south, the object west
-    assert answer_in_steps("relative_direction", [(1, 1), (4, 2), (2, 3)], "left") == "east north: left"
-    assert answer_in_steps("relative_direction", [(1, 5), (1.5, 1), (0.2, 3)], "right") == "south west: right"
+def test_left_right_steps_name_where_the_faced_object_lies_the_facing_axis_the_other_axis_then_the_side():
+    # the second object east and north of the first, facing mostly east (+x), the object north of
+    # the viewer; then east and south of it, facing mostly south, the object west
+    assert answer_in_steps("relative_direction", [(1, 1), (4, 2), (2, 3)], "left") == "east north, east north: left"
+    assert answer_in_steps("relative_direction", [(1, 5), (1.5, 1), (0.2, 3)], "right") == "east south, south west: right"
+    # each step first order in the positions or the steps before it: the first two are the signs of
+    # the offset, the facing is the one of those two along the longer side of the offset
+    rng = np.random.default_rng(3)
+    for a, b, c in rng.uniform(0, 8, size=(200, 3, 2)):
+        where, facing_across = answer_in_steps("relative_direction", [a, b, c], "left").split(": ")[0].split(", ")
+        east_west, north_south = where.split()
+        assert east_west == ("east" if b[0] > a[0] else "west") and north_south == ("north" if b[1] > a[1] else "south")
+        facing, across = facing_across.split()
+        longer = 0 if abs(b[0] - a[0]) >= abs(b[1] - a[1]) else 1
+        assert facing == (east_west, north_south)[longer]
+        assert across == (("north" if c[1] > a[1] else "south"), ("east" if c[0] > a[0] else "west"))[longer]
     # a viewer facing north with the object west of it has it on its left (z up, seen from above):
     # the annotation's sides follow that rule except near straight ahead or behind
     ccw = {("north", "west"), ("west", "south"), ("south", "east"), ("east", "north")}
@@ -57,7 +69,7 @@ def test_left_right_steps_name_the_facing_axis_the_other_axis_then_the_side():
             if rec.task == "relative_direction":
                 steps, side = record_example(rec, scene["segments"], 32, answer_steps=STEPS).answer.split(": ")
                 assert side == rec.answers[0]
-                agree.append((tuple(steps.split()) in ccw) == (side == "left"))
+                agree.append((tuple(steps.split(", ")[1].split()) in ccw) == (side == "left"))
     assert len(agree) > 50 and np.mean(agree) > 0.85
     # other answers of the task are left alone
     assert answer_in_steps("relative_direction", [(0, 0), (1, 0)], "yes") is None
@@ -82,7 +94,7 @@ def test_answers_in_steps_read_back_to_the_records_answers_and_other_tasks_are_u
     # an answer without steps, or an open answer with a colon, reads as itself
     assert answer_parts("2.4", "number") == ("2.4", "2.4")
     assert answer_parts("yes: it is", "open") == ("yes: it is", "yes: it is")
-    assert final_answer("north west: left") == "left" and final_answer("left") == "left"
+    assert final_answer("east north, north west: left") == "left" and final_answer("left") == "left"
 
 
 def test_a_prediction_scores_the_answer_after_the_steps_and_keeps_the_steps_beside_it():

@@ -118,10 +118,10 @@ def test_first_order_share_tells_answers_linear_in_positions_from_ones_that_need
 
 
 def test_left_right_in_steps_names_the_facing_axis_then_the_other_then_the_annotations_answer():
-    # facing mostly east (+x): the object is told north/south of the viewer
-    assert answer_in_steps("relative_direction", ((1.0, 1.0), (4.0, 2.0), (2.0, 3.0)), "left") == "east north: left"
-    # facing mostly south (-y): told east/west
-    assert answer_in_steps("relative_direction", ((1.0, 5.0), (1.5, 1.0), (0.2, 3.0)), "right") == "south west: right"
+    # the faced object east and north: facing mostly east (+x), the object told north/south of the viewer
+    assert answer_in_steps("relative_direction", ((1.0, 1.0), (4.0, 2.0), (2.0, 3.0)), "left") == "east north, east north: left"
+    # east and south: facing mostly south (-y), told east/west
+    assert answer_in_steps("relative_direction", ((1.0, 5.0), (1.5, 1.0), (0.2, 3.0)), "right") == "east south, south west: right"
     rng = np.random.default_rng(8)
     items = [q for n in range(20)
              for q, _ in room_questions(rng, ("relative_direction", "left_right_steps"), 32, f"r{n}")]
@@ -132,7 +132,7 @@ def test_left_right_in_steps_names_the_facing_axis_then_the_other_then_the_annot
     assert all(final_answer(q.answer) == plain[(q.room_id, q.question)] for q in steps)
     # a viewer facing north with the object west of it has it on the left (z up, seen from above)
     ccw = {("north", "west"), ("west", "south"), ("south", "east"), ("east", "north")}
-    agree = [(tuple(q.answer.split(":")[0].split()) in ccw) == (final_answer(q.answer) == "left") for q in steps]
+    agree = [(tuple(q.answer.split(":")[0].split(", ")[1].split()) in ccw) == (final_answer(q.answer) == "left") for q in steps]
     assert np.mean(agree) > 0.85
     # chance is the majority side, whatever steps the most common full answers take
     constant = chance_constants(8, ("left_right_steps",), 32, samples=2000)[("left_right_steps", "")]

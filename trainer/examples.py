@@ -167,13 +167,17 @@ def answer_in_steps(task: str, centres_xy: list[tuple[float, float]], answer: st
       written as (offset + OFFSET_SPAN_M) / 2, so that every offset up to OFFSET_SPAN_M either way is
       a positive number and 4.0 means none, then the distance: "4.6 3.8: 1.3" (1.2 east, 0.4 south);
     - relative_direction as left/right (a viewer at the first object facing the second, the third
-      queried): the room axis the viewer faces most nearly, the third object's side of the viewer
-      along the other axis, then the answer: "north west: left".
+      queried): whether the second lies east or west, and north or south, of the first; of those
+      two, the way the viewer faces most nearly (the axis of the longer offset); the third object's
+      side of the viewer along the other axis; then the answer: "west north, north west: left".
 
     Why: a gradient step follows the part of an answer that is first order in what the model reads.
     A distance (a norm) and a side (the sign of a cross product) have none in the objects' positions,
     so a model that reads positions never starts on them; each step above is first order in the
     positions or the steps before it. measured: docs/RESULTS.md#spatial-probe
+    Left/right names the offset's two signs before the facing because the facing alone (one of four
+    directions, by the longer of two offsets) was the step that failed: with the signs written, the
+    facing is a comparison of two offsets already signed. measured: docs/RESULTS.md#left-right-signs
     Offsets are shifted because a signed one is not first order: after a "-" the digits are the
     offset's magnitude, the product of its sign and its value, and a model that reads positions
     wrote "-0.1" for 43 of 100 east-west and 99 of 100 north-south offsets below -1 m.
@@ -184,16 +188,17 @@ def answer_in_steps(task: str, centres_xy: list[tuple[float, float]], answer: st
     if task == "relative_direction" and len(centres_xy) == 3 and answer in ("left", "right"):
         (ax, ay), (bx, by), (cx, cy) = centres_xy
         fx, fy = bx - ax, by - ay
+        east_west, north_south = ("east" if fx > 0 else "west"), ("north" if fy > 0 else "south")
         if abs(fx) >= abs(fy):
-            facing, across = ("east" if fx > 0 else "west"), ("north" if cy > ay else "south")
+            facing, across = east_west, ("north" if cy > ay else "south")
         else:
-            facing, across = ("north" if fy > 0 else "south"), ("east" if cx > ax else "west")
-        return f"{facing} {across}: {answer}"
+            facing, across = north_south, ("east" if cx > ax else "west")
+        return f"{east_west} {north_south}, {facing} {across}: {answer}"
     return None
 
 
 def final_answer(text: str) -> str:
-    """The answer after any steps before it ("north west: left" -> "left"), else the text."""
+    """The answer after any steps before it ("west north, north west: left" -> "left"), else the text."""
     return text.rsplit(": ", 1)[-1].strip()
 
 

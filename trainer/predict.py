@@ -86,7 +86,7 @@ def answer_parts(text: str, answer_type: str) -> tuple[str, str]:
     """(the answer, the text that names its objects). A model trained with count_by_listing names
     what it counts before the count ("<OBJ002> <OBJ005>: 2"): the answer is then the count, and the
     named objects stay with the prediction as its objects. A model trained with answer_steps writes
-    steps before a number or a side ("4.6 3.8: 1.3", "north west: left"): the answer is what
+    steps before a number or a side ("4.6 3.8: 1.3", "west north, north west: left"): the answer is what
     follows them."""
     from trainer.examples import final_answer, split_listed_answer
 
