@@ -45,7 +45,7 @@ def _predict(exported, out, records=None, **kw) -> dict[str, dict]:
     from trainer.predict import predict
 
     folder, shards, all_records = exported
-    predict(folder, shards, records or all_records, out, split=None, max_new_tokens=5, **kw)
+    predict(folder, shards, records or all_records, out, split=None, **{"max_new_tokens": 5, **kw})
     return {d["id"]: d for d in map(json.loads, out.read_text().splitlines())}
 
 
@@ -77,3 +77,24 @@ def test_mbr_refuses_tasks_whose_answers_are_not_numbers(exported, tmp_path):
         _predict(exported, tmp_path / "p.jsonl", mbr_tasks=["grounding"])
     with pytest.raises(ValueError, match="at least 2"):
         _predict(exported, tmp_path / "p.jsonl", mbr_tasks=["counting"], mbr_samples=1)
+
+
+def test_answers_that_run_into_max_new_tokens_are_counted_by_task_and_said(exported, tmp_path, caplog):
+    """An answer cut by max_new_tokens is scored as written (a step before the answer reads as a
+    wrong answer); `p3d predict` says how many, by task. With one new token, an answer either is the
+    end token alone (empty text) or was cut."""
+    import logging
+    import re
+
+    from trainer.predict import was_cut
+
+    assert was_cut([5, 6, 7], {9}) and not was_cut([5, 9, 0], {9}) and not was_cut([9], {9, 3})
+    with caplog.at_level(logging.WARNING, logger="p3d.predict"):
+        preds = _predict(exported, tmp_path / "one.jsonl", max_new_tokens=1)
+    asked = [d for d in preds.values() if not d.get("not_asked")]
+    said = [r.getMessage() for r in caplog.records if "ran into max_new_tokens=1" in r.getMessage()]
+    nonempty = [d for d in asked if d["text"]]
+    assert nonempty and len(said) == 1
+    assert int(said[0].split()[0]) == len(nonempty)
+    by_task = dict((t, int(n)) for t, n in re.findall(r"(\w+) (\d+)", said[0].split("without ending (")[1].split(")")[0]))
+    assert by_task == {t: sum(d["task"] == t for d in nonempty) for t in {d["task"] for d in nonempty}}

@@ -163,8 +163,14 @@ def scene_questions(scene: dict, records: list, mode: str, num_obj_tokens: int):
         yield rec, ex, (inputs if shown is scene else scene_inputs(shown, mode, num_obj_tokens))
 
 
-def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int) -> list:
-    """Greedy predictions of (example, inputs, record, segments) questions, decoded together."""
+def was_cut(ids: list[int], stops: set[int]) -> bool:
+    """Whether generated `ids` end without a stop token: the answer ran into max_new_tokens."""
+    return not any(t in stops for t in ids)
+
+
+def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int, cut: Counter | None = None) -> list:
+    """Greedy predictions of (example, inputs, record, segments) questions, decoded together;
+    answers that ran into `max_new_tokens` are tallied by task in `cut`."""
     import torch
 
     if not pending:
@@ -173,6 +179,8 @@ def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int) -> l
     with torch.inference_mode():
         generated = model.generate(batch, max_new_tokens=max_new_tokens)
     stops = stop_ids(model)
+    if cut is not None:
+        cut.update(rec.task for (_, _, rec, _), ids in zip(pending, generated) if was_cut(ids, stops))
     return [prediction_of(rec, segments, clean_text(model.tokenizer.decode(until_stop(ids, stops),
                                                                           skip_special_tokens=False)),
                           model.cfg.num_obj_tokens)
@@ -188,10 +196,11 @@ def mbr_index(values: list[float]) -> int:
     return expected.index(max(expected))
 
 
-def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int, seed: int):
+def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int, seed: int,
+                  cut: Counter | None = None):
     """The prediction of one number question (example, inputs, record, segments): the
     minimum-Bayes-risk answer (`mbr_index`) among `samples` sampled ones; greedy where none of them
-    states a number."""
+    states a number. A record whose chosen sample ran into `max_new_tokens` is tallied in `cut`."""
     import torch
 
     from pipeline.eval.text import parse_number
@@ -203,12 +212,14 @@ def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int
         drawn = model.generate(batch, max_new_tokens=max_new_tokens, generator=generator)
     stops = stop_ids(model)
     texts = [clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False)) for ids in drawn]
-    stated = [(text, parse_number(answer_parts(text, rec.answer_type)[0])) for text in texts]
-    stated = [(text, value) for text, value in stated if value is not None and math.isfinite(value)]
+    stated = [(k, parse_number(answer_parts(text, rec.answer_type)[0])) for k, text in enumerate(texts)]
+    stated = [(k, value) for k, value in stated if value is not None and math.isfinite(value)]
     if not stated:
-        return answer_batch(model, collate, [item], max_new_tokens)[0]
-    pred = prediction_of(rec, segments, stated[mbr_index([value for _, value in stated])][0],
-                         model.cfg.num_obj_tokens)
+        return answer_batch(model, collate, [item], max_new_tokens, cut)[0]
+    chosen = stated[mbr_index([value for _, value in stated])][0]
+    if cut is not None and was_cut(drawn[chosen], stops):
+        cut[rec.task] += 1
+    pred = prediction_of(rec, segments, texts[chosen], model.cfg.num_obj_tokens)
     pred.decoding = f"mbr {samples}"
     return pred
 
@@ -263,6 +274,7 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
         raise ValueError(f"mbr_tasks: {', '.join(not_numbers)} have answers that are not numbers; minimum "
                          "Bayes risk decoding is for number answers (scored by MRA)")
     predictions, pending, seen = [], [], set()
+    cut: Counter = Counter()  # task -> answers that ran into max_new_tokens
     unmatched_of: dict[str, list[int]] = {}  # record id -> its targets that match no segment
     for scene in iter_scenes(shards, shuffle=False):
         if not by_scene.get(scene["scene_id"]):
@@ -279,13 +291,19 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
                 continue
             if rec.task in mbr_tasks:
                 predictions.append(answer_by_mbr(model, collate, (ex, inputs, rec, segments), mbr_samples,
-                                                 max_new_tokens, seed))
+                                                 max_new_tokens, seed, cut))
                 continue
             pending.append((ex, inputs, rec, segments))
             if len(pending) == batch_size:
-                predictions += answer_batch(model, collate, pending, max_new_tokens)
+                predictions += answer_batch(model, collate, pending, max_new_tokens, cut)
                 pending = []
-    predictions += answer_batch(model, collate, pending, max_new_tokens)
+    predictions += answer_batch(model, collate, pending, max_new_tokens, cut)
+    if cut:
+        # An answer in steps cut before its end reads as a wrong answer, and the scores cannot say
+        # why: toy-spatial's left/right at 7.6 with 16 tokens. measured: docs/RESULTS.md#left-right-signs
+        log.warning("%d answers ran into max_new_tokens=%d without ending (%s) and are scored as written: "
+                    "raise --max-new-tokens (eval.max_new_tokens)", sum(cut.values()), max_new_tokens,
+                    ", ".join(f"{task} {n}" for task, n in sorted(cut.items())))
 
     missing = sorted(s for s in by_scene if by_scene[s] and s not in seen)
     if missing:
