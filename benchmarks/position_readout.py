@@ -15,7 +15,6 @@ within 0.5 m. This tells a model that reads both floor axes from one that reads 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
@@ -27,13 +26,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from trainer.examples import stage2_examples  # noqa: E402
-from trainer.predict import clean_text, load_for_prediction, stop_ids, until_stop  # noqa: E402
+from trainer.predict import clean_text, load_for_prediction, records_by_scene, stop_ids, until_stop  # noqa: E402
 from trainer.shard_reader import iter_scenes, scene_inputs  # noqa: E402
 
 
 def held_out_scenes(records: Path, split: str) -> set[str]:
-    with records.open() as f:
-        return {rec["scene_id"] for rec in map(json.loads, f) if rec.get("split") == split}
+    """The scenes with records of `split`, as `p3d predict` reads them."""
+    return set(records_by_scene(records, split, None))
 
 
 def stated_xy(text: str) -> tuple[float, float] | None:
