@@ -6,7 +6,10 @@ on the scene form the checkpoint reads (simplified scene after stages 1-3, proxi
 trainer/predict.py `load_for_prediction`), greedy, and compares the stated east / north coordinates
 with the segments' box centres: correlation, mean absolute error and spread per axis, and the share
 within 0.5 m. This tells a model that reads both floor axes from one that reads one of them
-(docs/RESULTS.md#toy-spatial-seeds). Asserts nothing.
+(docs/RESULTS.md#toy-spatial-seeds). Then the distance records of those scenes answered from these
+stated positions alone (the norm of the difference of the two named objects' answers), MRA beside
+its chance: what a model that relates its own position answers exactly would score, against what it
+answers when asked the distance (docs/RESULTS.md#distance-readout). Asserts nothing.
 
   python benchmarks/position_readout.py runs/toy-spatial/train/stage2/model \
       --shards data/toy/proxies/default --records data/toy/annotations.jsonl [--split val]
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +29,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline.eval.chance import chance_level  # noqa: E402
+from pipeline.eval.metrics import mean_relative_accuracy  # noqa: E402
+from pipeline.eval.text import parse_number  # noqa: E402
+from schemas.record import Record  # noqa: E402
 from trainer.examples import stage2_examples  # noqa: E402
+from trainer.objects import instances_to_segments  # noqa: E402
 from trainer.predict import clean_text, load_for_prediction, records_by_scene, stop_ids, until_stop  # noqa: E402
 from trainer.shard_reader import iter_scenes, scene_inputs  # noqa: E402
 
@@ -35,23 +44,35 @@ def held_out_scenes(records: Path, split: str) -> set[str]:
     return set(records_by_scene(records, split, None))
 
 
-def stated_xy(text: str) -> tuple[float, float] | None:
-    """The first two numbers of an answer "x y z", or None when it has fewer."""
+def stated_xyz(text: str) -> tuple[float, float, float] | None:
+    """The three numbers of an answer "x y z", or None when it starts otherwise."""
     try:
-        values = [float(v) for v in text.split()[:2]]
+        values = [float(v) for v in text.split()[:3]]
     except ValueError:
         return None
-    return (values[0], values[1]) if len(values) == 2 else None
+    return (values[0], values[1], values[2]) if len(values) == 3 else None
 
 
-def readout(checkpoint: str, shards: str, scenes: set[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, int]:
-    """(stated xy (N, 2), true xy (N, 2), questions asked) over `scenes`."""
+@dataclass
+class Readout:
+    stated: np.ndarray  # (N, 3) what each answer that states a position states
+    truth: np.ndarray  # (N, 3) the box centre of the segment it was asked of
+    asked: int
+    # (scene id, segment id) -> stated (3,), and each scene's segments.json, to relate records to them
+    where: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    segments: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def readout(checkpoint: str, shards: str, scenes: set[str], batch_size: int = 32) -> Readout:
+    """The checkpoint's answers to "Where is the <category>?" over `scenes`."""
     model, collate, mode = load_for_prediction(checkpoint)
     stops = stop_ids(model)
-    stated, truth, asked = [], [], 0
+    out = Readout(np.zeros((0, 3)), np.zeros((0, 3)), 0)
+    stated, truth = [], []
     for scene in iter_scenes(shards, shuffle=False):
         if scene["scene_id"] not in scenes:
             continue
+        out.segments[scene["scene_id"]] = scene["segments"]
         questions = [ex for ex in stage2_examples(scene["scene_id"], scene["segments"], model.cfg.num_obj_tokens,
                                                   random.Random(0), frozenset({"category"}))
                      if ex.task == "object_position"]
@@ -62,12 +83,31 @@ def readout(checkpoint: str, shards: str, scenes: set[str], batch_size: int = 32
             with torch.inference_mode():
                 generated = model.generate(batch, max_new_tokens=16)
             for ex, ids in zip(chunk, generated):
-                asked += 1
-                got = stated_xy(clean_text(model.tokenizer.decode(until_stop(ids, stops))))
+                out.asked += 1
+                got = stated_xyz(clean_text(model.tokenizer.decode(until_stop(ids, stops))))
                 if got is not None:
                     stated.append(got)
-                    truth.append(stated_xy(ex.answer))
-    return np.asarray(stated, float).reshape(-1, 2), np.asarray(truth, float).reshape(-1, 2), asked
+                    truth.append(stated_xyz(ex.answer))
+                    out.where[(scene["scene_id"], ex.meta["segment"])] = np.asarray(got, float)
+    out.stated, out.truth = np.asarray(stated, float).reshape(-1, 3), np.asarray(truth, float).reshape(-1, 3)
+    return out
+
+
+def distances_from_positions(read: Readout, records: dict[str, list[Record]]) -> tuple[list[Record], list[float]]:
+    """The distance records of the read scenes whose two objects both got a stated position, and for
+    each the norm of the difference of those two positions (objects reach segments through the
+    matching, `instances_to_segments`, as the trainer's do)."""
+    kept, norms = [], []
+    for scene_id, segments in read.segments.items():
+        segment_of = instances_to_segments(segments)
+        for rec in records.get(scene_id, []):
+            if rec.task != "distance" or len(rec.target_ids) != 2 or not rec.answers:
+                continue
+            got = [read.where.get((scene_id, segment_of.get(t, -1))) for t in rec.target_ids]
+            if got[0] is not None and got[1] is not None:
+                kept.append(rec)
+                norms.append(float(np.linalg.norm(got[1] - got[0])))
+    return kept, norms
 
 
 def main() -> None:
@@ -77,10 +117,11 @@ def main() -> None:
     ap.add_argument("--records", required=True, help="annotation records; their split names the held-out scenes")
     ap.add_argument("--split", default="val")
     args = ap.parse_args()
-    scenes = held_out_scenes(Path(args.records), args.split)
-    stated, truth, asked = readout(args.checkpoint, args.shards, scenes)
-    print(f"{args.checkpoint}: {len(stated)} of {asked} answers state a position "
-          f"({len(scenes)} {args.split} scenes)")
+    records = records_by_scene(Path(args.records), args.split, None)
+    read = readout(args.checkpoint, args.shards, set(records))
+    stated, truth = read.stated, read.truth
+    print(f"{args.checkpoint}: {len(stated)} of {read.asked} answers state a position "
+          f"({len(records)} {args.split} scenes)")
     if len(stated) < 2:
         return
     error = np.abs(stated - truth)
@@ -88,7 +129,14 @@ def main() -> None:
         corr = np.corrcoef(stated[:, axis], truth[:, axis])[0, 1]
         print(f"  {name:9s} correlation {corr:5.2f}  mean error {error[:, axis].mean():.2f} m  "
               f"spread stated {stated[:, axis].std():.2f} / true {truth[:, axis].std():.2f} m")
-    print(f"  within 0.5 m: {np.mean(np.hypot(*(stated - truth).T) < 0.5):.2f}")
+    print(f"  within 0.5 m: {np.mean(np.hypot(*(stated - truth)[:, :2].T) < 0.5):.2f}")
+    kept, norms = distances_from_positions(read, records)
+    total = sum(r.task == "distance" for recs in records.values() for r in recs)
+    if kept:
+        score = 100.0 * np.mean([mean_relative_accuracy(n, parse_number(r.answers[0])) for r, n in zip(kept, norms)])
+        chance = chance_level("distance", kept).get("MRA")
+        print(f"  distance from these positions: MRA {score:.1f} (chance {chance:.1f}) on {len(kept)} of "
+              f"{total} distance records")
 
 
 if __name__ == "__main__":

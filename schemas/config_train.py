@@ -10,6 +10,9 @@ Trainable = Literal["projector", "position", "identifiers", "language_model", "l
 # How the proxies' rotary position ids are laid out (trainer/positions.py says each).
 RopePositions = Literal["height", "bfs"]
 ROPE_POSITIONS: tuple[str, ...] = get_args(RopePositions)
+# The (x, y) Fourier term's initial frequencies (`train.fourier_frequencies`; trainer/positions.py).
+FourierFrequencies = Literal["gaussian", "axis_ladder"]
+FOURIER_FREQUENCIES: tuple[str, ...] = get_args(FourierFrequencies)
 # How stage 2's position questions name the object (`train.position_names`; trainer/examples.py).
 PositionName = Literal["identifier", "category"]
 
@@ -103,6 +106,12 @@ class TrainConfig(BaseModel):
                                  "metre) when stage 1 builds the model; lower is smoother. On generated toy "
                                  "rooms 0.3 reads positions sooner than 1.0 (measured: "
                                  "docs/RESULTS.md#spatial-trainer-path)")
+    fourier_frequencies: FourierFrequencies = Field("gaussian", description="the (x, y) Fourier frequencies "
+                                                    "when stage 1 builds the model: 'gaussian' (2D, spread "
+                                                    "fourier_sigma) or 'axis_ladder' (half along each axis, "
+                                                    "log-spaced 0.05-1 cycle per metre, fourier_sigma unused); "
+                                                    "the toy's small model reads both axes from the ladder in "
+                                                    "more seeds (measured: docs/RESULTS.md#fourier-ladder)")
     fourier_out_scale: float = Field(0.02, gt=0, description="size of the (x, y) Fourier term when stage 1 "
                                      "builds the model (its last layer's weight spread times sqrt(MLP width)). "
                                      "Small keeps a pretrained language model's first view of the proxies "

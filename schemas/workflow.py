@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.config_cluster import ClusterConfig
 from schemas.config_features import FeaturesConfig
@@ -27,9 +27,17 @@ from schemas.errors import SchemaError, describe
 class ToyWorldConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     num_scenes: int = Field(8, ge=1)
+    val_scenes: int | None = Field(None, ge=0, description="how many of the last scenes are held out (split "
+                                                          "val); default a quarter, at least one of two or more")
     frames: int = Field(48, ge=1)
     seed: int = 0
     image_size: tuple[int, int] = Field((240, 320), description="rendered H, W")
+
+    @model_validator(mode="after")
+    def _val_within_world(self) -> ToyWorldConfig:
+        if self.val_scenes is not None and self.val_scenes > self.num_scenes:
+            raise ValueError(f"val_scenes ({self.val_scenes}) is more than num_scenes ({self.num_scenes})")
+        return self
 
 
 class SourceConfig(BaseModel):

@@ -345,3 +345,30 @@ def test_fourier_out_scale_scales_the_initial_term_and_the_export_keeps_it(base,
     assert built[0.02].cfg.fourier_out_scale == 0.02  # the default when a workflow says nothing
     built[1.0].export(tmp_path / "m")
     assert Proxy3DModel.from_pretrained(tmp_path / "m").cfg.fourier_out_scale == 1.0
+
+
+def test_axis_ladder_puts_half_the_frequencies_on_each_axis_the_same_for_every_seed(base, tmp_path):
+    """train.fourier_frequencies: axis_ladder draws no frequency: the first half lie along x, the second
+    along y, each the log-spaced ladder from 0.05 to 1 cycle per metre (fourier_dim 16: four per axis,
+    ratio 20 ** (1/3) between neighbours); so the first half of the features moves with x only and the
+    second with y only. The export loads back with the ladder and the setting recorded."""
+    from trainer.positions import FourierXY
+
+    model = _build_from_seed(base, fourier_frequencies="axis_ladder")
+    freq = model.fourier.freq.weight.detach()
+    ladder = [0.05 * 20 ** (i / 3) for i in range(4)]
+    assert torch.allclose(freq[:4, 0], torch.tensor(ladder), rtol=1e-5) and torch.all(freq[:4, 1] == 0)
+    assert torch.allclose(freq[4:, 1], torch.tensor(ladder), rtol=1e-5) and torch.all(freq[4:, 0] == 0)
+    torch.manual_seed(123)
+    assert torch.equal(FourierXY(32, 16, frequencies="axis_ladder").freq.weight, freq)  # no seed in it
+    proj = lambda xy: model.fourier.freq(torch.tensor(xy))  # noqa: E731
+    moved_x, moved_y = proj([3.0, 1.0]) - proj([1.0, 1.0]), proj([1.0, 4.0]) - proj([1.0, 1.0])
+    assert torch.all(moved_x[4:] == 0) and torch.all(moved_x[:4] != 0)
+    assert torch.all(moved_y[:4] == 0) and torch.all(moved_y[4:] != 0)
+    model.export(tmp_path / "m")
+    back = Proxy3DModel.from_pretrained(tmp_path / "m")
+    assert back.cfg.fourier_frequencies == "axis_ladder" and torch.equal(back.fourier.freq.weight.detach(), freq)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        FourierXY(32, 18, frequencies="axis_ladder")
+    with pytest.raises(ValueError, match="must be one of"):
+        FourierXY(32, 16, frequencies="uniform")

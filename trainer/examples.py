@@ -89,10 +89,11 @@ def stage2_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
         cx, cy, cz = s["box"]["center"]
         sx, sy, sz = s["box"]["size"]
         where = f"{_fmt(cx)} {_fmt(cy)} {_fmt(cz)}"
+        asked_of = {"segment": s["id"]}
         if "identifier" in position_names:
-            out.append(Example(scene_id, "object_position", f"Where is {tok}?", where))
+            out.append(Example(scene_id, "object_position", f"Where is {tok}?", where, meta=asked_of))
         if "category" in position_names and per_category[s["category"]] == 1:
-            out.append(Example(scene_id, "object_position", f"Where is the {s['category']}?", where))
+            out.append(Example(scene_id, "object_position", f"Where is the {s['category']}?", where, meta=asked_of))
         out.append(Example(scene_id, "object_size", f"How big is {tok}?", f"{_fmt(sx)} {_fmt(sy)} {_fmt(sz)}"))
         out.append(Example(scene_id, "object_size", f"How tall is {tok} in meters?", _fmt(sz)))
     rng.shuffle(out)

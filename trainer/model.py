@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_outputs import CausalLMOutput
 
-from schemas.config_train import RopePositions
+from schemas.config_train import FourierFrequencies, RopePositions
 from schemas.io import atomic_dir
 from trainer import objects
 from trainer.chat import IGNORE
@@ -56,6 +56,7 @@ class P3DModelConfig(BaseModel):
     rope_positions: RopePositions = "height"  # set from train.rope_positions by each stage
     fourier_dim: int
     fourier_sigma: float = 1.0  # the Fourier frequencies' spread at initialisation (train.fourier_sigma)
+    fourier_frequencies: FourierFrequencies = "gaussian"  # their initial draw (train.fourier_frequencies)
     fourier_out_scale: float = 0.02  # the Fourier term's size at initialisation (train.fourier_out_scale)
     fourier_on: bool = True  # the Fourier term joins the scene tokens; set by each stage (train.fourier_from_stage)
     scene_token_id: int
@@ -85,7 +86,8 @@ class Proxy3DModel(nn.Module):
         if cfg.feat_dim == hidden:  # already in the language model's space: start as identity
             nn.init.eye_(self.projector.weight)
             nn.init.zeros_(self.projector.bias)
-        self.fourier = FourierXY(hidden, cfg.fourier_dim, sigma=cfg.fourier_sigma, out_scale=cfg.fourier_out_scale)
+        self.fourier = FourierXY(hidden, cfg.fourier_dim, sigma=cfg.fourier_sigma, out_scale=cfg.fourier_out_scale,
+                                 frequencies=cfg.fourier_frequencies)
         self.identifiers = nn.Embedding(cfg.num_obj_tokens, hidden)
         self.semantic = nn.Embedding(len(cfg.categories) + 1, hidden)
         self.semantic.weight.requires_grad_(False)
@@ -98,7 +100,8 @@ class Proxy3DModel(nn.Module):
     @classmethod
     def build(cls, base: str, *, feat_dim: int, num_obj_tokens: int, categories: list[str],
               height_bins: int, height_range: tuple[float, float], fourier_dim: int,
-              fourier_sigma: float = 1.0, fourier_out_scale: float = 0.02, glyph_folder: str | None = None,
+              fourier_sigma: float = 1.0, fourier_out_scale: float = 0.02,
+              fourier_frequencies: FourierFrequencies = "gaussian", glyph_folder: str | None = None,
               dtype=torch.float32) -> Proxy3DModel:
         """A fresh Proxy3D model on a Hugging Face Qwen2.5-VL (hub id or folder)."""
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
@@ -115,7 +118,7 @@ class Proxy3DModel(nn.Module):
             obj_token_ids=[int(i) for i in tokenizer.convert_tokens_to_ids(tokens)],
             categories=sorted(set(categories)), height_bins=height_bins, height_range=tuple(height_range),
             fourier_dim=fourier_dim, fourier_sigma=fourier_sigma, fourier_out_scale=fourier_out_scale,
-            scene_token_id=_special_id(tokenizer, "<|image_pad|>"),
+            fourier_frequencies=fourier_frequencies, scene_token_id=_special_id(tokenizer, "<|image_pad|>"),
             vision_start_id=_special_id(tokenizer, "<|vision_start|>"),
             vision_end_id=_special_id(tokenizer, "<|vision_end|>"),
             chat_start_id=_special_id(tokenizer, "<|im_start|>"), chat_end_id=_special_id(tokenizer, "<|im_end|>"),

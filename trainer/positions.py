@@ -43,7 +43,7 @@ import math
 import torch
 from torch import nn
 
-from schemas.config_train import ROPE_POSITIONS, RopePositions
+from schemas.config_train import FOURIER_FREQUENCIES, ROPE_POSITIONS, FourierFrequencies, RopePositions
 
 
 def quantize_height(z_BK: torch.Tensor, height_range: tuple[float, float], height_bins: int) -> torch.Tensor:
@@ -74,16 +74,40 @@ def rope_position_ids(scene_start: int, z_bin_K: torch.Tensor, num_text_after: i
     return torch.cat([before_L, scene_3K, after_L], dim=1).long()
 
 
+# The frequencies of `fourier_frequencies: axis_ladder` (cycles per metre): log-spaced from a period
+# longer than a room to one of 1 m, whose phase is a position's tenths digit.
+AXIS_LADDER_CYCLES_PER_M = (0.05, 1.0)
+
+
 class FourierXY(nn.Module):
-    """Learnable Fourier features of (x, y) -> MLP -> hidden size (Li et al., NeurIPS 2021)."""
+    """Learnable Fourier features of (x, y) -> MLP -> hidden size (Li et al., NeurIPS 2021).
+
+    `frequencies` draws the initial frequencies: "gaussian", 2D frequencies of spread `sigma` (the
+    paper's reference); "axis_ladder", half along x and half along y, each half the log-spaced
+    ladder AXIS_LADDER_CYCLES_PER_M, the same for every seed. A random draw mixes the two axes, and
+    a small model then often learns to read one of them only. measured: docs/RESULTS.md#fourier-ladder"""
 
     def __init__(self, hidden_size: int, fourier_dim: int = 64, mlp_dim: int = 256, sigma: float = 1.0,
-                 out_scale: float = 0.02):
+                 out_scale: float = 0.02, frequencies: FourierFrequencies = "gaussian"):
         super().__init__()
         if fourier_dim % 2:
             raise ValueError(f"fourier_dim must be even, got {fourier_dim}")
         self.freq = nn.Linear(2, fourier_dim // 2, bias=False)
-        nn.init.normal_(self.freq.weight, std=sigma)
+        if frequencies == "gaussian":
+            nn.init.normal_(self.freq.weight, std=sigma)
+        elif frequencies == "axis_ladder":
+            if fourier_dim % 4:
+                raise ValueError(f"axis_ladder needs fourier_dim divisible by 4 (as many frequencies along "
+                                 f"x as along y), got {fourier_dim}")
+            per_axis = fourier_dim // 4
+            low, high = AXIS_LADDER_CYCLES_PER_M
+            ladder = torch.logspace(math.log10(low), math.log10(high), per_axis)
+            with torch.no_grad():
+                self.freq.weight.zero_()
+                self.freq.weight[:per_axis, 0] = ladder
+                self.freq.weight[per_axis:, 1] = ladder
+        else:
+            raise ValueError(f"fourier_frequencies must be one of {FOURIER_FREQUENCIES}, got {frequencies!r}")
         self.mlp = nn.Sequential(nn.Linear(fourier_dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, hidden_size))
         # Small output so that a pretrained language model first sees nearly unchanged proxies,
         # but not zero: the term must carry (x, y) from the first step.

@@ -185,7 +185,7 @@ def _load_model(workflow: Workflow, cfg: TrainConfig, scfg: StageConfig, feat_di
                                    categories=categories, height_bins=cfg.height_bins,
                                    height_range=cfg.height_range, fourier_dim=cfg.fourier_dim,
                                    fourier_sigma=cfg.fourier_sigma, fourier_out_scale=cfg.fourier_out_scale,
-                                   glyph_folder=cfg.glyph_folder)
+                                   fourier_frequencies=cfg.fourier_frequencies, glyph_folder=cfg.glyph_folder)
     else:
         previous = Path(scfg.init_from) if scfg.init_from else layout.stage_model(cfg.out, stage - 1)
         if not (previous / "p3d_config.json").exists():

@@ -64,9 +64,13 @@ def scene_id_for(index: int) -> str:
     return f"toy{index:04d}"
 
 
-def split_for(index: int, num_scenes: int) -> str:
-    """The last quarter of the scenes (at least one, when there are two or more) is validation."""
-    num_val = max(1, num_scenes // 4) if num_scenes >= 2 else 0
+def split_for(index: int, num_scenes: int, num_val: int | None = None) -> str:
+    """The last `num_val` scenes are validation; by default the last quarter (at least one, when there
+    are two or more)."""
+    if num_val is None:
+        num_val = max(1, num_scenes // 4) if num_scenes >= 2 else 0
+    if num_val > num_scenes:
+        raise ValueError(f"val_scenes {num_val} is more than the world's {num_scenes} scenes")
     return "val" if index >= num_scenes - num_val else "train"
 
 
@@ -121,7 +125,7 @@ def make_scene(index: int, cfg: ToyWorldConfig) -> ToyScene:
     else:
         raise RuntimeError(f"{scene_id}: no layout with every object visible in {required_views(cfg.frames)} frames "
                            f"after {MAX_ATTEMPTS} attempts (frames={cfg.frames})")
-    split = split_for(index, cfg.num_scenes)
+    split = split_for(index, cfg.num_scenes, cfg.val_scenes)
     records = generate_records(layout, scene_id, split, np.random.default_rng([cfg.seed, index, 10_000]))
     return ToyScene(scene_id, split, layout, poses_F44, k_33, frames, records)
 
