@@ -55,20 +55,28 @@ def stated_xyz(text: str) -> tuple[float, float, float] | None:
 
 @dataclass
 class Readout:
-    stated: np.ndarray  # (N, 3) what each answer that states a position states
-    truth: np.ndarray  # (N, 3) the box centre of the segment it was asked of
-    asked: int
-    # (scene id, segment id) -> stated (3,), and each scene's segments.json, to relate records to them
+    asked: int = 0
+    # (scene id, segment id) -> the stated x y z, for each answer that states a position
     where: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
-    segments: dict[str, list[dict]] = field(default_factory=dict)
+    segments: dict[str, list[dict]] = field(default_factory=dict)  # scene id -> its segments.json
+
+    @property
+    def stated(self) -> np.ndarray:
+        """(N, 3) the stated positions, in `where`'s order."""
+        return np.array(list(self.where.values()), float).reshape(-1, 3)
+
+    @property
+    def truth(self) -> np.ndarray:
+        """(N, 3) the box centres of the segments they were asked of, in the same order."""
+        segment = {(scene_id, s["id"]): s for scene_id, segs in self.segments.items() for s in segs}
+        return np.array([segment[key]["box"]["center"] for key in self.where], float).reshape(-1, 3)
 
 
 def readout(checkpoint: str, shards: str, scenes: set[str], batch_size: int = 32) -> Readout:
     """The checkpoint's answers to "Where is the <category>?" over `scenes`."""
     model, collate, mode = load_for_prediction(checkpoint)
     stops = stop_ids(model)
-    out = Readout(np.zeros((0, 3)), np.zeros((0, 3)), 0)
-    stated, truth = [], []
+    out = Readout()
     for scene in iter_scenes(shards, shuffle=False):
         if scene["scene_id"] not in scenes:
             continue
@@ -86,10 +94,7 @@ def readout(checkpoint: str, shards: str, scenes: set[str], batch_size: int = 32
                 out.asked += 1
                 got = stated_xyz(clean_text(model.tokenizer.decode(until_stop(ids, stops))))
                 if got is not None:
-                    stated.append(got)
-                    truth.append(stated_xyz(ex.answer))
                     out.where[(scene["scene_id"], ex.meta["segment"])] = np.asarray(got, float)
-    out.stated, out.truth = np.asarray(stated, float).reshape(-1, 3), np.asarray(truth, float).reshape(-1, 3)
     return out
 
 

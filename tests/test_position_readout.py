@@ -39,9 +39,11 @@ def test_readout_asks_each_held_out_object_alone_in_its_category(tmp_path):
     read = readout(str(folder), str(shards), scenes)
     assert read.asked == expected
     assert read.stated.shape == read.truth.shape and read.stated.shape[1] == 3 and len(read.stated) <= read.asked
-    assert len(read.where) == len(read.stated) and set(read.segments) == scenes
-    for (scene_id, segment), xyz in read.where.items():
-        assert scene_id in scenes and any(s["id"] == segment for s in read.segments[scene_id]) and xyz.shape == (3,)
+    assert set(read.segments) == scenes
+    for row, ((scene_id, segment), xyz) in enumerate(read.where.items()):
+        asked_of = next(s for s in read.segments[scene_id] if s["id"] == segment)
+        assert xyz.shape == (3,) and np.array_equal(read.stated[row], xyz)
+        assert np.allclose(read.truth[row], asked_of["box"]["center"])
 
 
 def _distance(rec_id: str, targets: list[int], answer: str = "2.0") -> Record:
@@ -55,7 +57,7 @@ def test_distances_from_positions_relate_records_to_segments_through_the_matchin
                 {"id": 3, "instance_id": 8}, {"id": 4, "instance_id": 9}]
     where = {("s0", 1): np.array([1.0, 2.0, 0.5]), ("s0", 3): np.array([4.0, 6.0, 0.5]),
              ("s0", 4): np.array([1.0, 2.0, 2.5])}  # segment 2 (no instance) is never asked of
-    read = Readout(np.zeros((3, 3)), np.zeros((3, 3)), 3, where, {"s0": segments})
+    read = Readout(3, where, {"s0": segments})
     records = {"s0": [_distance("d0", [7, 8]), _distance("d1", [9, 7]), _distance("d2", [7, 5]),
                       _distance("d3", [8]),
                       Record(id="n0", scene_id="s0", task="object_size", source="toy", question="How big?",

@@ -69,8 +69,6 @@ def split_for(index: int, num_scenes: int, num_val: int | None = None) -> str:
     are two or more)."""
     if num_val is None:
         num_val = max(1, num_scenes // 4) if num_scenes >= 2 else 0
-    if num_val > num_scenes:
-        raise ValueError(f"val_scenes {num_val} is more than the world's {num_scenes} scenes")
     return "val" if index >= num_scenes - num_val else "train"
 
 
