@@ -43,8 +43,9 @@ SPATIAL_TASKS = ("distance", "relative_direction", "room_size", "object_size")
 # object lies east or west and north or south of the viewer; of those, the way the viewer faces, the
 # room axis it is closest to; which side of the viewer the object lies along the other axis; then
 # left/right), each step's answer first order in the coordinates or the steps before it.
-# Distance likewise ("4.6 3.8: 1.3": how far the second object lies east and north of the first, each
-# offset shifted to a positive number, then the distance). Both are the trainer's `answer_steps`
+# Distance likewise ("sofa 1.0 2.0 0.4, table 2.2 1.6 0.4, 4.6 3.8: 1.3": each object by name and
+# where it is, how far the second lies east and north of the first, each offset shifted to a positive
+# number, then the distance). Both are the trainer's `answer_steps`
 # (trainer.examples.answer_in_steps).
 DIAGNOSTIC_TASKS = ("position", "east_west", "left_right_steps", "distance_steps")
 EAST_WEST_MARGIN = 0.3  # metres along x under which the question is not asked (as left/right's 0.3)
@@ -95,7 +96,9 @@ def room_questions(rng: np.random.Generator, tasks: tuple[str, ...], num_obj_tok
     for task, asked, answer_type in (("distance_steps", "distance", "number"),
                                      ("left_right_steps", "relative_direction", "choice")):
         if task in tasks:
-            out += [(Question(room_id, task, r.question, answer_in_steps(asked, _centres(r), r.answers[0]),
+            out += [(Question(room_id, task, r.question,
+                              answer_in_steps(asked, [tuple(b.center) for b in r.target_boxes], r.answers[0],
+                                              r.target_names),
                               answer_type, named_xy=_centres(r)), inputs)
                     for r in records if r.task == asked]
     counts = defaultdict(int)

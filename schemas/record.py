@@ -59,6 +59,9 @@ class Record(BaseModel):
     choices: list[str] | None = None
     target_ids: list[int] = Field(default_factory=list)
     target_boxes: list[Box3D] = Field(default_factory=list)
+    target_names: list[str] = Field(default_factory=list, description=(
+        "the words the question names each target by, in target order, where it names them in words "
+        "('the trash can' -> 'trash can'); answers in steps restate them (trainer.examples.answer_in_steps)"))
     question_type: str | None = None
     split: str | None = None
     unique: bool | None = Field(None, description="grounding: the target is the only one of its class")
@@ -69,6 +72,9 @@ class Record(BaseModel):
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
         if self.answer_type == "choice" and not self.choices:
             raise ValueError("answer_type 'choice' needs choices")
+        if self.target_names and len(self.target_names) != len(self.target_ids):
+            raise ValueError(f"target_names names {len(self.target_names)} objects but target_ids "
+                             f"has {len(self.target_ids)}: one name per target, in order")
 
 
 def load_records(path: str | Path) -> list[Record]:

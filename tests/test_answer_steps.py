@@ -16,6 +16,8 @@ from trainer.examples import answer_in_steps, build_examples, final_answer, reco
 from trainer.predict import answer_parts
 from trainer.shard_reader import scene_inputs
 
+from tests.answer_steps_helpers import read_distance_steps
+
 STEPS = frozenset({"distance", "relative_direction"})
 
 
@@ -25,23 +27,56 @@ def _toy_records(rooms: int = 12):
         yield scene, records
 
 
-def test_distance_steps_are_the_offsets_between_the_named_objects_then_the_distance():
+def test_distance_steps_name_each_object_and_its_position_then_the_offsets_then_the_distance():
     # 1.6 m east and 1.0 m south, each written as (offset + 8) / 2 by hand: 4.8 and 3.5
-    assert answer_in_steps("distance", [(1.0, 2.0), (2.6, 1.0)], "1.9") == "4.8 3.5: 1.9"
+    assert answer_in_steps("distance", [(1.0, 2.0, 0.44), (2.6, 1.0, 0.5)], "1.9", ("trash can", "<OBJ004>")) == \
+        "trash can 1.0 2.0 0.4, <OBJ004> 2.6 1.0 0.5, 4.8 3.5: 1.9"
+    # without the names the question gives its objects there are no steps to write
+    assert answer_in_steps("distance", [(1.0, 2.0, 0.4), (2.6, 1.0, 0.5)], "1.9") is None
+    seen = 0
     for scene, records in _toy_records():
         for rec in records:
             if rec.task != "distance":
                 continue
             ex = record_example(rec, scene["segments"], 32, answer_steps=STEPS)
-            offsets, final = ex.answer.split(": ")
-            assert final == rec.answers[0]
-            (a, b) = [box.center for box in rec.target_boxes]
-            u, v = map(float, offsets.split())
+            if ex is None:
+                continue
+            steps = read_distance_steps(ex.answer)
+            assert steps["distance"] == float(rec.answers[0])
+            # the names are the question's own words for its objects, in its order
+            a_name, b_name = steps["names"]
+            assert a_name == rec.target_names[0] and b_name == rec.target_names[1]
+            assert ex.question.index(f"the {a_name} ") < ex.question.index(f"the {b_name} ")
+            a, b = (box.center for box in rec.target_boxes)
+            assert steps["a"] == pytest.approx(a, abs=0.051) and steps["b"] == pytest.approx(b, abs=0.051)
+            u, v = steps["offsets"]
             assert u > 0 and v > 0  # toy rooms' sides are at most 8 m: every step a positive number
             dx, dy = 2 * u - 8.0, 2 * v - 8.0  # the steps are (offset + 8) / 2, to 0.1
             assert dx == pytest.approx(b[0] - a[0], abs=0.101) and dy == pytest.approx(b[1] - a[1], abs=0.101)
             # the floor-plan offset is the distance up to the height difference
-            assert np.hypot(dx, dy) <= float(final) + 0.25
+            assert np.hypot(dx, dy) <= steps["distance"] + 0.25
+            seen += 1
+    assert seen
+
+
+def test_a_distance_in_steps_whose_record_does_not_name_its_objects_is_skipped_and_said():
+    """A record that names its objects in words but gives no target_names (a converter that does not
+    fill them, a toy world of an older version) cannot be answered in steps: it is no example, the
+    stage tallies it as unnamed, and without steps it stays an example with the bare answer."""
+    from trainer.examples import SKIP_UNNAMED, stage4_examples
+
+    scene, records = next(_toy_records())
+    distance = [r for r in records if r.task == "distance"]
+    unnamed = [r.model_copy(update={"target_names": []}) for r in distance]
+    assert all(record_example(r, scene["segments"], 32) is not None for r in distance)
+    named = [r for r in distance if record_example(r, scene["segments"], 32, answer_steps=STEPS) is not None]
+    assert named
+    tally = Counter()
+    assert stage4_examples("s", scene["segments"], unnamed, 32, random.Random(0), skipped=tally,
+                           answer_steps=STEPS) == []
+    assert tally[("distance", SKIP_UNNAMED)] == len(named)
+    bare = stage4_examples("s", scene["segments"], unnamed, 32, random.Random(0))
+    assert sorted(ex.answer for ex in bare) == sorted(r.answers[0] for r in distance)
 
 
 def test_left_right_steps_name_where_the_faced_object_lies_the_facing_axis_the_other_axis_then_the_side():
@@ -155,11 +190,13 @@ def test_stage3_distance_by_identifier_is_in_steps_on_the_segments_centres():
     assert examples
     for ex in examples:
         a, b = (int(t) for t in ex.question.split("<OBJ")[1:3] for t in [t[:3]])
-        offsets, final = ex.answer.split(": ")
-        u, v = map(float, offsets.split())  # (offset + 8) / 2, to 0.1
+        steps = read_distance_steps(ex.answer)
+        assert steps["names"] == (f"<OBJ{a:03d}>", f"<OBJ{b:03d}>")  # named as the question names them
+        assert steps["a"] == pytest.approx(centre_of[a], abs=0.051) and steps["b"] == pytest.approx(centre_of[b], abs=0.051)
+        u, v = steps["offsets"]  # (offset + 8) / 2, to 0.1
         assert u == pytest.approx((centre_of[b][0] - centre_of[a][0] + 8) / 2, abs=0.051)
         assert v == pytest.approx((centre_of[b][1] - centre_of[a][1] + 8) / 2, abs=0.051)
-        assert float(final) == pytest.approx(np.linalg.norm(np.subtract(centre_of[a], centre_of[b])), abs=0.051)
+        assert steps["distance"] == pytest.approx(np.linalg.norm(np.subtract(centre_of[a], centre_of[b])), abs=0.051)
     plain = build_examples(3, scene["scene_id"], scene["segments"], records, 32, random.Random(0),
                            tasks=frozenset({"distance"}))
     assert all(": " not in ex.answer for ex in plain)

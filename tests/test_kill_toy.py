@@ -96,3 +96,27 @@ def test_an_interrupted_world_is_rendered_again_by_features(tmp_path):
     assert prepare_source(wf.source, echo=messages.append) is True
     assert "was not finished" in messages[0]
     assert json.loads((world / "toy_world.json").read_text())["complete"] is True
+
+
+def test_a_world_of_another_generator_version_is_rendered_again(tmp_path):
+    """A world rendered by another TOY_WORLD_VERSION (its records lack what this one writes, e.g.
+    target_names) is rendered again with the same config; a world without provenance is kept."""
+    from pipeline.sources import prepare_source
+    from pipeline.toy.world import TOY_WORLD_VERSION, build_toy_world
+    from schemas.record import load_records
+    from schemas.workflow import ToyWorldConfig, Workflow
+
+    cfg = ToyWorldConfig(num_scenes=1, frames=4, seed=4, image_size=(96, 128))
+    world = tmp_path / "world"
+    build_toy_world(world, world / "scenes", cfg, progress=lambda _m: None, workers=1)
+    source = {"kind": "toy", "path": str(world / "scenes"), "toy": cfg.model_dump()}
+    wf = Workflow.model_validate({"name": "t", "out": str(tmp_path / "out"), "source": source})
+    info = json.loads((world / "toy_world.json").read_text())
+    (world / "toy_world.json").write_text(json.dumps({**info, "version": TOY_WORLD_VERSION - 1}))
+    messages: list[str] = []
+    assert prepare_source(wf.source, echo=messages.append) is True
+    assert f"version {TOY_WORLD_VERSION - 1}, not {TOY_WORLD_VERSION}" in messages[0]
+    assert json.loads((world / "toy_world.json").read_text())["version"] == TOY_WORLD_VERSION
+    assert any(r.target_names for r in load_records(world / "annotations.jsonl"))
+    (world / "toy_world.json").unlink()
+    assert prepare_source(wf.source, echo=messages.append) is False

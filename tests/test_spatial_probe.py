@@ -26,6 +26,7 @@ from benchmarks.spatial import (  # noqa: E402
     room_questions,
     score,
 )
+from tests.answer_steps_helpers import read_distance_steps  # noqa: E402
 from trainer.examples import answer_in_steps, final_answer  # noqa: E402
 
 
@@ -151,10 +152,13 @@ def test_distance_in_steps_gives_the_offsets_then_the_annotations_distance_and_i
     steps = [q for q in items if q.task == "distance_steps"]
     assert steps and len(steps) == len(plain)
     for q in steps:
-        offsets, final = q.answer.split(": ")
+        read = read_distance_steps(q.answer)
+        final = final_answer(q.answer)
         assert final == plain[(q.room_id, q.question)]
         (ax, ay), (bx, by) = q.named_xy
-        u, v = map(float, offsets.split())
+        assert read["a"][:2] == pytest.approx((ax, ay), abs=0.051) and read["b"][:2] == pytest.approx((bx, by), abs=0.051)
+        assert all(f"the {name} " in q.question for name in read["names"])
+        u, v = read["offsets"]
         dx, dy = 2 * u - 8.0, 2 * v - 8.0  # the steps are (offset + 8) / 2, to 0.1
         assert abs(dx - (bx - ax)) <= 0.101 and abs(dy - (by - ay)) <= 0.101
         # the floor-plan offset is the 3D distance up to the objects' height difference

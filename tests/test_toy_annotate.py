@@ -57,6 +57,7 @@ def test_distance_by_category_only_for_unique_categories():
     for r in recs:
         a, b = (LAYOUT.objects[i].category for i in r.target_ids)
         assert r.question == f"How far apart are the {a} and the {b} in meters?"
+        assert r.target_names == [a, b]  # the question's words for its objects, in target order
         assert float(r.answers[0]) == round(float(HAND_DISTANCE[frozenset({a, b})]), 1)
 
 
@@ -66,6 +67,7 @@ def test_relative_direction_by_category_only_for_unique_categories():
     for r in recs:
         a, b, c = (LAYOUT.objects[i].category for i in r.target_ids)
         assert r.question == f"Standing at the {a} facing the {b}, is the {c} to the left or to the right?"
+        assert r.target_names == [a, b, c]
         assert r.answers == [HAND_SIDE[(a, b, c)]] and r.choices == ["left", "right"]
 
 
@@ -79,3 +81,17 @@ def test_category_named_questions_are_asked_when_the_segmenter_missed_the_object
         for rec in _records(task):
             asked = record_example(rec, segments, num_obj_tokens=8, with_answer=False)
             assert asked is not None and asked.question.startswith(rec.question), rec.id
+
+
+def test_target_names_are_one_per_target():
+    """A record's target_names name each target once, in order, or are absent."""
+    import pytest
+
+    from schemas.record import Record
+
+    base = dict(id="r", scene_id="s", task="distance", source="toy", question="How far apart?",
+                answers=["1.0"], answer_type="number", target_ids=[2, 3])
+    assert Record(**base).target_names == []
+    assert Record(**base, target_names=["sofa", "table"]).target_names == ["sofa", "table"]
+    with pytest.raises(ValueError, match="target_names names 1 objects but target_ids has 2"):
+        Record(**base, target_names=["sofa"])

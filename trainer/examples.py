@@ -127,7 +127,7 @@ def stage3_examples(scene_id: str, segments: list[dict], num_obj_tokens: int, rn
             if kind == 0:
                 answer = _fmt(dist_NN[i, j])
                 if "distance" in answer_steps:
-                    answer = answer_in_steps("distance", [center_N3[i, :2], center_N3[j, :2]], answer)
+                    answer = answer_in_steps("distance", [tuple(center_N3[i]), tuple(center_N3[j])], answer, (ti, tj))
                 out.append(Example(scene_id, "distance", f"How far apart are {ti} and {tj} in meters?", answer))
             elif kind == 1:
                 out.append(Example(scene_id, "relative_direction", f"Is {ti} higher than {tj}?",
@@ -160,13 +160,16 @@ def unmatched_targets(record: Record, segments: list[dict]) -> list[int]:
 OFFSET_SPAN_M = 8.0
 
 
-def answer_in_steps(task: str, centres_xy: list[tuple[float, float]], answer: str) -> str | None:
-    """The answer after first-order steps on the named objects' floor-plan centres (in the
-    question's order), or None for a record these steps do not fit:
+def answer_in_steps(task: str, centres: list[tuple[float, ...]], answer: str,
+                    names: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The answer after steps on the named objects' centres (x, y[, z], in the question's order), or
+    None for a record these steps do not fit:
 
-    - distance (two objects): how far the second lies east and north of the first, each offset
-      written as (offset + OFFSET_SPAN_M) / 2, so that every offset up to OFFSET_SPAN_M either way is
-      a positive number and 4.0 means none, then the distance: "4.6 3.8: 1.3" (1.2 east, 0.4 south);
+    - distance (two objects, with the `names` the question gives them): each object's name and where
+      it is, as "Where is ...?" answers it, then how far the second lies east and north of the first,
+      each offset written as (offset + OFFSET_SPAN_M) / 2 so that every offset up to OFFSET_SPAN_M
+      either way is a positive number and 4.0 means none, then the distance:
+      "sofa 1.0 2.0 0.4, table 2.2 1.6 0.4, 4.6 3.8: 1.3" (1.2 east, 0.4 south);
     - relative_direction as left/right (a viewer at the first object facing the second, the third
       queried): whether the second lies east or west, and north or south, of the first; of those
       two, the way the viewer faces most nearly (the axis of the longer offset); the third object's
@@ -176,6 +179,11 @@ def answer_in_steps(task: str, centres_xy: list[tuple[float, float]], answer: st
     A distance (a norm) and a side (the sign of a cross product) have none in the objects' positions,
     so a model that reads positions never starts on them; each step above is first order in the
     positions or the steps before it. measured: docs/RESULTS.md#spatial-probe
+    A distance restates each object's name before its position because an offset between two objects
+    the model looks up itself is two lookups in one number, of which a model learned one: with the
+    offsets alone, every one of five seeds wrote an offset that left one object out. After its name,
+    a position is the lookup "Where is ...?" trained, and each offset a difference of two numbers
+    written just before it. measured: docs/RESULTS.md#distance-named
     Left/right names the offset's two signs before the facing because the facing alone (one of four
     directions, by the longer of two offsets) was the step that failed: with the signs written, the
     facing is a comparison of two offsets already signed. measured: docs/RESULTS.md#left-right-signs
@@ -183,11 +191,12 @@ def answer_in_steps(task: str, centres_xy: list[tuple[float, float]], answer: st
     offset's magnitude, the product of its sign and its value, and a model that reads positions
     wrote "-0.1" for 43 of 100 east-west and 99 of 100 north-south offsets below -1 m.
     measured: docs/RESULTS.md#distance-offsets"""
-    if task == "distance" and len(centres_xy) == 2:
-        (ax, ay), (bx, by) = centres_xy
-        return f"{(bx - ax + OFFSET_SPAN_M) / 2:.1f} {(by - ay + OFFSET_SPAN_M) / 2:.1f}: {answer}"
-    if task == "relative_direction" and len(centres_xy) == 3 and answer in ("left", "right"):
-        (ax, ay), (bx, by), (cx, cy) = centres_xy
+    if task == "distance" and len(centres) == 2 and len(names) == 2 and all(len(c) == 3 for c in centres):
+        (ax, ay, _), (bx, by, _) = centres
+        where = ", ".join(f"{name} {_fmt(x)} {_fmt(y)} {_fmt(z)}" for name, (x, y, z) in zip(names, centres))
+        return f"{where}, {(bx - ax + OFFSET_SPAN_M) / 2:.1f} {(by - ay + OFFSET_SPAN_M) / 2:.1f}: {answer}"
+    if task == "relative_direction" and len(centres) == 3 and answer in ("left", "right"):
+        (ax, ay), (bx, by), (cx, cy) = (c[:2] for c in centres)
         fx, fy = bx - ax, by - ay
         east_west, north_south = ("east" if fx > 0 else "west"), ("north" if fy > 0 else "south")
         if abs(fx) >= abs(fy):
@@ -218,7 +227,9 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
     measured: docs/RESULTS.md#count-by-listing
 
     Records of `answer_steps` tasks are answered after first-order steps on their targets' true box
-    centres (`answer_in_steps`): the steps then agree with the answer, whichever segments matched."""
+    centres (`answer_in_steps`): the steps then agree with the answer, whichever segments matched.
+    A distance in steps names its objects as the question does (its identifiers, else the record's
+    `target_names`); a record that gives no names is not an example (None)."""
     seg_of_instance = instances_to_segments(segments)
     ident_of_seg = segment_identifiers(segments, num_obj_tokens)
     seg_ids = [seg_of_instance.get(t) for t in record.target_ids]
@@ -248,7 +259,11 @@ def record_example(record: Record, segments: list[dict], num_obj_tokens: int,
         if count_by_listing and record.task == "counting" and with_answer:
             answer = _listed_count(answer, known)
         if record.task in answer_steps and with_answer:
-            answer = answer_in_steps(record.task, [tuple(b.center[:2]) for b in record.target_boxes], answer) or answer
+            names = [obj_token(i) for i in idents[:placeholders]] + record.target_names[placeholders:]
+            stepped = answer_in_steps(record.task, [tuple(b.center) for b in record.target_boxes], answer, names)
+            if stepped is None and _needs_names(record, answer_steps):
+                return None  # stage4_examples tallies it as SKIP_UNNAMED
+            answer = stepped or answer
     elif with_answer:
         return None
     else:
@@ -272,13 +287,22 @@ def _listed_count(count: str, idents: list[int]) -> str:
 # Why `stage4_examples` skipped a record (keys of the `skipped` tally, per task).
 SKIP_UNMATCHED = "unmatched_target"  # a target matches no segment of the scene
 SKIP_OTHER = "other"  # a target beyond the identifiers, or no answer to train on
+# a distance answered in steps restates its objects' names, and the record gives none (target_names)
+SKIP_UNNAMED = "unnamed_targets"
+
+
+def _needs_names(record: Record, answer_steps: frozenset[str]) -> bool:
+    """Whether the record is a distance to answer in steps whose objects the question names in words
+    that the record does not give (`target_names`)."""
+    in_words = len(record.target_ids) - record.question.count(OBJ_PLACEHOLDER)
+    return record.task == "distance" and "distance" in answer_steps and in_words > 0 and not record.target_names
 
 
 def stage4_examples(scene_id: str, segments: list[dict], records: list[Record],
                     num_obj_tokens: int, rng: random.Random, count_by_listing: bool = False,
                     skipped: Counter | None = None, answer_steps: frozenset[str] = frozenset()) -> list[Example]:
     """The records as examples. Records that cannot be examples are counted in `skipped`, keyed by
-    (task, reason) (`SKIP_UNMATCHED` or `SKIP_OTHER`), so that the trainer reports them."""
+    (task, reason) (`SKIP_UNMATCHED`, `SKIP_UNNAMED` or `SKIP_OTHER`), so that the trainer reports them."""
     out, num_skipped = [], 0
     for rec in records:
         ex = record_example(rec, segments, num_obj_tokens, count_by_listing=count_by_listing,
@@ -286,7 +310,9 @@ def stage4_examples(scene_id: str, segments: list[dict], records: list[Record],
         if ex is None:
             num_skipped += 1
             if skipped is not None:
-                skipped[(rec.task, SKIP_UNMATCHED if unmatched_targets(rec, segments) else SKIP_OTHER)] += 1
+                reason = (SKIP_UNMATCHED if unmatched_targets(rec, segments) else
+                          SKIP_UNNAMED if _needs_names(rec, answer_steps) else SKIP_OTHER)
+                skipped[(rec.task, reason)] += 1
         else:
             out.append(ex)
     if num_skipped:

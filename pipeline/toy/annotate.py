@@ -146,7 +146,7 @@ def generate_records(layout: ToyLayout, scene_id: str, split: str | None,
         a, b = pairs[int(k)]
         dist = float(np.linalg.norm(a.center_3 - b.center_3))
         out.add("distance", f"How far apart are the {a.category} and the {b.category} in meters?",
-                [_num(dist)], [a, b], answer_type="number")
+                [_num(dist)], [a, b], answer_type="number", target_names=[a.category, b.category])
 
     lx, ly, lz = layout.size_3
     out.add("room_size", "What is the floor area of the room in square meters?", [_num(lx * ly)],
@@ -165,5 +165,6 @@ def generate_records(layout: ToyLayout, scene_id: str, split: str | None,
             continue
         out.add("relative_direction",
                 f"Standing at the {a.category} facing the {b.category}, is the {c.category} to the left "
-                "or to the right?", [side], [a, b, c], answer_type="choice", choices=["left", "right"])
+                "or to the right?", [side], [a, b, c], answer_type="choice", choices=["left", "right"],
+                target_names=[a.category, b.category, c.category])
     return out.records

@@ -54,9 +54,9 @@ class ToyRenderedScenes:
 
 def ensure_toy_world(source: SourceConfig, echo: Callable[[str], object] = print) -> bool:
     """The toy source's `prepare` hook: render the toy world first when a toy workflow's scenes folder
-    is empty, or was rendered from another toy config (another seed) than the workflow's; True if it
-    rendered."""
-    from pipeline.toy.world import build_toy_world
+    is empty, or was rendered from another toy config (another seed) or by another version of the
+    generator (TOY_WORLD_VERSION: its records differ) than this one; True if it rendered."""
+    from pipeline.toy.world import TOY_WORLD_VERSION, build_toy_world
 
     if source.kind != "toy":
         return False
@@ -70,9 +70,12 @@ def ensure_toy_world(source: SourceConfig, echo: Callable[[str], object] = print
         except (ValueError, AttributeError):
             made_info, made_with = {}, None
         interrupted = made_info.get("complete") is False  # a render was killed: old and new scenes mixed
-        if not interrupted and (made_with is None or made_with == toy.model_dump(mode="json")):
+        outdated = made_with is not None and made_info.get("version") != TOY_WORLD_VERSION
+        if not interrupted and not outdated and (made_with is None or made_with == toy.model_dump(mode="json")):
             return False  # a world of unknown provenance (hand-made) is kept as it is
-        why = "was not finished" if interrupted else "was rendered from another config than the workflow's"
+        why = ("was not finished" if interrupted else
+               f"was rendered by toy world version {made_info.get('version')}, not {TOY_WORLD_VERSION}"
+               if outdated else "was rendered from another config than the workflow's")
         echo(f"toy world under {scenes_dir} {why} ({made}): rendering it again")
     else:
         echo(f"toy world not found under {scenes_dir}: rendering it first")

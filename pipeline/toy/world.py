@@ -45,7 +45,10 @@ from schemas.workflow import ToyWorldConfig
 
 log = logging.getLogger(__name__)
 
-TOY_WORLD_VERSION = 2  # 2: counting records name the counted objects (target_ids)
+# 2: counting records name the counted objects (target_ids); 3: distance and left/right records
+# carry the words their question names the objects by (target_names). A world of another version is
+# rendered again (pipeline/toy/scenes.py: ensure_toy_world).
+TOY_WORLD_VERSION = 3
 SCENE_ID_PATTERN = re.compile(r"^toy\d{4}$")
 TOY_WORLD_FILE = "toy_world.json"
 DEPTH_SHIFT = 1000.0  # uint16 depth PNG units per metre, as ScanNet writes them
