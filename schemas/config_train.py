@@ -136,8 +136,10 @@ class TrainConfig(BaseModel):
                                    "`p3d predict` reads both forms")
     answer_steps: list[Literal["distance", "relative_direction"]] = Field(
         default_factory=list, description="records of these tasks are answered after first-order steps on the "
-        "named objects' centres ('4.6 3.8: 1.3', 'west north, north west: left'; trainer/examples.py: answer_in_steps); "
-        "`p3d predict` keeps the answer after the steps")
+        "named objects' centres ('sofa 1.0 2.0 0.4, table 2.2 1.6 0.4, 4.6 3.8: 1.3', 'west north, north west: "
+        "left'; trainer/examples.py: answer_in_steps; a distance needs the words its question names the objects "
+        "by, the record's target_names, unless it names them by identifier); `p3d predict` keeps the answer "
+        "after the steps")
     position_names: list[PositionName] = Field(
         default_factory=lambda: ["identifier"], min_length=1,
         description="how stage 2's (and a replaying stage 3's) position questions name the object: 'Where is "

@@ -17,6 +17,17 @@ def _mra(pred: float, gt: float) -> float:
     return sum(abs(pred - gt) / gt <= 1 - t for t in MRA_THRESHOLDS) / len(MRA_THRESHOLDS)
 
 
+def test_mbr_candidates_leave_out_samples_cut_before_their_answer_while_any_is_whole():
+    from trainer.predict import mbr_candidates
+
+    texts = ["bed 2.6 6.5 0.5, cabinet 0.3", "bed 2.6 6.5 0.5, cabinet 0.3 2.6 0.6, 2.9 2.1: 4.5", "no", "3.0"]
+    # the cut one reads as 2.6 (a step's number); "no" states none
+    assert mbr_candidates(texts, [True, False, False, False], "number") == [(1, 4.5), (3, 3.0)]
+    # every sample cut: the numbers they state are all there is
+    assert mbr_candidates(texts[:1], [True], "number") == [(0, 2.6)]
+    assert mbr_candidates(["nan", "inf"], [False, False], "number") == []
+
+
 def test_mbr_index_keeps_the_answer_nearest_the_others_under_mra():
     from trainer.predict import mbr_index
 

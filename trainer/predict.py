@@ -196,14 +196,25 @@ def mbr_index(values: list[float]) -> int:
     return expected.index(max(expected))
 
 
+def mbr_candidates(texts: list[str], cut: list[bool], answer_type: str) -> list[tuple[int, float]]:
+    """(index, number) of the sampled answers that state a finite number, leaving out those that ran
+    into max_new_tokens (`cut`) while any other states one: a sample cut inside its steps ("bed 2.6
+    6.5 0.5, cab") has no answer yet, and the number read from it is a step's."""
+    from pipeline.eval.text import parse_number
+
+    stated = [(k, parse_number(answer_parts(text, answer_type)[0])) for k, text in enumerate(texts)]
+    stated = [(k, value) for k, value in stated if value is not None and math.isfinite(value)]
+    whole = [(k, value) for k, value in stated if not cut[k]]
+    return whole or stated
+
+
 def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int, seed: int,
                   cut: Counter | None = None):
     """The prediction of one number question (example, inputs, record, segments): the
-    minimum-Bayes-risk answer (`mbr_index`) among `samples` sampled ones; greedy where none of them
-    states a number. A record whose chosen sample ran into `max_new_tokens` is tallied in `cut`."""
+    minimum-Bayes-risk answer (`mbr_index`) among `samples` sampled ones (`mbr_candidates`: those
+    whole, where any is); greedy where none of them states a number. A record whose chosen sample ran
+    into `max_new_tokens` is tallied in `cut`."""
     import torch
-
-    from pipeline.eval.text import parse_number
 
     ex, inputs, rec, segments = item
     batch = collate([(ex, inputs)] * samples, with_answer=False)
@@ -212,8 +223,7 @@ def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int
         drawn = model.generate(batch, max_new_tokens=max_new_tokens, generator=generator)
     stops = stop_ids(model)
     texts = [clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False)) for ids in drawn]
-    stated = [(k, parse_number(answer_parts(text, rec.answer_type)[0])) for k, text in enumerate(texts)]
-    stated = [(k, value) for k, value in stated if value is not None and math.isfinite(value)]
+    stated = mbr_candidates(texts, [was_cut(ids, stops) for ids in drawn], rec.answer_type)
     if not stated:
         return answer_batch(model, collate, [item], max_new_tokens, cut)[0]
     chosen = stated[mbr_index([value for _, value in stated])][0]
