@@ -316,7 +316,7 @@ def stage4_examples(scene_id: str, segments: list[dict], records: list[Record],
         else:
             out.append(ex)
     if num_skipped:
-        log.debug("scene %s: %d records skipped (targets not among the segments)", scene_id, num_skipped)
+        log.debug("scene %s: %d records skipped (by reason in the stage's skipped tally)", scene_id, num_skipped)
     rng.shuffle(out)
     return out
 
