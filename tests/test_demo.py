@@ -75,6 +75,29 @@ def test_only_the_variant_identical_to_the_main_run_reuses_its_scores():
     assert repeats_main_run(shuffled, {"proxies": k, "grouping": True})
 
 
+def test_without_the_grouping_pair_only_other_clusterings_and_the_position_ids_remain():
+    from p3d.demo.ablations import ablation_variants
+
+    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
+    k, ab = wf.cluster.proxies, wf.demo.ablations
+
+    def variants(**update):
+        changed = wf.model_copy(update={"demo": wf.demo.model_copy(update={
+            "ablations": ab.model_copy(update={"grouping_pair": False, **update})})})
+        return [name for name, _ in ablation_variants(changed)]
+
+    other = "positions-bfs" if wf.train.rope_positions == "height" else "positions-height"
+    # The main run's own budget would repeat it, so it goes; another budget stays.
+    assert variants(budgets=[k]) == [f"{other}-k{k}"]
+    assert variants(budgets=[k, 2 * k]) == [f"grouping-k{2 * k}", f"{other}-k{k}"]
+    # An ungrouped main run: the grouped row at its budget is another clustering.
+    ungrouped = wf.model_copy(update={"cluster": wf.cluster.model_copy(update={"grouping": False}),
+                                      "demo": wf.demo.model_copy(update={"ablations": ab.model_copy(
+                                          update={"grouping_pair": False, "budgets": [k]})})})
+    assert [name for name, _ in ablation_variants(ungrouped)][0] == f"grouping-k{k}"
+    assert f"no-grouping-k{k}" in [name for name, _ in ablation_variants(wf)]
+
+
 def _demo_run(tmp_path):
     from p3d.demo.steps import DemoRun
 

@@ -32,12 +32,16 @@ def positions_variant(wf: Workflow) -> tuple[str, dict]:
 
 def ablation_variants(wf: Workflow) -> list[tuple[str, dict]]:
     ab = wf.demo.ablations
-    pair_budget = ab.grouping_budget or wf.cluster.proxies
-    variants = [(f"grouping-k{pair_budget}", {"proxies": pair_budget, "grouping": True}),
-                (f"no-grouping-k{pair_budget}", {"proxies": pair_budget, "grouping": False})]
+    variants: list[tuple[str, dict]] = []
+    if ab.grouping_pair:
+        pair_budget = ab.grouping_budget or wf.cluster.proxies
+        variants = [(f"grouping-k{pair_budget}", {"proxies": pair_budget, "grouping": True}),
+                    (f"no-grouping-k{pair_budget}", {"proxies": pair_budget, "grouping": False})]
     for k in ab.budgets:
-        if k != pair_budget:
-            variants.append((f"grouping-k{k}", {"proxies": k, "grouping": True}))
+        name, change = f"grouping-k{k}", {"proxies": k, "grouping": True}
+        # Without the pair, a row at the main run's own clustering would only repeat the main run.
+        if name not in dict(variants) and (ab.grouping_pair or not main_clustering(wf, change)):
+            variants.append((name, change))
     return [*variants, positions_variant(wf)]
 
 
