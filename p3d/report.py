@@ -71,6 +71,18 @@ def under_chance_lines(scores: dict, beyond_budget: dict[str, str]) -> list[str]
     return [line for text in lines for line in ("", text)]
 
 
+def cut_lines(scores: dict, max_new_tokens: int) -> list[str]:
+    """The tasks with answers that ran into the generation limit before their end (eval's `num_cut`):
+    an answer cut inside its steps reads as a wrong one, and the score alone cannot say why
+    (toy-spatial's left/right at 7.6 with 16 tokens). measured: docs/RESULTS.md#left-right-signs"""
+    cut = [f"{res['name']} {res['num_cut']} of {res['num_samples']}" for res in scores["results"]
+           if res.get("num_cut")]
+    if not cut:
+        return []
+    return ["", f"Answers that ran into `eval.max_new_tokens` ({max_new_tokens} tokens) before their end, "
+                f"scored as written: {', '.join(cut)}."]
+
+
 def ablation_table(ablations: dict[str, dict]) -> list[str]:
     tasks: list[str] = []
     for scores in ablations.values():
@@ -173,6 +185,7 @@ def write_report(result: DemoResult) -> Path:
                   "answer is greedy.", ""]
     lines += metric_table(result.main)
     lines += under_chance_lines(result.main, wf.demo.beyond_budget)
+    lines += cut_lines(result.main, wf.eval.max_new_tokens)
     lines += _ablation_section(result)
     lines += _pictures_section(result)
     lines += report_lines(result.asked, run_dir)

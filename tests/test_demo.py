@@ -263,3 +263,18 @@ def test_report_names_every_task_at_or_under_chance_and_whether_the_workflow_exp
     assert "not expected (not in `demo.beyond_budget`): toy/counting 50.0 (EM; chance 58.8)." in text
     assert "object_size" not in text and "grounding" not in text and "caption" not in text
     assert under_chance_lines({"results": [scores["results"][2]]}, {}) == []
+
+
+def test_report_says_which_answers_ran_into_the_generation_limit():
+    from p3d.report import cut_lines
+
+    scores = {"results": [
+        {"name": "toy/distance", "num_cut": 3, "num_samples": 115},
+        {"name": "toy/room_size", "num_cut": 0, "num_samples": 48},
+        {"name": "toy/counting", "num_samples": 9},  # an eval.json from before num_cut
+        {"name": "toy/relative_direction", "num_cut": 1, "num_samples": 119},
+    ]}
+    text = "\n".join(cut_lines(scores, 48))
+    assert "(48 tokens)" in text and "toy/distance 3 of 115, toy/relative_direction 1 of 119." in text
+    assert "room_size" not in text and "counting" not in text
+    assert cut_lines({"results": scores["results"][1:3]}, 48) == []

@@ -109,3 +109,15 @@ def test_answers_that_run_into_max_new_tokens_are_counted_by_task_and_said(expor
     assert int(said[0].split()[0]) == len(nonempty)
     by_task = dict((t, int(n)) for t, n in re.findall(r"(\w+) (\d+)", said[0].split("without ending (")[1].split(")")[0]))
     assert by_task == {t: sum(d["task"] == t for d in nonempty) for t in {d["task"] for d in nonempty}}
+    # Each cut answer is marked in its prediction, and `p3d eval` counts them per group.
+    assert all(d.get("cut") is True for d in nonempty) and not any(d.get("cut") for d in asked if not d["text"])
+    from pipeline.eval.evaluate import evaluate, format_table
+    from pipeline.eval.predictions import load_predictions
+    from schemas.record import load_records
+
+    results = evaluate(load_records(exported[2]), load_predictions(tmp_path / "one.jsonl"))
+    assert {r.name.split("/")[-1]: r.num_cut for r in results if r.num_cut} == by_task
+    assert all(r.to_json()["num_cut"] == r.num_cut for r in results)
+    table = format_table(results)
+    for r in results:
+        assert (f"note ({r.name}): {r.num_cut} answers ran into the generation limit" in table) == bool(r.num_cut)

@@ -170,7 +170,7 @@ def was_cut(ids: list[int], stops: set[int]) -> bool:
 
 def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int, cut: Counter | None = None) -> list:
     """Greedy predictions of (example, inputs, record, segments) questions, decoded together;
-    answers that ran into `max_new_tokens` are tallied by task in `cut`."""
+    answers that ran into `max_new_tokens` are marked (`mark_cut`)."""
     import torch
 
     if not pending:
@@ -179,12 +179,23 @@ def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int, cut:
     with torch.inference_mode():
         generated = model.generate(batch, max_new_tokens=max_new_tokens)
     stops = stop_ids(model)
-    if cut is not None:
-        cut.update(rec.task for (_, _, rec, _), ids in zip(pending, generated) if was_cut(ids, stops))
-    return [prediction_of(rec, segments, clean_text(model.tokenizer.decode(until_stop(ids, stops),
-                                                                          skip_special_tokens=False)),
-                          model.cfg.num_obj_tokens)
-            for (_, _, rec, segments), ids in zip(pending, generated)]
+    predictions = []
+    for (_, _, rec, segments), ids in zip(pending, generated):
+        pred = prediction_of(rec, segments, clean_text(model.tokenizer.decode(until_stop(ids, stops),
+                                                                             skip_special_tokens=False)),
+                             model.cfg.num_obj_tokens)
+        mark_cut(pred, was_cut(ids, stops), cut)
+        predictions.append(pred)
+    return predictions
+
+
+def mark_cut(pred, cut_here: bool, cut: Counter | None) -> None:
+    """Mark a prediction whose answer ran into max_new_tokens (`Prediction.cut`, counted by eval) and
+    tally it by task in `cut`, where given."""
+    if cut_here:
+        pred.cut = True
+        if cut is not None:
+            cut[pred.task] += 1
 
 
 def mbr_index(values: list[float]) -> int:
@@ -213,7 +224,7 @@ def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int
     """The prediction of one number question (example, inputs, record, segments): the
     minimum-Bayes-risk answer (`mbr_index`) among `samples` sampled ones (`mbr_candidates`: those
     whole, where any is); greedy where none of them states a number. A record whose chosen sample ran
-    into `max_new_tokens` is tallied in `cut`."""
+    into `max_new_tokens` is marked (`mark_cut`)."""
     import torch
 
     ex, inputs, rec, segments = item
@@ -227,10 +238,9 @@ def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int
     if not stated:
         return answer_batch(model, collate, [item], max_new_tokens, cut)[0]
     chosen = stated[mbr_index([value for _, value in stated])][0]
-    if cut is not None and was_cut(drawn[chosen], stops):
-        cut[rec.task] += 1
     pred = prediction_of(rec, segments, texts[chosen], model.cfg.num_obj_tokens)
     pred.decoding = f"mbr {samples}"
+    mark_cut(pred, was_cut(drawn[chosen], stops), cut)
     return pred
 
 

@@ -4,7 +4,8 @@ Groups are (source, task): ScanQA and MMScan QA share a task but are different b
 benchmark name (scanqa, sqa3d, scanrefer, multi3drefer, scan2cap, vsibench, ...) selects records
 by source; `vsibench` adds the benchmark's own aggregate row. A prediction marked `not_asked` (its
 question names an object that matches no segment) scores as a missing one, with a note per group;
-each group also notes how many targets match no segment (`unmatched_targets`, written by predict).
+each group also notes how many targets match no segment (`unmatched_targets`, written by predict),
+and counts the answers that ran into the generation limit before their end (`num_cut`).
 ScanQA / SQA3D exact match follows a named convention (`qa_convention`, text.QA_CONVENTIONS).
 What the caption scorers print (pycocoevalcap's BLEU prints a dictionary) is kept off standard
 output: the table and p3d's own messages are all a user sees there.
@@ -93,6 +94,7 @@ def evaluate(
         if unmatched:  # the segments stand for objects only through the cluster stage's matching
             result.notes.append(f"{sum(map(len, unmatched))} targets of {len(unmatched)} records match no "
                                 "segment of their scene (scored as they fall: they can only be missed)")
+        result.num_cut = sum(1 for p in preds if p is not None and p.cut)
         result.chance = chance_level(rtask, recs, scene_objects)
         results.append(result)
     vsi = [r for r in chosen if r.source == "vsibench"]
@@ -141,6 +143,8 @@ def format_table(results: list[TaskResult]) -> str:
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"note ({r.name}): {n}" for r in results for n in r.notes]
+    notes += [f"note ({r.name}): {r.num_cut} answers ran into the generation limit before their end, scored as "
+              "written (raise --max-new-tokens)" for r in results if r.num_cut]
     return "\n".join(lines + notes)
 
 

@@ -53,12 +53,13 @@ class TaskResult:
     chance: dict[str, float | None] = field(default_factory=dict)
     per_sample: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    num_cut: int = 0  # answers that ran into the generation limit before their end (Prediction.cut)
 
     def to_json(self) -> dict:
         return {
             "name": self.name, "kind": self.kind, "num_samples": self.num_samples,
-            "num_missing": self.num_missing, "metrics": self.metrics, "chance": self.chance,
-            "notes": self.notes, "per_sample": self.per_sample,
+            "num_missing": self.num_missing, "num_cut": self.num_cut, "metrics": self.metrics,
+            "chance": self.chance, "notes": self.notes, "per_sample": self.per_sample,
         }
 
 

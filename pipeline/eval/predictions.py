@@ -18,7 +18,8 @@ A caption (Scan2Cap) names its object in the question, not in the answer: its pr
 segment the question's `<OBJ>` resolved to (`object_ids`, `instance_ids`, `boxes`), the box that
 m@kIoU compares with the target's. A record that could not be asked (an object its question names
 matches no segment of the scene) is still written, with empty `text`, no objects and the reason in
-`not_asked`; `p3d eval` scores it as a miss and counts it.
+`not_asked`; `p3d eval` scores it as a miss and counts it. An answer that ran into the generation
+limit before its end carries `cut: true`; it is scored as written and `p3d eval` counts it (`num_cut`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Prediction(BaseModel):
     not_asked: str | None = Field(None, description="why the record could not be asked; scored as a miss")
     decoding: str | None = Field(None, description="how the answer was decoded where it was not greedy: "
                                  "'mbr N', the minimum-Bayes-risk answer of N sampled ones (trainer/predict.py)")
+    cut: bool | None = Field(None, description="true where the answer ran into the generation limit "
+                             "(max_new_tokens) before its end; scored as written, and counted by eval")
 
 
 def load_predictions(path: str | Path) -> dict[str, Prediction]:
