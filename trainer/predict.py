@@ -168,9 +168,9 @@ def was_cut(ids: list[int], stops: set[int]) -> bool:
     return not any(t in stops for t in ids)
 
 
-def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int, cut: Counter | None = None) -> list:
+def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int) -> list:
     """Greedy predictions of (example, inputs, record, segments) questions, decoded together;
-    answers that ran into `max_new_tokens` are marked (`mark_cut`)."""
+    an answer that ran into `max_new_tokens` is marked `cut`."""
     import torch
 
     if not pending:
@@ -184,18 +184,9 @@ def answer_batch(model, collate, pending: list[tuple], max_new_tokens: int, cut:
         pred = prediction_of(rec, segments, clean_text(model.tokenizer.decode(until_stop(ids, stops),
                                                                              skip_special_tokens=False)),
                              model.cfg.num_obj_tokens)
-        mark_cut(pred, was_cut(ids, stops), cut)
+        pred.cut = was_cut(ids, stops) or None
         predictions.append(pred)
     return predictions
-
-
-def mark_cut(pred, cut_here: bool, cut: Counter | None) -> None:
-    """Mark a prediction whose answer ran into max_new_tokens (`Prediction.cut`, counted by eval) and
-    tally it by task in `cut`, where given."""
-    if cut_here:
-        pred.cut = True
-        if cut is not None:
-            cut[pred.task] += 1
 
 
 def mbr_index(values: list[float]) -> int:
@@ -219,12 +210,11 @@ def mbr_candidates(texts: list[str], cut: list[bool], answer_type: str) -> list[
     return whole or stated
 
 
-def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int, seed: int,
-                  cut: Counter | None = None):
+def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int, seed: int):
     """The prediction of one number question (example, inputs, record, segments): the
     minimum-Bayes-risk answer (`mbr_index`) among `samples` sampled ones (`mbr_candidates`: those
     whole, where any is); greedy where none of them states a number. A record whose chosen sample ran
-    into `max_new_tokens` is marked (`mark_cut`)."""
+    into `max_new_tokens` is marked `cut`."""
     import torch
 
     ex, inputs, rec, segments = item
@@ -236,11 +226,11 @@ def answer_by_mbr(model, collate, item: tuple, samples: int, max_new_tokens: int
     texts = [clean_text(model.tokenizer.decode(until_stop(ids, stops), skip_special_tokens=False)) for ids in drawn]
     stated = mbr_candidates(texts, [was_cut(ids, stops) for ids in drawn], rec.answer_type)
     if not stated:
-        return answer_batch(model, collate, [item], max_new_tokens, cut)[0]
+        return answer_batch(model, collate, [item], max_new_tokens)[0]
     chosen = stated[mbr_index([value for _, value in stated])][0]
     pred = prediction_of(rec, segments, texts[chosen], model.cfg.num_obj_tokens)
     pred.decoding = f"mbr {samples}"
-    mark_cut(pred, was_cut(drawn[chosen], stops), cut)
+    pred.cut = was_cut(drawn[chosen], stops) or None
     return pred
 
 
@@ -294,7 +284,6 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
         raise ValueError(f"mbr_tasks: {', '.join(not_numbers)} have answers that are not numbers; minimum "
                          "Bayes risk decoding is for number answers (scored by MRA)")
     predictions, pending, seen = [], [], set()
-    cut: Counter = Counter()  # task -> answers that ran into max_new_tokens
     unmatched_of: dict[str, list[int]] = {}  # record id -> its targets that match no segment
     for scene in iter_scenes(shards, shuffle=False):
         if not by_scene.get(scene["scene_id"]):
@@ -311,13 +300,14 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
                 continue
             if rec.task in mbr_tasks:
                 predictions.append(answer_by_mbr(model, collate, (ex, inputs, rec, segments), mbr_samples,
-                                                 max_new_tokens, seed, cut))
+                                                 max_new_tokens, seed))
                 continue
             pending.append((ex, inputs, rec, segments))
             if len(pending) == batch_size:
-                predictions += answer_batch(model, collate, pending, max_new_tokens, cut)
+                predictions += answer_batch(model, collate, pending, max_new_tokens)
                 pending = []
-    predictions += answer_batch(model, collate, pending, max_new_tokens, cut)
+    predictions += answer_batch(model, collate, pending, max_new_tokens)
+    cut = Counter(pred.task for pred in predictions if pred.cut)  # task -> answers cut by max_new_tokens
     if cut:
         # An answer in steps cut before its end reads as a wrong answer, and the scores cannot say
         # why: toy-spatial's left/right at 7.6 with 16 tokens. measured: docs/RESULTS.md#left-right-signs
