@@ -80,8 +80,7 @@ class AblationConfig(BaseModel):
     grouping_budget: int | None = Field(None, description="budget of the grouping vs --no-grouping pair "
                                                           "(default: cluster.proxies)")
     grouping_pair: bool = Field(True, description="run the grouping vs --no-grouping pair; off, the budgets "
-                                                  "other than the main run's and the position-id variant "
-                                                  "remain")
+                                                  "and the position-id variant remain")
     tasks: list[str] = Field(default_factory=lambda: ["object_name", "counting", "grounding"],
                              description="tasks each variant trains on (stage 4) and is scored on")
     epochs: float = Field(10.0, gt=0, description="stage-4 epochs of each variant, from the stage-3 model")

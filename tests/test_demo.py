@@ -75,8 +75,8 @@ def test_only_the_variant_identical_to_the_main_run_reuses_its_scores():
     assert repeats_main_run(shuffled, {"proxies": k, "grouping": True})
 
 
-def test_without_the_grouping_pair_only_other_clusterings_and_the_position_ids_remain():
-    from p3d.demo.ablations import ablation_variants
+def test_without_the_grouping_pair_only_the_budgets_and_the_position_ids_remain():
+    from p3d.demo.ablations import ablation_variants, repeats_main_run
 
     wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
     k, ab = wf.cluster.proxies, wf.demo.ablations
@@ -84,17 +84,16 @@ def test_without_the_grouping_pair_only_other_clusterings_and_the_position_ids_r
     def variants(**update):
         changed = wf.model_copy(update={"demo": wf.demo.model_copy(update={
             "ablations": ab.model_copy(update={"grouping_pair": False, **update})})})
-        return [name for name, _ in ablation_variants(changed)]
+        return changed, [name for name, _ in ablation_variants(changed)]
 
     other = "positions-bfs" if wf.train.rope_positions == "height" else "positions-height"
-    # The main run's own budget would repeat it, so it goes; another budget stays.
-    assert variants(budgets=[k]) == [f"{other}-k{k}"]
-    assert variants(budgets=[k, 2 * k]) == [f"grouping-k{2 * k}", f"{other}-k{k}"]
-    # An ungrouped main run: the grouped row at its budget is another clustering.
-    ungrouped = wf.model_copy(update={"cluster": wf.cluster.model_copy(update={"grouping": False}),
-                                      "demo": wf.demo.model_copy(update={"ablations": ab.model_copy(
-                                          update={"grouping_pair": False, "budgets": [k]})})})
-    assert [name for name, _ in ablation_variants(ungrouped)][0] == f"grouping-k{k}"
+    assert variants(budgets=[])[1] == [f"{other}-k{k}"]
+    assert variants(budgets=[2 * k])[1] == [f"grouping-k{2 * k}", f"{other}-k{k}"]
+    # A budget at the main run's own clustering stays a row, and takes the main run's scores.
+    changed, names = variants(budgets=[k])
+    assert names == [f"grouping-k{k}", f"{other}-k{k}"]
+    assert repeats_main_run(changed, {"proxies": k, "grouping": True})
+    # With the pair (the default), its ungrouped side is a variant.
     assert f"no-grouping-k{k}" in [name for name, _ in ablation_variants(wf)]
 
 

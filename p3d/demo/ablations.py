@@ -38,10 +38,8 @@ def ablation_variants(wf: Workflow) -> list[tuple[str, dict]]:
         variants = [(f"grouping-k{pair_budget}", {"proxies": pair_budget, "grouping": True}),
                     (f"no-grouping-k{pair_budget}", {"proxies": pair_budget, "grouping": False})]
     for k in ab.budgets:
-        name, change = f"grouping-k{k}", {"proxies": k, "grouping": True}
-        # Without the pair, a row at the main run's own clustering would only repeat the main run.
-        if name not in dict(variants) and (ab.grouping_pair or not main_clustering(wf, change)):
-            variants.append((name, change))
+        if f"grouping-k{k}" not in dict(variants):
+            variants.append((f"grouping-k{k}", {"proxies": k, "grouping": True}))
     return [*variants, positions_variant(wf)]
 
 
