@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +332,41 @@ def test_views_per_object_counts_frames():
     counts = views_per_object(scene.layout, scene.frames)
     manual = {o.id: sum(int((f.instance_HW == o.id).sum() >= 40) for f in scene.frames) for o in scene.layout.objects}
     assert counts == manual and min(counts.values()) >= required_views(8)
+
+
+def test_a_current_world_is_kept_so_features_resume_and_force_renders_it_again(tmp_path):
+    """`p3d toy` again with the same config (the demo's first step on a rerun) keeps the world: its
+    files keep their mtimes, so the feature stage's source fingerprint (names, sizes, mtimes) is the
+    one the store was made from and nothing downstream is redone. `--force`, another config or a
+    missing scene renders it again."""
+    wf = tmp_path / "wf.yaml"
+    body = (f"name: t\nout: {tmp_path / 'data'}\nsource:\n  kind: toy\n  path: {tmp_path / 'data' / 'scenes'}\n"
+            "  toy:\n    num_scenes: 2\n    frames: 6\n    seed: 3\n    image_size: [48, 64]\n")
+    wf.write_text(body)
+    scenes = tmp_path / "data" / "scenes"
+
+    def render(*extra: str) -> str:
+        result = CliRunner().invoke(app, ["toy", "--workflow", str(wf), *extra])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def stamps() -> dict[str, int]:
+        return {str(p.relative_to(scenes)): p.stat().st_mtime_ns for p in sorted(scenes.rglob("*")) if p.is_file()}
+
+    def fingerprints() -> list[str]:
+        source = ToySource(scenes, 6)  # the features stage's reader of a rendered world
+        return [source.fingerprint(s) for s in ("toy0000", "toy0001")]
+
+    render()
+    before, made_from = stamps(), fingerprints()
+    assert before
+    out = render()
+    assert "is current" in out and "[1/2]" not in out
+    assert stamps() == before and fingerprints() == made_from
+    assert "[1/2]" in render("--force") and stamps() != before
+    before = stamps()
+    shutil.rmtree(scenes / "toy0001")
+    assert "[2/2] toy0001" in render() and (scenes / "toy0001" / "manifest.json").is_file()
+    wf.write_text(body.replace("seed: 3", "seed: 4"))
+    assert "[1/2]" in render()
+    assert json.loads((tmp_path / "data" / "toy_world.json").read_text())["config"]["seed"] == 4

@@ -20,9 +20,12 @@ def toy(
     sets: Optional[list[str]] = SET_OPTION,
     workers: int = typer.Option(None, "--workers", min=1, help="rendering processes (default: one per core, "
                                                                "at most 8); the world does not depend on it"),
+    force: bool = typer.Option(False, "--force", help="render even when the world on disk is current"),
 ) -> None:
-    """Render the procedural toy world with full ground truth (ScanNet exported-frame layout)."""
-    from pipeline.toy.world import build_toy_world
+    """Render the procedural toy world with full ground truth (ScanNet exported-frame layout); a world
+    already rendered from the same config by this generator version is kept (`--force` renders it)."""
+    from pipeline.toy.scenes import render_reason
+    from pipeline.toy.world import TOY_WORLD_FILE, build_toy_world
     from schemas.cli_workflow import fail, open_workflow
     from schemas.workflow import ToyWorldConfig
 
@@ -47,6 +50,12 @@ def toy(
     cfg = ToyWorldConfig.model_validate(cfg.model_dump())
     typer.echo(f"toy world: {cfg.num_scenes} scenes x {cfg.frames} frames, seed {cfg.seed}, "
                f"{cfg.image_size[0]}x{cfg.image_size[1]} -> {scenes_dir}")
+    # Rendering again would change every scene file's mtime, which the feature stage reads as new
+    # input (the source fingerprint), so a rerun after a kill (`make demo` again) would redo it all.
+    if not force and (root / TOY_WORLD_FILE).is_file() and render_reason(scenes_dir, cfg) is None:
+        typer.echo(f"toy world under {scenes_dir} is current ({root / TOY_WORLD_FILE}: this config, "
+                   "finished): kept; --force renders it again")
+        return
     summary = build_toy_world(root, scenes_dir, cfg, progress=typer.echo, workers=workers)
     if run is not None:
         run.save(root / "toy_world.workflow.yaml",

@@ -2,6 +2,7 @@
 
   ToyRenderedScenes  toy-world scenes rendered on demand from (seed, index), no files needed; the same
                      pure `make_scene` the toy-world writer uses (benchmark, tests);
+  render_reason      why a toy world on disk must be rendered (again) for a config; None when it is current.
   ensure_toy_world   `ToySource.prepare`: render the world before features when it is missing or stale.
 """
 
@@ -52,32 +53,52 @@ class ToyRenderedScenes:
         )
 
 
+def render_reason(scenes_dir: Path, toy: ToyWorldConfig) -> str | None:
+    """Why the toy world under `scenes_dir` must be rendered (again) for `toy`, said as the end of "toy
+    world under <scenes_dir> ..."; None when it is there: a finished render of this config by this
+    version of the generator (TOY_WORLD_VERSION: its records differ), or a world without provenance
+    (no toy_world.json beside it: hand-made, kept as it is)."""
+    from pipeline.toy.world import SCENE_ID_PATTERN, TOY_WORLD_FILE, TOY_WORLD_VERSION, scene_id_for
+
+    if not (scenes_dir.is_dir() and any((p / "manifest.json").exists() for p in scenes_dir.iterdir())):
+        return "not found"
+    made = scenes_dir.parent / TOY_WORLD_FILE
+    try:
+        made_info = json.loads(made.read_text()) if made.is_file() else {}
+        made_with = made_info.get("config")
+    except (ValueError, AttributeError):
+        made_info, made_with = {}, None
+    if made_with is None:
+        return None
+    if made_info.get("complete") is False:  # a render was killed: old and new scenes mixed
+        return f"was not finished ({made})"
+    if made_info.get("version") != TOY_WORLD_VERSION:
+        return f"was rendered by toy world version {made_info.get('version')}, not {TOY_WORLD_VERSION} ({made})"
+    if made_with != toy.model_dump(mode="json"):
+        return f"was rendered from another config than the workflow's ({made})"
+    wanted = {scene_id_for(i) for i in range(toy.num_scenes)}
+    missing = sorted(s for s in wanted if not (scenes_dir / s / "manifest.json").is_file())
+    if missing:
+        return f"lacks {len(missing)} of its {toy.num_scenes} scenes ({', '.join(missing[:3])})"
+    stray = sorted(p.name for p in scenes_dir.iterdir()
+                   if p.is_dir() and SCENE_ID_PATTERN.match(p.name) and p.name not in wanted)
+    if stray:
+        return f"holds {len(stray)} scenes not part of a {toy.num_scenes}-scene world ({', '.join(stray[:3])})"
+    return None
+
+
 def ensure_toy_world(source: SourceConfig, echo: Callable[[str], object] = print) -> bool:
     """The toy source's `prepare` hook: render the toy world first when a toy workflow's scenes folder
-    is empty, or was rendered from another toy config (another seed) or by another version of the
-    generator (TOY_WORLD_VERSION: its records differ) than this one; True if it rendered."""
-    from pipeline.toy.world import TOY_WORLD_VERSION, build_toy_world
+    is empty or stale (`render_reason`); True if it rendered."""
+    from pipeline.toy.world import build_toy_world
 
     if source.kind != "toy":
         return False
     scenes_dir = Path(source.path)
     toy = source.toy or ToyWorldConfig()
-    if scenes_dir.is_dir() and any((p / "manifest.json").exists() for p in scenes_dir.iterdir()):
-        made = scenes_dir.parent / "toy_world.json"
-        try:
-            made_info = json.loads(made.read_text()) if made.is_file() else {}
-            made_with = made_info.get("config")
-        except (ValueError, AttributeError):
-            made_info, made_with = {}, None
-        interrupted = made_info.get("complete") is False  # a render was killed: old and new scenes mixed
-        outdated = made_with is not None and made_info.get("version") != TOY_WORLD_VERSION
-        if not interrupted and not outdated and (made_with is None or made_with == toy.model_dump(mode="json")):
-            return False  # a world of unknown provenance (hand-made) is kept as it is
-        why = ("was not finished" if interrupted else
-               f"was rendered by toy world version {made_info.get('version')}, not {TOY_WORLD_VERSION}"
-               if outdated else "was rendered from another config than the workflow's")
-        echo(f"toy world under {scenes_dir} {why} ({made}): rendering it again")
-    else:
-        echo(f"toy world not found under {scenes_dir}: rendering it first")
+    why = render_reason(scenes_dir, toy)
+    if why is None:
+        return False
+    echo(f"toy world under {scenes_dir} {why}: rendering it " + ("first" if why == "not found" else "again"))
     build_toy_world(scenes_dir.parent, scenes_dir, toy, progress=echo)
     return True
