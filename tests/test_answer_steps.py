@@ -411,3 +411,42 @@ def test_layout_per_task_must_cap_a_task_the_generated_rooms_are_asked():
         StageConfig(**base, layout_per_task={"object_id": 2})
     with pytest.raises(ValidationError):
         StageConfig(**base, layout_per_task={"object_position": 0})
+
+
+def test_stage1_asks_generated_rooms_naming_both_ways_under_fresh_identifiers(shards):
+    """Stage 1 with `layout_rooms` (the toy recipe, docs/RESULTS.md#stage1-generated-rooms): each
+    generated room is asked the name of one object and the objects of one category per epoch
+    (`layout_per_task`), on its simplified scene with identifiers renamed; the renamed question and
+    answer still point at the token they named before renaming, so the lookup is learnable and never
+    memorizable; another epoch asks other objects."""
+    from trainer.objects import OBJ_TOKEN_RE
+    from trainer.rank_stream import StageStream
+
+    shard_dir, records_by_scene = shards
+    kw = dict(seed=3, tasks=["object_name", "object_id"], shuffle_identifiers=True)
+    stream = StageStream(shard_dir, 1, records_by_scene, 32, 4, layout_rooms=5,
+                         layout_tasks=["object_name", "object_id"],
+                         layout_per_task={"object_name": 1, "object_id": 1}, **kw)
+    items = [(ex, inputs) for ex, inputs in stream.items(0) if ex.scene_id.startswith("layout")]
+    later = [(ex, inputs) for ex, inputs in stream.items(1) if ex.scene_id.startswith("layout")]
+    renamed_somewhere = False
+    for k in range(5):
+        scene, _ = layout_room(3, k)
+        room = [(ex, inputs) for ex, inputs in items if ex.scene_id == scene["scene_id"]]
+        categories = [s["category"] for s in scene["segments"]]
+        assert Counter(ex.task for ex, _ in room) == {"object_name": 1, "object_id": 1}
+        for ex, inputs in room + [item for item in later if item[0].scene_id == scene["scene_id"]]:
+            assert inputs["feat"] is None and sorted(inputs["categories"]) == sorted(categories)
+            category_of = dict(zip(inputs["ident"].tolist(), inputs["categories"]))
+            if ex.task == "object_name":  # "What is <OBJk>?" -> the category of the token named k
+                (named,) = [int(n) for n in OBJ_TOKEN_RE.findall(ex.question)]
+                assert ex.answer == category_of[named]
+            else:  # "Which object is the sofa?" -> every token of that category, by its identifier
+                asked = ex.question.removeprefix("Which object is the ").removesuffix("?")
+                answered = sorted(int(n) for n in OBJ_TOKEN_RE.findall(ex.answer))
+                assert answered == sorted(i for i, c in category_of.items() if c == asked)
+        original = scene_inputs(scene, "fused", 32)["ident"].tolist()  # the names before renaming
+        renamed_somewhere |= any(inputs["ident"].tolist() != original for _, inputs in room)
+    assert renamed_somewhere
+    # the examples asked of a room differ between epochs (the per-task draw and the renaming)
+    assert [(ex.question, ex.answer) for ex, _ in items] != [(ex.question, ex.answer) for ex, _ in later]
