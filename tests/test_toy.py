@@ -364,7 +364,8 @@ def test_a_current_world_is_kept_so_features_resume_and_force_renders_it_again(t
     assert "is current" in out and "[1/2]" not in out
     assert stamps() == before and fingerprints() == made_from
     assert "[1/2]" in render("--force") and stamps() != before
-    before = stamps()
+    (tmp_path / "data" / "toy_world.json").write_text("{")  # provenance unreadable: not ours, rendered
+    assert "[1/2]" in render()
     shutil.rmtree(scenes / "toy0001")
     assert "[2/2] toy0001" in render() and (scenes / "toy0001" / "manifest.json").is_file()
     wf.write_text(body.replace("seed: 3", "seed: 4"))

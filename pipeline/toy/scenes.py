@@ -63,13 +63,15 @@ def render_reason(scenes_dir: Path, toy: ToyWorldConfig) -> str | None:
     if not (scenes_dir.is_dir() and any((p / "manifest.json").exists() for p in scenes_dir.iterdir())):
         return "not found"
     made = scenes_dir.parent / TOY_WORLD_FILE
+    if not made.is_file():
+        return None
     try:
-        made_info = json.loads(made.read_text()) if made.is_file() else {}
+        made_info = json.loads(made.read_text())
         made_with = made_info.get("config")
     except (ValueError, AttributeError):
         made_info, made_with = {}, None
-    if made_with is None:
-        return None
+    if made_with is None:  # written atomically, so not by a finished render of ours
+        return f"has a toy_world.json without its config ({made})"
     if made_info.get("complete") is False:  # a render was killed: old and new scenes mixed
         return f"was not finished ({made})"
     if made_info.get("version") != TOY_WORLD_VERSION:
