@@ -142,14 +142,18 @@ def test_a_failing_side_job_lets_the_others_finish_then_fails_the_demo(tmp_path)
     demo = _demo_run(tmp_path)
 
     def fails(label, threads):
-        demo.run("broken", [sys.executable, "-c", "raise SystemExit(3)"], label, threads)
+        # more lines than the failure repeats: only the last ones, the cause among them, come back
+        code = "for i in range(100): print('line', i)\nraise SystemExit('the cause')"
+        demo.run("broken", [sys.executable, "-c", code], label, threads)
 
     def slow(label, threads):
         demo.run("slow", _timed_child(tmp_path / "slow", 1.0), label, threads)
 
-    with pytest.raises(SystemExit, match=r"broken.*exit 3"):
+    with pytest.raises(SystemExit, match=r"broken.*exit 1") as failure:
         run_side_by_side(demo, {"broken": fails, "slow": slow}, workers=2)
     assert (tmp_path / "slow").exists()
+    message = str(failure.value)
+    assert "| the cause" in message and "| line 99" in message and "| line 1\n" not in message
 
 
 def test_position_variant_trains_stage_4_alone_on_the_main_proxy_set(tmp_path):

@@ -13,6 +13,10 @@ import socket
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PORT_ATTEMPTS = 5
+# Whether setup_environment picked MASTER_PORT (a lone rank, no launcher) rather than a launcher
+# or the user, whose port every rank shares.
+_port_chosen_here = False
 
 
 def free_port() -> int:
@@ -36,7 +40,31 @@ def setup_environment() -> None:
         os.environ["DS_ACCELERATOR"] = "cpu"
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    global _port_chosen_here
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+        _port_chosen_here = True
+
+
+def join_process_group(backend: str) -> None:
+    """Start torch.distributed for a lone rank whose port this process picked; DeepSpeed then adopts
+    the group. The port is picked again just before the bind, and again whenever another program
+    holds it: a pick is only free at the moment it is made, and left to DeepSpeed the bind comes after
+    the imports and the build of its CPU comm op (25-60 s on a fresh checkout), time in which other
+    programs (the demo's Ray nodes beside it) take ports. A port set by a launcher or the user is left
+    to DeepSpeed, as every rank must meet on it."""
+    import torch.distributed as dist
+
+    if not _port_chosen_here or world_size() != 1 or dist.is_initialized():
+        return
+    for attempt in range(PORT_ATTEMPTS):
+        os.environ["MASTER_PORT"] = str(free_port())
+        try:
+            dist.init_process_group(backend)
+            return
+        except dist.DistNetworkError as e:
+            if "EADDRINUSE" not in str(e) or attempt == PORT_ATTEMPTS - 1:
+                raise
 
 
 def rank() -> int:

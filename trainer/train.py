@@ -225,6 +225,7 @@ def start_distributed(seed: int) -> Ranks:
     import torch.distributed as dist
 
     on_gpu = torch.cuda.is_available()
+    env.join_process_group("nccl" if on_gpu else "gloo")
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), on_gpu)
     if on_gpu:

@@ -25,6 +25,7 @@ from schemas import layout
 from schemas.workflow import Workflow
 
 ROOT = Path(__file__).resolve().parents[2]
+FAILED_TAIL_LINES = 25
 
 
 @dataclass
@@ -77,7 +78,11 @@ class DemoRun:
         with self._lock:
             self.steps.append(step)
         if code != 0:
-            raise SystemExit(f"demo step '{name}' failed (exit {code}); log: {log_path}")
+            # The step's lines interleave with a side job's on the console; repeat its end so the
+            # cause sits next to the failure (CI keeps only the console's last lines).
+            last = log_path.read_text(errors="replace").splitlines(keepends=True)[-FAILED_TAIL_LINES:]
+            tail = "".join(f"  | {line}" for line in last)
+            raise SystemExit(f"demo step '{name}' failed (exit {code}); log: {log_path}; its last lines:\n{tail}")
         self._say(f"=== {name}: done in {step.seconds:.1f}s\n", job)
 
 
