@@ -129,7 +129,9 @@ def make_train_step(model, params, batch: dict, engine: str, micro_batch: int, o
 
     from trainer.train import deepspeed_config
 
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    from trainer import env
+
+    env.init_distributed(on_gpu)
     ds_engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
                                          config=deepspeed_config(engine, micro_batch, 1, 1, on_gpu))
 

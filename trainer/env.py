@@ -67,6 +67,15 @@ def join_process_group(backend: str) -> None:
                 raise
 
 
+def init_distributed(on_gpu: bool) -> None:
+    """DeepSpeed's process group (nccl on GPUs, gloo on CPU), a lone rank's on a port of its own."""
+    import deepspeed
+
+    backend = "nccl" if on_gpu else "gloo"
+    join_process_group(backend)
+    deepspeed.init_distributed(dist_backend=backend)
+
+
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 

@@ -220,13 +220,11 @@ class Ranks:
 def start_distributed(seed: int) -> Ranks:
     """Join the process group (gloo on CPU, nccl on GPUs) and seed every RNG."""
     env.setup_environment()  # before deepspeed is imported
-    import deepspeed
     import torch
     import torch.distributed as dist
 
     on_gpu = torch.cuda.is_available()
-    env.join_process_group("nccl" if on_gpu else "gloo")
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    env.init_distributed(on_gpu)
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), on_gpu)
     if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

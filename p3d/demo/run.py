@@ -1,7 +1,9 @@
 """The demo's chain: toy world -> features -> cluster -> train stages 1-4 -> predict (held-out split)
 -> eval -> viz and view, the ablations (p3d/demo/ablations.py) and `p3d ask` on a held-out scene
-(p3d/demo/ask.py). Steps whose outputs exist are skipped by the stages themselves (resume), so a
-second `make demo` only redoes what changed.
+(p3d/demo/ask.py). The data steps skip what they already hold (the stages' own resume), so a second
+`make demo` redoes the toy world, features and clusters only where they changed; the training stages
+run afresh every time, as a stage's checkpoint records its settings but not its inputs (the proxies,
+the previous stage's model), and resuming one after those changed would keep a stale model.
 
 After stage 3 the main stage 4 and the variants' stage 4s are independent, so they run side by
 side (p3d/demo/steps.py: run_side_by_side).
