@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
 
-    from pipeline.eval.captions import _meteor, require_java, score_captions
+    from pipeline.eval.captions import meteor_scorer, require_java, score_captions
 
     require_java()
     refs, hyps = corpora(args.captions, args.corpora)
@@ -53,12 +53,12 @@ def main() -> None:
     def fresh_each():
         scores = []
         for h in hyps:
-            _meteor.cache_clear()  # a new Java process for this corpus
+            meteor_scorer.cache_clear()  # a new Java process for this corpus
             scores.append(score_captions(refs, h, metrics=("METEOR",), tokenize=False).corpus["METEOR"])
         return scores
 
     def reused():
-        _meteor.cache_clear()  # one new process, then reused
+        meteor_scorer.cache_clear()  # one new process, then reused
         return [score_captions(refs, h, metrics=("METEOR",), tokenize=False).corpus["METEOR"] for h in hyps]
 
     t_fresh, s_fresh = best_of(fresh_each, args.repeats)

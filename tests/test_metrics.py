@@ -103,15 +103,15 @@ def test_mean_relative_accuracy_by_hand():
 def test_meteor_runs_one_java_process_for_several_corpora_and_scores_as_a_fresh_one():
     from pycocoevalcap.meteor.meteor import Meteor
 
-    from pipeline.eval.captions import _meteor, score_captions
+    from pipeline.eval.captions import meteor_scorer, score_captions
 
-    _meteor.cache_clear()
+    meteor_scorer.cache_clear()
     refs = {"0": ["a brown wooden chair near the table"], "1": ["a small red lamp on the desk"]}
     corpora = [{"0": "a chair near the table", "1": "a lamp"}, {"0": "sos eos", "1": "a red lamp on a desk"}]
     first = score_captions(refs, corpora[0], metrics=("METEOR",), tokenize=False)
-    process = _meteor().meteor_p
+    process = meteor_scorer().meteor_p
     second = score_captions(refs, corpora[1], metrics=("METEOR",), tokenize=False)
-    assert _meteor().meteor_p is process and process.poll() is None  # one process, still running
+    assert meteor_scorer().meteor_p is process and process.poll() is None  # one process, still running
     for scores, hyps in zip((first, second), corpora):
         fresh, per = Meteor().compute_score(refs, {k: [v] for k, v in hyps.items()})
         assert scores.corpus["METEOR"] == pytest.approx(fresh, abs=1e-12)

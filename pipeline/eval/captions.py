@@ -79,7 +79,7 @@ def score_captions(
             corpus, per = scorer.compute_score(gts, res)
         except Exception:
             if name == "METEOR":
-                _meteor.cache_clear()  # a failed Java process is not reused
+                meteor_scorer.cache_clear()  # a failed Java process is not reused
             raise
         if isinstance(labels, tuple):
             for label, c, p in zip(labels, corpus, per):
@@ -97,7 +97,7 @@ def _scorer(name: str):
 
         return Bleu(4), ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
     if name == "METEOR":
-        return _meteor(), "METEOR"
+        return meteor_scorer(), "METEOR"
     if name == "ROUGE-L":
         from pycocoevalcap.rouge.rouge import Rouge
 
@@ -110,9 +110,10 @@ def _scorer(name: str):
 
 
 @functools.lru_cache(maxsize=1)
-def _meteor():
+def meteor_scorer():
     """One METEOR Java process per Python process, reused for every corpus it scores: each start
     loads its paraphrase tables, and a Scan2Cap eval scores three corpora (@0.25, @0.5, plain).
+    `meteor_scorer.cache_clear()` makes the next call start a new one.
     measured: docs/RESULTS.md#meteor-reuse"""
     require_java()
     from pycocoevalcap.meteor.meteor import Meteor
