@@ -1,7 +1,8 @@
 """Process environment for DeepSpeed, set before deepspeed is imported (see shared PITFALLS).
 
 On a machine without CUDA DeepSpeed runs on its CPU accelerator over gloo; a single process still
-needs the full rendezvous variables (else DeepSpeed falls back to MPI discovery), and compiled ops
+needs the full rendezvous variables (else DeepSpeed falls back to MPI discovery; its MASTER_PORT is
+picked when it binds, `join_process_group`), and compiled ops
 are cached under TORCH_EXTENSIONS_DIR so the 25-60 s builds happen once.
 """
 
@@ -14,9 +15,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT_ATTEMPTS = 5
-# Whether setup_environment picked MASTER_PORT (a lone rank, no launcher) rather than a launcher
-# or the user, whose port every rank shares.
-_port_chosen_here = False
 
 
 def free_port() -> int:
@@ -33,29 +31,26 @@ def cuda_available() -> bool:
 
 
 def setup_environment() -> None:
-    """Fill in what DeepSpeed needs; values already set (by a launcher or the user) win."""
+    """Fill in what DeepSpeed needs; values already set (by a launcher or the user) win. A lone rank's
+    MASTER_PORT is picked later, when it binds (`join_process_group`)."""
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if "DS_ACCELERATOR" not in os.environ and not cuda_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
-    global _port_chosen_here
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
-        _port_chosen_here = True
 
 
 def join_process_group(backend: str) -> None:
-    """Start torch.distributed for a lone rank whose port this process picked; DeepSpeed then adopts
-    the group. The port is picked again just before the bind, and again whenever another program
-    holds it: a pick is only free at the moment it is made, and left to DeepSpeed the bind comes after
-    the imports and the build of its CPU comm op (25-60 s on a fresh checkout), time in which other
-    programs (the demo's Ray nodes beside it) take ports. A port set by a launcher or the user is left
-    to DeepSpeed, as every rank must meet on it."""
+    """Start torch.distributed for a lone rank that has no MASTER_PORT; DeepSpeed then adopts the
+    group. The port is picked just before the bind, and again whenever another program holds it: a
+    pick is only free at the moment it is made, and picked at start-up and left to DeepSpeed, the bind
+    came after the imports and the build of its CPU comm op (25-60 s on a fresh checkout), time in
+    which other programs (the demo's Ray nodes beside it) take ports. A port set by a launcher or the
+    user is left to DeepSpeed, as every rank must meet on it."""
     import torch.distributed as dist
 
-    if not _port_chosen_here or world_size() != 1 or dist.is_initialized():
+    if "MASTER_PORT" in os.environ or world_size() != 1 or dist.is_initialized():
         return
     for attempt in range(PORT_ATTEMPTS):
         os.environ["MASTER_PORT"] = str(free_port())

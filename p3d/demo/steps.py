@@ -82,7 +82,8 @@ class DemoRun:
             # cause sits next to the failure (CI keeps only the console's last lines).
             last = log_path.read_text(errors="replace").splitlines(keepends=True)[-FAILED_TAIL_LINES:]
             tail = "".join(f"  | {line}" for line in last)
-            raise SystemExit(f"demo step '{name}' failed (exit {code}); log: {log_path}; its last lines:\n{tail}")
+            raise SystemExit(f"demo step '{name}' failed (exit {code}); log: {log_path}; "
+                             f"its last lines:\n{tail}")
         self._say(f"=== {name}: done in {step.seconds:.1f}s\n", job)
 
 
