@@ -32,13 +32,14 @@ test-fast: $(BIN)/p3d  ## without the slow end-to-end and multi-process tests
 demo: $(BIN)/p3d  ## the whole chain on the toy world, report in runs/toy/report.md
 	$(BIN)/p3d demo $(WF)
 
-# The CI smoke run: the toy workflow shrunk to 4 scenes, 2 steps per stage (tests/test_demo.py).
+# The CI smoke run: the toy workflow shrunk to 4 scenes, 2 steps per stage, with every ablation of
+# workflows/toy-ablations.yaml switched on (tests/test_demo.py).
 SMOKE_SET := name=smoke out=data/smoke source.path=data/smoke/scenes source.toy.num_scenes=4 source.toy.frames=12 \
 	source.toy.seed=3 features.num_frames=6 features.image_size=[112,140] cluster.proxies=32 \
 	cluster.scenes_per_shard=2 train.out=runs/smoke/train \
 	$(foreach i,0 1 2 3,train.stages.$(i).epochs=1 train.stages.$(i).max_steps=2) demo.runs=runs \
 	demo.viz_scenes=1 demo.ablations.budgets=[16,32] demo.ablations.tasks=[object_name,grounding] \
-	demo.ablations.epochs=1
+	demo.ablations.epochs=1 demo.ablations.grouping_pair=true demo.ablations.oracle=true
 
 smoke: $(BIN)/p3d  ## the CI smoke run: the whole chain on a 4-scene toy world -> runs/smoke/report.md
 	$(BIN)/p3d demo $(if $(WORKFLOW),--workflow $(WORKFLOW)) $(foreach s,$(SMOKE_SET) $(SET),--set $(s))

@@ -11,7 +11,7 @@ stated positions alone (the norm of the difference of the two named objects' ans
 its chance: what a model that relates its own position answers exactly would score, against what it
 answers when asked the distance (docs/RESULTS.md#distance-readout). Asserts nothing.
 
-  python benchmarks/position_readout.py runs/toy-spatial/train/stage2/model \
+  python benchmarks/position_readout.py runs/toy/train/stage2/model \
       --shards data/toy/proxies/default --records data/toy/annotations.jsonl [--split val]
 """
 

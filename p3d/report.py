@@ -74,7 +74,7 @@ def under_chance_lines(scores: dict, beyond_budget: dict[str, str]) -> list[str]
 def cut_lines(scores: dict, max_new_tokens: int) -> list[str]:
     """The tasks with answers that ran into the generation limit before their end (eval's `num_cut`):
     an answer cut inside its steps reads as a wrong one, and the score alone cannot say why
-    (toy-spatial's left/right at 7.6 with 16 tokens). measured: docs/RESULTS.md#left-right-signs"""
+    (the spatial recipe's left/right at 7.6 with 16 tokens). measured: docs/RESULTS.md#left-right-signs"""
     cut = [f"{res['name']} {res['num_cut']} of {res['num_samples']}" for res in scores["results"]
            if res.get("num_cut")]
     if not cut:

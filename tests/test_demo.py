@@ -58,7 +58,7 @@ def test_demo_chain_writes_report_with_tables(tmp_path):
 def test_only_the_variant_identical_to_the_main_run_reuses_its_scores():
     from p3d.demo.ablations import ablation_variants, repeats_main_run
 
-    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
+    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy-ablations.yaml")
     k = wf.cluster.proxies
     reused = [name for name, change in ablation_variants(wf) if repeats_main_run(wf, change)]
     assert reused == [f"grouping-k{k}"]
@@ -78,7 +78,7 @@ def test_only_the_variant_identical_to_the_main_run_reuses_its_scores():
 def test_without_the_grouping_pair_only_the_budgets_and_the_position_ids_remain():
     from p3d.demo.ablations import ablation_variants, repeats_main_run
 
-    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy.yaml")
+    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "toy-ablations.yaml")
     k, ab = wf.cluster.proxies, wf.demo.ablations
 
     def variants(**update):
@@ -95,6 +95,31 @@ def test_without_the_grouping_pair_only_the_budgets_and_the_position_ids_remain(
     assert repeats_main_run(changed, {"proxies": k, "grouping": True})
     # With the pair (the default), its ungrouped side is a variant.
     assert f"no-grouping-k{k}" in [name for name, _ in ablation_variants(wf)]
+
+
+def test_the_default_demo_compares_the_position_ids_and_the_ablation_demo_every_variant_on_its_data():
+    """`make demo` (toy.yaml) expects every task above chance and trains one variant, the rotary
+    position ids; toy-ablations.yaml runs the paper's other ablations on the same toy store, in runs
+    of its own, so the two demos share the expensive steps and never overwrite each other."""
+    from p3d.demo.ablations import ablation_variants, runs_oracle
+
+    root = Path(__file__).parents[1] / "workflows"
+    toy, ablations = load_workflow(root / "toy.yaml"), load_workflow(root / "toy-ablations.yaml")
+    k = toy.cluster.proxies
+    assert [name for name, _ in ablation_variants(toy)] == [f"positions-bfs-k{k}"]
+    assert toy.demo.beyond_budget == {}
+    spatial = {"distance", "room_size", "relative_direction", "object_size"}
+    trained = {t for s in toy.train.stages
+               for t in (*(s.tasks or ()), *(s.record_tasks or ()), *(s.replay_tasks or ()), *(s.layout_tasks or ()))}
+    assert spatial <= trained
+    assert (ablations.out, ablations.source, ablations.features, ablations.cluster) == \
+        (toy.out, toy.source, toy.features, toy.cluster)
+    assert ablations.name != toy.name and ablations.train.out != toy.train.out
+    names = [name for name, _ in ablation_variants(ablations)]
+    assert {f"no-grouping-k{k}", f"grouping-k{k // 2}", f"positions-bfs-k{k}"} <= set(names)
+    assert runs_oracle(ablations) and not runs_oracle(toy)
+    # what the shorter recipe does not teach, the report names beside its scores
+    assert set(ablations.demo.beyond_budget) == spatial - {"object_size"}
 
 
 def _demo_run(tmp_path):

@@ -155,21 +155,24 @@ def test_a_workflow_extends_another_merging_mappings_and_replacing_lists(tmp_pat
     toy_path = Path(__file__).resolve().parents[1] / "workflows" / "toy.yaml"
     (tmp_path / "base.yaml").write_text(toy_path.read_text())
     (tmp_path / "child.yaml").write_text(
-        "extends: base.yaml\nname: child\ncluster: {proxies: 32}\ndemo: {beyond_budget: {distance: null}}\n"
-        "train: {answer_steps: [distance], stages: [{stage: 1, trainable: [language_model], epochs: 2}]}\n")
+        "extends: base.yaml\nname: child\ncluster: {proxies: 32}\ndemo: {ablations: {budgets: [16]}}\n"
+        "train: {answer_steps: [relative_direction], fourier_sigma: null,\n"
+        "        stages: [{stage: 1, trainable: [language_model], epochs: 2}]}\n")
     (tmp_path / "grandchild.yaml").write_text("extends: child.yaml\nname: grandchild\n")
     toy = load_workflow(toy_path)
+    sigma_default = type(toy.train).model_fields["fourier_sigma"].default
+    assert toy.train.fourier_sigma != sigma_default and toy.train.answer_steps != ["relative_direction"]
     for name in ("child", "grandchild"):
         wf = load_workflow(tmp_path / f"{name}.yaml")
         assert wf.name == name
         assert wf.cluster.proxies == 32 and wf.cluster.scenes_per_shard == toy.cluster.scenes_per_shard
-        assert wf.train.answer_steps == ["distance"]
+        assert wf.train.answer_steps == ["relative_direction"]  # a list is taken whole
+        assert wf.train.fourier_sigma == sigma_default  # null removed the base's value
         assert wf.train.count_by_listing == toy.train.count_by_listing
         assert [s.stage for s in wf.train.stages] == [1] and wf.train.stages[0].epochs == 2
         assert wf.source == toy.source and wf.features == toy.features
-        assert "distance" in toy.demo.beyond_budget  # null removed it; the other entries stay
-        assert wf.demo.beyond_budget == {k: v for k, v in toy.demo.beyond_budget.items() if k != "distance"}
-        assert wf.demo.ablations == toy.demo.ablations
+        # a nested mapping merges: the one key changed, the others the base's
+        assert wf.demo.ablations == toy.demo.ablations.model_copy(update={"budgets": [16]})
     (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
     with pytest.raises(SchemaError, match="cycle"):

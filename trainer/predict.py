@@ -310,7 +310,7 @@ def predict(checkpoint: str | Path, shards: str | Path, records: str | Path, out
     cut = Counter(pred.task for pred in predictions if pred.cut)  # task -> answers cut by max_new_tokens
     if cut:
         # An answer in steps cut before its end reads as a wrong answer, and the scores cannot say
-        # why: toy-spatial's left/right at 7.6 with 16 tokens. measured: docs/RESULTS.md#left-right-signs
+        # why: the spatial recipe's left/right at 7.6 with 16 tokens. measured: docs/RESULTS.md#left-right-signs
         log.warning("%d answers ran into max_new_tokens=%d without ending (%s) and are scored as written: "
                     "raise --max-new-tokens (eval.max_new_tokens)", sum(cut.values()), max_new_tokens,
                     ", ".join(f"{task} {n}" for task, n in sorted(cut.items())))
