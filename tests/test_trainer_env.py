@@ -24,7 +24,7 @@ held = socket.socket()
 held.bind(("127.0.0.1", 0))
 held.listen()
 port = held.getsockname()[1]
-picks = [port] * 2
+picks = [port] * (env.PORT_ATTEMPTS if sys.argv[1] == "exhausted" else 2)
 os_pick = env.free_port
 env.free_port = lambda: picks.pop(0) if picks else os_pick()
 if sys.argv[1] == "launcher":
@@ -35,8 +35,11 @@ try:
     error = None
 except dist.DistNetworkError as e:
     error = str(e)
+left_set = os.environ.get("MASTER_PORT")
+if sys.argv[1] == "exhausted":
+    env.join_process_group("gloo")  # a later call picks again (the OS's own pick now)
 print(json.dumps({"held": port, "port": int(os.environ["MASTER_PORT"]), "group": dist.is_initialized(),
-                  "picks_left": len(picks), "error": error}))
+                  "picks_left": len(picks), "error": error, "left_set": left_set}))
 """
 
 
@@ -63,3 +66,12 @@ def test_a_launchers_port_is_never_changed():
     out = _run("launcher")
     assert not out["group"] and out["error"] is None, "the group is left for DeepSpeed to start"
     assert out["port"] == out["held"] and out["picks_left"] == 2
+
+
+def test_a_lone_rank_that_runs_out_of_attempts_leaves_no_port_behind():
+    """Every attempt collides: the error is raised, and MASTER_PORT (this function's own pick) is
+    removed with it, so a later call picks a port again instead of leaving a stale one to DeepSpeed."""
+    out = _run("exhausted")
+    assert out["error"] is not None and "EADDRINUSE" in out["error"]
+    assert out["left_set"] is None, "the failed pick must not stay in MASTER_PORT"
+    assert out["group"] and out["port"] != out["held"] and out["picks_left"] == 0

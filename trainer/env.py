@@ -59,6 +59,8 @@ def join_process_group(backend: str) -> None:
             return
         except dist.DistNetworkError as e:
             if "EADDRINUSE" not in str(e) or attempt == PORT_ATTEMPTS - 1:
+                # the port was this function's pick: a stale one would pass for a launcher's later
+                del os.environ["MASTER_PORT"]
                 raise
 
 
