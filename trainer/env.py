@@ -57,9 +57,11 @@ def join_process_group(backend: str) -> None:
         try:
             dist.init_process_group(backend)
             return
-        except dist.DistNetworkError as e:
-            if "EADDRINUSE" not in str(e) or attempt == PORT_ATTEMPTS - 1:
-                # the port was this function's pick: a stale one would pass for a launcher's later
+        except Exception as e:
+            held = isinstance(e, dist.DistNetworkError) and "EADDRINUSE" in str(e)
+            if not held or attempt == PORT_ATTEMPTS - 1:
+                # whatever ended the attempts, the port was this function's pick: a stale one would
+                # pass for a launcher's later
                 del os.environ["MASTER_PORT"]
                 raise
 
